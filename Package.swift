@@ -1,0 +1,83 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Dependencies point one way:
+//   changelab (exe) → ChangelabCLI → Lab / Distribution → CMDB / Inventory → Model
+//                                    Lab → Libvirt → CLibvirt
+let package = Package(
+    name: "changelab",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "changelab", targets: ["changelab"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/apple/swift-crypto", "3.0.0"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.5.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.20.0"),
+    ],
+    targets: [
+        // C enters only here: libvirt's client library from Debian's libvirt-dev.
+        .systemLibrary(
+            name: "CLibvirt",
+            pkgConfig: "libvirt",
+            providers: [.apt(["libvirt-dev"])]
+        ),
+        // Swift API over libvirt: connections, domains, snapshots, save/restore, guest agent.
+        .target(
+            name: "Libvirt",
+            dependencies: [
+                "CLibvirt",
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        // The shared vocabulary: recipes, inventories, deltas, versions, records. No I/O.
+        .target(
+            name: "Model",
+            dependencies: [
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        // Inventory collection (guest or host) and configuration deltas.
+        .target(name: "Inventory", dependencies: ["Model"]),
+        // The CMDB: a git-backed store of pretty, stable JSON records.
+        .target(name: "CMDB", dependencies: ["Model", "Inventory"]),
+        // The lab: baseline images, restore, guest exec, package builds, the matrix.
+        .target(
+            name: "Lab",
+            dependencies: [
+                "Libvirt", "Model", "Inventory", "CMDB",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Seed-and-activate distribution: core server, agents, rollout control.
+        .target(
+            name: "Distribution",
+            dependencies: [
+                "Model", "Inventory",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Command-line front end: one file per command under Commands/.
+        .target(
+            name: "ChangelabCLI",
+            dependencies: [
+                "Lab", "CMDB", "Inventory", "Distribution", "Model", "Libvirt",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(name: "changelab", dependencies: ["ChangelabCLI"]),
+
+        .testTarget(name: "LibvirtTests", dependencies: ["Libvirt"]),
+        .testTarget(name: "ModelTests", dependencies: ["Model"]),
+        .testTarget(name: "LabTests", dependencies: ["Lab", "Libvirt", "Model"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,3 @@
+import ChangelabCLI
+
+await Changelab.main()
