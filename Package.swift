@@ -34,6 +34,8 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
+        // Host plumbing every module shares: atomic files, file locks, child processes.
+        .target(name: "HostIO"),
         // The shared vocabulary: recipes, inventories, deltas, versions, records. No I/O.
         .target(
             name: "Model",
@@ -43,14 +45,14 @@ let package = Package(
             ]
         ),
         // Inventory collection (guest or host) and configuration deltas.
-        .target(name: "Inventory", dependencies: ["Model"]),
+        .target(name: "Inventory", dependencies: ["Model", "HostIO"]),
         // The CMDB: a git-backed store of pretty, stable JSON records.
-        .target(name: "CMDB", dependencies: ["Model", "Inventory"]),
+        .target(name: "CMDB", dependencies: ["Model", "Inventory", "HostIO"]),
         // The lab: baseline images, restore, guest exec, package builds, the matrix.
         .target(
             name: "Lab",
             dependencies: [
-                "Libvirt", "Model", "Inventory", "CMDB",
+                "Libvirt", "Model", "Inventory", "CMDB", "HostIO",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -58,7 +60,7 @@ let package = Package(
         .target(
             name: "Distribution",
             dependencies: [
-                "Model", "Inventory",
+                "Model", "Inventory", "HostIO",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -69,7 +71,7 @@ let package = Package(
         .target(
             name: "ChangelabCLI",
             dependencies: [
-                "Lab", "CMDB", "Inventory", "Distribution", "Model", "Libvirt",
+                "Lab", "CMDB", "Inventory", "Distribution", "Model", "Libvirt", "HostIO",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -77,6 +79,7 @@ let package = Package(
 
         .testTarget(name: "LibvirtTests", dependencies: ["Libvirt"]),
         .testTarget(name: "ModelTests", dependencies: ["Model"]),
+        .testTarget(name: "HostIOTests", dependencies: ["HostIO"]),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Libvirt", "Model"]),
     ],
     swiftLanguageModes: [.v6]

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 /// The `changelab` command: carries one software change from the lab to the fleet.
 public struct Changelab: AsyncParsableCommand {
@@ -10,4 +11,27 @@ public struct Changelab: AsyncParsableCommand {
     )
 
     public init() {}
+
+    /// Parses the command line and runs it; Ctrl-C or SIGTERM cancels the running command
+    /// so scoped resources (VMs, overlays, temp images) are torn down, then exits 130.
+    public static func runMain() async {
+        let task = Task {
+            do {
+                var command = try parseAsRoot()
+                if var asyncCommand = command as? AsyncParsableCommand {
+                    try await asyncCommand.run()
+                } else {
+                    try command.run()
+                }
+            } catch is CancellationError {
+                FileHandle.standardError.write(Data("changelab: interrupted; cleaned up\n".utf8))
+                Foundation.exit(130)
+            } catch {
+                exit(withError: error)
+            }
+        }
+        let trap = InterruptTrap { task.cancel() }
+        await task.value
+        withExtendedLifetime(trap) {}
+    }
 }

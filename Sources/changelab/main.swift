@@ -1,3 +1,3 @@
 import ChangelabCLI
 
-await Changelab.main()
+await Changelab.runMain()

@@ -1,0 +1,146 @@
+import Foundation
+import HostIO
+import Testing
+
+@Suite struct HostCommandTests {
+    @Test func keepsStdoutAndStderrApartAndReportsTheExitStatus() async throws {
+        let result = try await HostCommand.run("/bin/sh", ["-c", "echo out; echo err >&2; exit 3"])
+        #expect(result.status == 3)
+        #expect(result.stdoutText == "out\n")
+        #expect(result.stderrText == "err\n")
+        #expect(!result.succeeded)
+    }
+
+    @Test func feedsStandardInput() async throws {
+        let result = try await HostCommand.run("cat", [], input: Data("hello".utf8))
+        #expect(result.stdoutText == "hello")
+    }
+
+    @Test func killsACommandThatRunsPastItsTimeout() async throws {
+        let start = ContinuousClock.now
+        let result = try await HostCommand.run("sleep", ["30"], timeout: .milliseconds(300))
+        #expect(result.timedOut)
+        #expect(!result.succeeded)
+        #expect(ContinuousClock.now - start < .seconds(10))
+    }
+
+    @Test func streamsOutputLineByLine() async throws {
+        let lines = LineCollector()
+        _ = try await HostCommand.run("/bin/sh", ["-c", "printf 'a\\nb\\nc'"]) { _, line in lines.add(line) }
+        #expect(lines.all == ["a", "b", "c"])
+    }
+
+    @Test func aMissingProgramIsANamedError() async throws {
+        await #expect(throws: HostCommandError.self) {
+            try await HostCommand.run("changelab-no-such-program", [])
+        }
+        do {
+            _ = try await HostCommand.run("changelab-no-such-program", [])
+        } catch {
+            #expect("\(error)".contains("changelab-no-such-program"))
+        }
+    }
+
+    @Test func checkThrowsWithTheTailOfTheOutput() async throws {
+        do {
+            try await HostCommand.check("/bin/sh", ["-c", "echo boom >&2; exit 2"])
+            Issue.record("check should have thrown")
+        } catch let error as HostCommandError {
+            #expect("\(error)".contains("status 2"))
+            #expect("\(error)".contains("boom"))
+        }
+    }
+}
+
+final class LineCollector: @unchecked Sendable {
+    private let lock = NSLock()
+    private var lines: [String] = []
+    func add(_ line: String) {
+        lock.lock()
+        lines.append(line)
+        lock.unlock()
+    }
+    var all: [String] {
+        lock.lock()
+        defer { lock.unlock() }
+        return lines
+    }
+}
+
+@Suite struct FileTests {
+    let dir: String = {
+        let path = NSTemporaryDirectory() + "hostio-\(UUID().uuidString)"
+        try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
+    }()
+
+    @Test func atomicWriteReplacesTheFileAndLeavesNoTemporaryFiles() throws {
+        let path = dir + "/record.json"
+        try AtomicFile.write("first", to: path)
+        try AtomicFile.write("second", to: path, permissions: 0o600)
+        #expect(try String(contentsOfFile: path, encoding: .utf8) == "second")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["record.json"])
+        let mode = try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+    }
+
+    @Test func anExclusiveLockExcludesASecondHolderUntilReleased() async throws {
+        let path = dir + "/lock"
+        let first = try #require(try FileLock.tryAcquire(path))
+        #expect(try FileLock.tryAcquire(path) == nil)
+        let waited = try await FileLock.acquire(path, timeout: .milliseconds(100))
+        #expect(waited == nil)
+        first.release()
+        let second = try FileLock.tryAcquire(path)
+        #expect(second != nil)
+    }
+
+    @Test func aLockHeldByAKilledProcessIsFree() async throws {
+        let path = dir + "/killed.lock"
+        // flock(1) -o holds the lock itself (not its child): SIGKILL must release it with the process.
+        let holder = Process()
+        holder.executableURL = URL(fileURLWithPath: "/usr/bin/flock")
+        holder.arguments = ["-o", path, "sleep", "30"]
+        try holder.run()
+        var held = false
+        for _ in 0..<100 where !held {
+            if let probe = try FileLock.tryAcquire(path) { probe.release() } else { held = true }
+            if !held { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        #expect(held)
+        kill(holder.processIdentifier, SIGKILL)
+        // Never waitUntilExit here: it blocks a cooperative thread until `sleep` exits.
+        let freed = try await FileLock.acquire(path, timeout: .seconds(5))
+        #expect(freed != nil)
+    }
+}
+
+@Suite struct HostCommandProcessTreeTests {
+    @Test func aDaemonLeftBehindDoesNotKeepTheCallerWaiting() async throws {
+        let start = ContinuousClock.now
+        // The background sleep inherits stdout and stderr; the command itself exits at once.
+        let result = try await HostCommand.run("/bin/sh", ["-c", "sleep 20 & echo started"])
+        #expect(result.status == 0)
+        #expect(result.stdoutText == "started\n")
+        #expect(ContinuousClock.now - start < .seconds(5))
+    }
+
+    @Test func aTimeoutKillsTheWholeProcessGroup() async throws {
+        let marker = NSTemporaryDirectory() + "hostio-group-\(UUID().uuidString)"
+        let result = try await HostCommand.run(
+            "/bin/sh", ["-c", "(sleep 1; touch \(marker)) & sleep 30"], timeout: .milliseconds(200))
+        #expect(result.timedOut)
+        try await Task.sleep(for: .seconds(2))
+        #expect(!FileManager.default.fileExists(atPath: marker))
+    }
+
+    @Test func runsInTheRequestedDirectory() async throws {
+        let result = try await HostCommand.run("pwd", [], currentDirectory: "/usr/share")
+        #expect(result.stdoutText == "/usr/share\n")
+    }
+
+    @Test func reportsDeathBySignalLikeAShell() async throws {
+        let result = try await HostCommand.run("/bin/sh", ["-c", "kill -9 $$"])
+        #expect(result.status == 137)
+    }
+}
