@@ -80,7 +80,7 @@ let package = Package(
         .testTarget(name: "LibvirtTests", dependencies: ["Libvirt"]),
         .testTarget(name: "ModelTests", dependencies: ["Model"]),
         .testTarget(name: "HostIOTests", dependencies: ["HostIO"]),
-        .testTarget(name: "LabTests", dependencies: ["Lab", "Libvirt", "Model"]),
+        .testTarget(name: "LabTests", dependencies: ["Lab", "Libvirt", "Model", "HostIO", "changelab"]),
     ],
     swiftLanguageModes: [.v6]
 )
