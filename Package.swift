@@ -78,7 +78,7 @@ let package = Package(
         .executableTarget(name: "changelab", dependencies: ["ChangelabCLI"]),
 
         .testTarget(name: "LibvirtTests", dependencies: ["Libvirt"]),
-        .testTarget(name: "ModelTests", dependencies: ["Model"]),
+        .testTarget(name: "ModelTests", dependencies: ["Model", "HostIO"]),
         .testTarget(name: "HostIOTests", dependencies: ["HostIO"]),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Libvirt", "Model"]),
     ],
