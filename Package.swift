@@ -81,6 +81,7 @@ let package = Package(
         .testTarget(name: "ModelTests", dependencies: ["Model", "HostIO"]),
         .testTarget(name: "HostIOTests", dependencies: ["HostIO"]),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Libvirt", "Model"]),
+        .testTarget(name: "InventoryTests", dependencies: ["Inventory", "Model", "HostIO"]),
     ],
     swiftLanguageModes: [.v6]
 )
