@@ -30,7 +30,7 @@ let package = Package(
         .target(
             name: "Libvirt",
             dependencies: [
-                "CLibvirt",
+                "CLibvirt", "HostIO",
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),

@@ -7,7 +7,9 @@ public struct Changelab: AsyncParsableCommand {
         commandName: "changelab",
         abstract: "Software change management for Linux fleets: lab, matrix, CMDB, change control, distribution.",
         version: "0.1.0",
-        subcommands: []
+        subcommands: [
+            BaselineCommand.self, LabCommand.self, DoctorCommand.self,
+        ]
     )
 
     public init() {}
