@@ -47,7 +47,10 @@ let package = Package(
         // Inventory collection (guest or host) and configuration deltas.
         .target(name: "Inventory", dependencies: ["Model", "HostIO"]),
         // The CMDB: a git-backed store of pretty, stable JSON records.
-        .target(name: "CMDB", dependencies: ["Model", "Inventory", "HostIO"]),
+        .target(
+            name: "CMDB",
+            dependencies: ["Model", "Inventory", "HostIO", .product(name: "Crypto", package: "swift-crypto")]
+        ),
         // The lab: baseline images, restore, guest exec, package builds, the matrix.
         .target(
             name: "Lab",
@@ -78,9 +81,11 @@ let package = Package(
         .executableTarget(name: "changelab", dependencies: ["ChangelabCLI"]),
 
         .testTarget(name: "LibvirtTests", dependencies: ["Libvirt"]),
-        .testTarget(name: "ModelTests", dependencies: ["Model"]),
+        .testTarget(name: "ModelTests", dependencies: ["Model", "HostIO"], exclude: ["Fixtures"]),
         .testTarget(name: "HostIOTests", dependencies: ["HostIO"]),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Libvirt", "Model", "HostIO", "changelab"]),
+        .testTarget(name: "InventoryTests", dependencies: ["Inventory", "Model", "HostIO"], exclude: ["Fixtures"]),
+        .testTarget(name: "CMDBTests", dependencies: ["CMDB", "Model", "HostIO"]),
     ],
     swiftLanguageModes: [.v6]
 )
