@@ -1,4 +1,5 @@
 import ArgumentParser
+import CMDB
 import Foundation
 import Lab
 import Model
@@ -82,6 +83,10 @@ struct BaselineCommand: AsyncParsableCommand {
         var force = false
         @Option(help: "How many baselines to build at once.")
         var parallel = 2
+        @Option(help: "The CMDB to record built baselines in (default: $CHANGELAB_CMDB, else cmdb/ in the project).")
+        var cmdb: String?
+        @Flag(help: "Do not record the built baselines in the CMDB.")
+        var noRecord = false
 
         struct Row: Codable {
             var name: String
@@ -90,6 +95,7 @@ struct BaselineCommand: AsyncParsableCommand {
             var imageDigest: String
             var seconds: Double
             var failedTests: [String]
+            var cmdbVersion: String?
         }
 
         func run() async throws {
@@ -102,6 +108,7 @@ struct BaselineCommand: AsyncParsableCommand {
             }
             let force = self.force
             var rows: [Row] = []
+            var outcomes: [Lab.BuildOutcome] = []
             var failures: [String: String] = [:]
             try await withThrowingTaskGroup(of: (String, Result<Lab.BuildOutcome, Error>).self) { group in
                 var pending = recipes[...]
@@ -118,6 +125,7 @@ struct BaselineCommand: AsyncParsableCommand {
                 while let (name, result) = try await group.next() {
                     switch result {
                     case .success(let outcome):
+                        outcomes.append(outcome)
                         rows.append(
                             Row(
                                 name: name, status: outcome.status.rawValue, reused: outcome.reusedImage,
@@ -131,14 +139,24 @@ struct BaselineCommand: AsyncParsableCommand {
                 }
             }
             rows.sort { $0.name < $1.name }
+            if !noRecord {
+                let path = MatrixCommand.cmdbPath(cmdb, project: lab.project)
+                let writer = try await CMDBWriter(path: path, actor: CMDBWriter.defaultActor)
+                for outcome in outcomes where outcome.status == .ready {
+                    let version = try await lab.record(outcome.image, writer: writer)
+                    if let index = rows.firstIndex(where: { $0.name == outcome.image.name }) { rows[index].cmdbVersion = version.ref.description }
+                }
+                await writer.close()
+                note("recorded in the CMDB at \(path)")
+            }
             if output.json {
                 try printJSON(rows)
             } else {
-                var table = Table("BASELINE", "STATUS", "IMAGE", "CACHED", "SECONDS", "FAILED TESTS")
+                var table = Table("BASELINE", "STATUS", "IMAGE", "CACHED", "SECONDS", "CMDB", "FAILED TESTS")
                 for row in rows {
                     table.add(
                         row.name, row.status, SHA256Digest(hex: row.imageDigest)?.short ?? "-", row.reused ? "yes" : "no",
-                        String(format: "%.0f", row.seconds), row.failedTests.joined(separator: ", "))
+                        String(format: "%.0f", row.seconds), row.cmdbVersion ?? "-", row.failedTests.joined(separator: ", "))
                 }
                 table.print()
             }
