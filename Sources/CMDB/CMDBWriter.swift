@@ -290,6 +290,7 @@ public actor CMDBWriter {
             for path in blobs.keys.sorted() {
                 try AtomicFile.write(writes[path] ?? Data(), to: "\(store.path)/\(path)")
             }
+            if let pause = crashTestPause { usleep(pause) }
             try writer.updateBranch(CMDBStore.branch, to: commit)
             unlink(store.journalPath)
             cache.commit = commit
@@ -307,6 +308,7 @@ public actor CMDBWriter {
         }
         let head = store.head
         let paths = journal.writes.keys.sorted()
+        removeTemporaryFiles(store, beside: paths)
         if head == journal.parent || head == journal.commit {
             if head == journal.parent {
                 try GitObjectWriter(gitDirectory: store.gitDirectory).updateBranch(
@@ -329,6 +331,24 @@ public actor CMDBWriter {
         return .rolledBack(message: journal.message)
     }
 }
+
+/// Removes the temporary files (`.NAME.tmp-PID-N`, from `AtomicFile`) a killed writer left
+/// beside the records it was writing.
+func removeTemporaryFiles(_ store: CMDBStore, beside paths: [String]) {
+    let folders = Set(paths.map { TreeCache.split($0).folder })
+    for folder in folders {
+        let directory = folder.isEmpty ? store.path : "\(store.path)/\(folder)"
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        where name.hasPrefix(".") && name.contains(".tmp-") {
+            unlink("\(directory)/\(name)")
+        }
+    }
+}
+
+/// `CHANGELAB_CMDB_TEST_PAUSE_MS`: a pause between writing the record files and moving the
+/// branch, so crash tests can SIGKILL a writer inside that window every time.
+let crashTestPause: UInt32? = ProcessInfo.processInfo.environment["CHANGELAB_CMDB_TEST_PAUSE_MS"]
+    .flatMap { UInt32($0) }.map { min($0, 10_000) * 1000 }
 
 extension CMDBTransaction {
     /// Sets a file that is not a record (format.json, README.md).

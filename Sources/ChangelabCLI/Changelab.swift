@@ -8,7 +8,8 @@ public struct Changelab: AsyncParsableCommand {
         abstract: "Software change management for Linux fleets: lab, matrix, CMDB, change control, distribution.",
         version: "0.1.0",
         subcommands: [
-            BaselineCommand.self, LabCommand.self, DoctorCommand.self,
+            BaselineCommand.self, LabCommand.self, DoctorCommand.self, CMDBCommand.self, InventoryCommand.self,
+            BenchCommand.self,
         ]
     )
 
