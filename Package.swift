@@ -83,9 +83,9 @@ let package = Package(
         .testTarget(name: "LibvirtTests", dependencies: ["Libvirt"]),
         .testTarget(name: "ModelTests", dependencies: ["Model", "HostIO"], exclude: ["Fixtures"]),
         .testTarget(name: "HostIOTests", dependencies: ["HostIO"]),
-        .testTarget(name: "LabTests", dependencies: ["Lab", "Libvirt", "Model"]),
+        .testTarget(name: "LabTests", dependencies: ["Lab", "Libvirt", "Model", "HostIO", "changelab"]),
         .testTarget(name: "InventoryTests", dependencies: ["Inventory", "Model", "HostIO"], exclude: ["Fixtures"]),
-        .testTarget(name: "CMDBTests", dependencies: ["CMDB", "Model", "HostIO"]),
+        .testTarget(name: "CMDBTests", dependencies: ["CMDB", "Model", "HostIO", "changelab"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,70 +1,54 @@
 import ArgumentParser
-import CMDB
 import Foundation
-import Model
+import Lab
 
 struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
-        abstract: "Measure changelab's components on this machine.",
-        subcommands: [CMDBBench.self]
+        abstract: "Benchmarks whose figures the README quotes (run them on a quiet machine).",
+        subcommands: [LabBench.self, CMDBBench.self]
     )
 
-    struct CMDBBench: AsyncParsableCommand {
+    struct LabBench: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            commandName: "cmdb",
-            abstract: "Record N cells (one transaction each), then time queries across all of them and verify.",
-            discussion: "Targets: a query over 10,000 cells in ≤ 200 ms; recording ≥ 50 cells per second.")
+            commandName: "lab",
+            abstract: "Restore-to-agent-ready (median of 10) against cold boot and internal-snapshot revert.")
+        @OptionGroup var projectOptions: ProjectOptions
         @OptionGroup var output: OutputOptions
-        @Option(name: .long, help: "How many cells to record.") var cells = 10_000
-        @Option(
-            name: .long,
-            help: ArgumentHelp(
-                "Build the CMDB here and keep it (default: a temporary folder, removed).", valueName: "dir"))
-        var keep: String?
-        @Flag(name: .long, help: "Print 'recorded CELL' on stdout as each cell's transaction commits.")
-        var acknowledge = false
+        @Option(help: "The baseline to measure (it must be built).")
+        var baseline = "minimal"
+        @Option(help: "How many restores to time.")
+        var restores = 10
+        @Option(help: "How many cold boots to time.")
+        var coldBoots = 2
+        @Option(help: "How many internal-snapshot reverts to time.")
+        var reverts = 5
+
+        func validate() throws {
+            if restores < 1 || coldBoots < 1 || reverts < 1 { throw ValidationError("counts must be at least 1") }
+        }
 
         func run() async throws {
-            guard cells > 0 else {
-                throw ChangelabError(
-                    "--cells \(cells) is not a positive number", fix: "pass --cells 10000, for example")
+            let lab = try Lab(project: try projectOptions.project(), progress: ConsoleProgress.handler())
+            let report = try await LabBenchmark(lab: lab).run(
+                baseline: baseline, restores: restores, coldBoots: coldBoots, reverts: reverts)
+            if output.json { return try printJSON(report) }
+            func row(_ name: String, _ timings: Timings) -> [String] {
+                [name, String(format: "%.2f", timings.median), String(format: "%.2f", timings.min),
+                 String(format: "%.2f", timings.max), "\(timings.samples.count)"]
             }
-            let path = keep ?? NSTemporaryDirectory() + "changelab-bench-cmdb-\(UUID().uuidString)"
-            if keep != nil, let existing = try? FileManager.default.contentsOfDirectory(atPath: path), !existing.isEmpty
-            {
-                throw ChangelabError("\(path) is not empty", fix: "pass a new or empty folder to --keep")
-            }
-            defer { if keep == nil { try? FileManager.default.removeItem(atPath: path) } }
-            var onRecorded: (@Sendable (String) -> Void)?
-            if acknowledge {
-                onRecorded = { id in FileHandle.standardOutput.write(Data("recorded \(id)\n".utf8)) }
-            }
-            var onProgress: (@Sendable (String) -> Void)?
-            if !output.json { onProgress = { text in note(text) } }
-            let result = try await CMDBBenchmark.run(
-                cells: cells, path: path, acknowledge: onRecorded, progress: onProgress)
-            if output.json { return try printJSON(result) }
-            var lines = [
-                "cells recorded        \(result.cells) in \(result.transactions) transactions, "
-                    + String(format: "%.1f s", result.recordSeconds),
-                "recording rate        " + String(format: "%.1f cells/s", result.cellsPerSecond)
-                    + " (target ≥ 50)",
-                "query index rebuild   " + String(format: "%.2f s", result.indexRebuildSeconds),
-            ]
-            for timing in result.queries {
-                lines.append(
-                    String(format: "query %7.1f ms  %5d matches  ", timing.seconds * 1000, timing.matches)
-                        + timing.query)
-            }
-            lines.append(
-                "slowest query         " + String(format: "%.1f ms", result.slowestQuerySeconds * 1000)
-                    + " (target ≤ 200 ms)")
-            lines.append(
-                "cmdb verify           " + String(format: "%.1f s", result.verifySeconds)
-                    + (result.verifyPassed ? " (passed)" : " (FAILED)"))
-            if keep != nil { lines.append("kept at               \(result.path)") }
-            write(lines)
+            var table = Table("TO AGENT READY (\(report.accelerator))", "MEDIAN S", "MIN S", "MAX S", "N")
+            table.add(row("restore saved memory onto a fresh overlay", report.restore))
+            table.add(row("revert internal snapshot", report.snapshotRevert))
+            table.add(row("cold boot", report.coldBoot))
+            table.print()
+            print(
+                String(
+                    format: "restore is %.1fx faster than a cold boot; save image %.0f MB; snapshot create %.2f s",
+                    report.speedup, Double(report.saveImageBytes) / 1e6, report.snapshotCreateSeconds))
+            print(
+                "targets: restore median <= \(Int(report.targets.restoreMedianAtMostSeconds)) s and >= \(Int(report.targets.speedupAtLeast))x faster: \(report.targets.met ? "met" : "NOT met")"
+            )
         }
     }
 }
