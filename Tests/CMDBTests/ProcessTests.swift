@@ -56,6 +56,7 @@ func changelabBinary() throws -> String {
     @Test(arguments: [(7, false), (23, false), (5, true), (19, true)])
     func killingAWriterMidBurstLosesNoAcknowledgedWrite(_ after: Int, _ inTransaction: Bool) async throws {
         let path = Fixture.temporaryFolder("crash")
+        defer { Fixture.remove(path) }
         let acknowledged = try await killWriter(at: path, after: after, inTransaction: inTransaction)
         #expect(acknowledged.count >= after)
         let store = try CMDBStore.open(path)
@@ -86,6 +87,7 @@ func changelabBinary() throws -> String {
     @Test func writersInTwoProcessesInterleaveWithoutLosingARecord() async throws {
         let binary = try changelabBinary()
         let path = Fixture.temporaryFolder("two")
+        defer { Fixture.remove(path) }
         try await Fixture.make(at: path)
         let script = """
             for i in 1 2 3 4 5 6 7 8; do "$0" cmdb record-target "a-$i" --attribute site=a --cmdb "$1" --actor a >/dev/null || exit 1; done &
@@ -107,6 +109,7 @@ func changelabBinary() throws -> String {
 
     @Test func commandsAnswerInTextAndJSON() async throws {
         let path = Fixture.temporaryFolder("cli")
+        defer { Fixture.remove(path) }
         try await Fixture.make(at: path)
         let query = try await changelab([
             "cmdb", "query", "package:openssl < 3.0.13", "--kind", "target", "--cmdb", path,
@@ -142,6 +145,7 @@ func changelabBinary() throws -> String {
     ])
     func badInputIsANamedErrorAndANonZeroExit(_ arguments: [String], _ message: String) async throws {
         let path = Fixture.temporaryFolder("bad")
+        defer { Fixture.remove(path) }
         try await Fixture.make(at: path)
         let head = try CMDBStore.open(path).head
         let result = try await changelab(arguments + ["--cmdb", path])
@@ -152,6 +156,7 @@ func changelabBinary() throws -> String {
 
     @Test func aFolderThatIsNotACMDBAndANewerCMDBAreRefusedByEveryCommand() async throws {
         let plain = Fixture.temporaryFolder("plain")
+        defer { Fixture.remove(plain) }
         try FileManager.default.createDirectory(atPath: plain, withIntermediateDirectories: true)
         try "keep me".write(toFile: plain + "/notes.txt", atomically: true, encoding: .utf8)
         for command in [["cmdb", "verify"], ["cmdb", "query", "kind = cell"], ["cmdb", "record-target", "x"]] {
@@ -161,6 +166,7 @@ func changelabBinary() throws -> String {
         }
         #expect(try FileManager.default.contentsOfDirectory(atPath: plain) == ["notes.txt"])
         let newer = Fixture.temporaryFolder("newer")
+        defer { Fixture.remove(newer) }
         try await Fixture.make(at: newer)
         try "{\"format\": \"changelab-cmdb\", \"version\": 9}".write(
             toFile: newer + "/format.json", atomically: true, encoding: .utf8)

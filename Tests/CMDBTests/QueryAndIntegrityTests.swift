@@ -16,6 +16,7 @@ import Testing
 
     @Test func answersWhichBaselinesCellsAndTargetsMatch() async throws {
         let path = Fixture.temporaryFolder()
+        defer { Fixture.remove(path) }
         try await Fixture.make(at: path)
         let store = try CMDBStore.open(path)
         #expect(
@@ -42,6 +43,7 @@ import Testing
 
     @Test func theIndexIsRebuiltWhenMissingOrBrokenAndFollowsNewRecords() async throws {
         let path = Fixture.temporaryFolder()
+        defer { Fixture.remove(path) }
         let writer = try await Fixture.make(at: path)
         let store = try CMDBStore.open(path)
         let query = try Query("site = lyon")
@@ -62,6 +64,7 @@ import Testing
 @Suite struct IntegrityTests {
     @Test func handEditedTruncatedAndStrayRecordsAreReportedByName() async throws {
         let path = Fixture.temporaryFolder()
+        defer { Fixture.remove(path) }
         try await Fixture.make(at: path)
         let store = try CMDBStore.open(path)
         // A hand edit that still parses.
@@ -92,6 +95,7 @@ import Testing
 
     @Test func aHandMadeCommitAndAHandEditedInventoryAreCaught() async throws {
         let path = Fixture.temporaryFolder()
+        defer { Fixture.remove(path) }
         try await Fixture.make(at: path).close()
         let store = try CMDBStore.open(path)
         let id = store.ids(of: .inventory)[0]
@@ -110,6 +114,7 @@ import Testing
 
     @Test func aTornTransactionBlocksReadersAndTheNextWriterFinishesIt() async throws {
         let path = Fixture.temporaryFolder()
+        defer { Fixture.remove(path) }
         let writer = try await Fixture.make(at: path)
         let store = try CMDBStore.open(path)
         let parent = try #require(store.head)
@@ -138,6 +143,7 @@ import Testing
 
     @Test func aTornTransactionWhoseBranchMovedOnIsRolledBack() async throws {
         let path = Fixture.temporaryFolder()
+        defer { Fixture.remove(path) }
         try await Fixture.make(at: path)
         let store = try CMDBStore.open(path)
         let head = try #require(store.head)
@@ -159,6 +165,7 @@ import Testing
 @Suite struct HistoryTests {
     @Test func adoptingAPassedCellRecordsANewBaselineVersionLinkedToItsEvidence() async throws {
         let path = Fixture.temporaryFolder()
+        defer { Fixture.remove(path) }
         let writer = try await Fixture.make(at: path)
         let store = try CMDBStore.open(path)
         let adopted = try await writer.adoptBaseline("web", from: "run-1", change: nil, notes: "nginx is standard now")
@@ -185,6 +192,7 @@ import Testing
 
     @Test func theLogListsTransactionsAndTheOnesThatTouchedAnItem() async throws {
         let path = Fixture.temporaryFolder()
+        defer { Fixture.remove(path) }
         let writer = try await Fixture.make(at: path, actor: "carol")
         try await writer.record(
             target: TargetRecord(name: "paris-1", attributes: ["site": "paris", "department": "it"]))
@@ -200,6 +208,7 @@ import Testing
 
     @Test func itemsResolveFromWhatPeopleType() async throws {
         let path = Fixture.temporaryFolder()
+        defer { Fixture.remove(path) }
         try await Fixture.make(at: path)
         let store = try CMDBStore.open(path)
         #expect(try store.resolve("web@1") == CMDBReference(.baseline, "web@1"))
