@@ -183,11 +183,14 @@ public actor CMDBWriter {
 
             baselines/NAME/VERSION.json   approved baseline versions (built or adopted)
             inventories/AB/DIGEST.json    inventories, named by the SHA-256 of their content
-            artifacts/DIGEST.json         release artifacts
-            runs/RUN.json                 matrix runs
-            cells/RUN/CELL.json           matrix cells: verdict, install delta, residue
-            targets/NAME.json             fleet targets and their reported inventories
-            changes/ID.json               change records
+            artifacts/AB/DIGEST.json      release artifacts
+            runs/XY/RUN.json              matrix runs
+            cells/XY/RUN/CELL.json        matrix cells: verdict, install delta, residue
+            targets/XY/NAME.json          fleet targets and their reported inventories
+            changes/XY/ID.json            change records
+
+        AB: the digest's first two hex digits; XY: those of the SHA-256 of the name, which
+        keeps every folder small. `changelab cmdb show KIND:ID` finds a record by its id.
 
         """
 

@@ -173,6 +173,6 @@ func changelabBinary() throws -> String {
         let result = try await changelab(["cmdb", "record-target", "x", "--cmdb", newer])
         #expect(result.status != 0)
         #expect(result.stderrText.contains("format version 9"))
-        #expect(!FileManager.default.fileExists(atPath: newer + "/targets/x.json"))
+        #expect(!FileManager.default.fileExists(atPath: newer + "/" + CMDBReference(.target, "x").path))
     }
 }

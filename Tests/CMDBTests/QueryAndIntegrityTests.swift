@@ -68,7 +68,8 @@ import Testing
         try await Fixture.make(at: path)
         let store = try CMDBStore.open(path)
         // A hand edit that still parses.
-        let cellPath = path + "/cells/run-1/web.json"
+        let cellFile = CMDBReference(.cell, "run-1/web").path
+        let cellPath = path + "/" + cellFile
         let cell = try String(contentsOfFile: cellPath, encoding: .utf8)
         try cell.replacingOccurrences(of: "\"passed\"", with: "\"failed\"").write(
             toFile: cellPath, atomically: true, encoding: .utf8)
@@ -78,12 +79,12 @@ import Testing
         let data = try Data(contentsOf: URL(fileURLWithPath: inventoryPath))
         try data.prefix(data.count / 2).write(to: URL(fileURLWithPath: inventoryPath))
         // A file no record owns.
-        try "x".write(toFile: path + "/runs/notes.txt", atomically: true, encoding: .utf8)
+        try "x".write(toFile: path + "/runs/notes.txt", atomically: true, encoding: .utf8)  // not in a shard
         let report = try await store.verify()
         #expect(!report.passed)
         let messages = report.problems.map(\.description)
-        #expect(messages.contains("cells/run-1/web.json: differs from its last commit (edited by hand?)"))
-        #expect(messages.contains("cells/run-1/web.json: a failed cell has no failure class"))
+        #expect(messages.contains("\(cellFile): differs from its last commit (edited by hand?)"))
+        #expect(messages.contains("\(cellFile): a failed cell has no failure class"))
         #expect(
             messages.contains { $0.hasPrefix("inventories/\(inventory.prefix(2))/\(inventory).json: does not parse:") })
         #expect(
@@ -123,10 +124,11 @@ import Testing
         // Put the repository back to the moment after the record file was written and before
         // the branch moved: the journal names the commit, the branch still names its parent.
         let tree = try await TreeCache.load(repository: path, commit: commit)
+        let torn = CMDBReference(.target, "torn").path
         let journal = Journal(
             message: "record target torn", operation: "record-target", actor: "tester", pid: 1, startedAt: Date(),
             parent: parent, commit: commit,
-            writes: ["targets/torn.json": try #require(tree.blob(at: "targets/torn.json"))])
+            writes: [torn: try #require(tree.blob(at: torn))])
         try AtomicFile.write(try StableJSON.data(journal), to: store.journalPath)
         try GitObjectWriter(gitDirectory: store.gitDirectory).updateBranch("main", to: parent)
 
@@ -148,15 +150,18 @@ import Testing
         let store = try CMDBStore.open(path)
         let head = try #require(store.head)
         // A journal for a commit that never happened, with its file half in place.
-        try "{ \"half\"".write(toFile: path + "/targets/ghost.json", atomically: true, encoding: .utf8)
+        let ghost = CMDBReference(.target, "ghost").path
+        try FileManager.default.createDirectory(
+            atPath: path + "/" + TreeCache.split(ghost).folder, withIntermediateDirectories: true)
+        try "{ \"half\"".write(toFile: path + "/" + ghost, atomically: true, encoding: .utf8)
         let journal = Journal(
             message: "record target ghost", operation: "record-target", actor: "tester", pid: 1, startedAt: Date(),
             parent: String(repeating: "0", count: 40), commit: String(repeating: "1", count: 40),
-            writes: ["targets/ghost.json": String(repeating: "2", count: 40)])
+            writes: [ghost: String(repeating: "2", count: 40)])
         try AtomicFile.write(try StableJSON.data(journal), to: store.journalPath)
         let writer = try await CMDBWriter(path: path, actor: "t")
         #expect(try await writer.recover() == .rolledBack(message: "record target ghost"))
-        #expect(!FileManager.default.fileExists(atPath: path + "/targets/ghost.json"))
+        #expect(!FileManager.default.fileExists(atPath: path + "/" + ghost))
         #expect(store.head == head)
         #expect(try await store.verify().problems == [])
     }

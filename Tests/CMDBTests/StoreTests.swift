@@ -12,7 +12,7 @@ import Testing
         let writer = try await Fixture.make(at: path, actor: "alice")
         await writer.close()
         let store = try CMDBStore.open(path)
-        let cellText = try String(contentsOfFile: path + "/cells/run-1/web.json", encoding: .utf8)
+        let cellText = try String(contentsOfFile: path + "/" + CMDBReference(.cell, "run-1/web").path, encoding: .utf8)
         #expect(cellText == (try StableJSON.string(try store.read(CellRecord.self, "run-1/web"))))
         #expect(cellText.contains("\n  \"artifact\" : "))
         let subjects = try await git(
