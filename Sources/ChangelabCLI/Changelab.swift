@@ -9,8 +9,8 @@ public struct Changelab: AsyncParsableCommand {
         abstract: "Software change management for Linux fleets: lab, matrix, CMDB, change control, distribution.",
         version: "0.1.0",
         subcommands: [
-            BaselineCommand.self, LabCommand.self, PackageCommand.self, DoctorCommand.self, BenchCommand.self,
-            CMDBCommand.self, InventoryCommand.self,
+            BaselineCommand.self, LabCommand.self, PackageCommand.self, MatrixCommand.self, DoctorCommand.self,
+            BenchCommand.self, CMDBCommand.self, InventoryCommand.self,
         ]
     )
 
@@ -19,7 +19,7 @@ public struct Changelab: AsyncParsableCommand {
     /// Parses the command line and runs it; Ctrl-C or SIGTERM cancels the running command
     /// so scoped resources (VMs, overlays, temp images) are torn down, then exits 130.
     public static func runMain() async {
-        let interrupted = Flag()
+        let interrupted = AtomicFlag()
         let task = Task {
             do {
                 var command = try parseAsRoot()

@@ -118,7 +118,10 @@ public struct PackageBuilder: Sendable {
         }
         let image = try lab.readyImage(builderRecipe.name)
         let recipeDigest = try packages.recipeDigest(recipe, builderImage: image.imageDigest)
-        if !force, let cached = store.lookup(recipeDigest: recipeDigest), (try? store.verify(cached)) != nil {
+        if !force, let cached = store.lookup(recipeDigest: recipeDigest) {
+            // A stored artifact that no longer matches its manifest was changed after its
+            // build: say so rather than quietly building another.
+            try store.verify(cached)
             lab.say(name, "unchanged inputs: reusing artifact \(cached.digest.short) (cache hit)")
             return Outcome(manifest: cached, cacheHit: true, seconds: started.secondsSince)
         }
@@ -132,7 +135,7 @@ public struct PackageBuilder: Sendable {
         try await HostCommand.check(
             "tar", ["-C", lab.project.packageDirectory(name), "--owner=0", "--group=0", "-cf", tarball] + inputs)
 
-        let log = BuildLog()
+        let log = TextLog()
         let debPath = scratch + "/" + recipe.debFileName
         lab.say(name, "building \(recipe.name) \(recipe.version) in a fresh restore of '\(image.name)'")
         try await lab.withRestored(image) { guest in
@@ -167,7 +170,7 @@ public struct PackageBuilder: Sendable {
         let manifest = ArtifactManifest(
             format: ArtifactManifest.formatVersion, name: recipe.name, version: recipe.version,
             architecture: recipe.architecture, digest: SHA256Digest(of: deb), size: deb.count, recipeDigest: recipeDigest,
-            builder: .init(baseline: image.name, imageDigest: image.imageDigest), builtAt: Date(),
+            builder: .init(baseline: image.name, imageDigest: image.imageDigest), builtAt: Date().wholeSeconds,
             buildSeconds: started.secondsSince, recipe: recipe)
         try store.add(deb: debPath, manifest: manifest, log: log.text)
         lab.say(name, String(format: "built %@ (%d bytes, %@) in %.0f s", recipe.debFileName, deb.count, manifest.digest.short, manifest.buildSeconds))
@@ -177,7 +180,7 @@ public struct PackageBuilder: Sendable {
     /// Runs one build step in the build folder and appends its output to the log.
     private func run(
         _ step: PackageRecipe.Step, in agent: GuestAgent, work: String, stage: String, recipe: PackageRecipe,
-        log: BuildLog
+        log: TextLog
     ) async throws {
         guard case .run(let script) = step.action else { return }
         log.append("== \(step.name) ==\n")
@@ -197,7 +200,7 @@ public struct PackageBuilder: Sendable {
     /// DEBIAN/control, conffiles (every file under /etc, as Debian policy wants) and the
     /// maintainer scripts.
     private func writeControl(
-        _ recipe: PackageRecipe, agent: GuestAgent, work: String, stage: String, log: BuildLog
+        _ recipe: PackageRecipe, agent: GuestAgent, work: String, stage: String, log: TextLog
     ) async throws {
         let size = try await agent.capture(["du", "-sk", "--exclude=DEBIAN", stage])
         let installedSize = size.stdoutText.split(separator: "\t").first.map(String.init) ?? "0"
@@ -239,8 +242,8 @@ public struct PackageBuilder: Sendable {
     }
 }
 
-/// The build log, appended to from streamed output.
-final class BuildLog: @unchecked Sendable {
+/// A log appended to from streamed output (a package build, a matrix cell).
+final class TextLog: @unchecked Sendable {
     // @unchecked: guarded by `lock`.
     private let lock = NSLock()
     private var buffer = ""
@@ -255,5 +258,10 @@ final class BuildLog: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         return buffer
+    }
+
+    /// Writes the log so far to `path` (atomically).
+    func write(to path: String) {
+        try? AtomicFile.write(text, to: path)
     }
 }
