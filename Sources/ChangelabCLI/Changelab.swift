@@ -9,7 +9,8 @@ public struct Changelab: AsyncParsableCommand {
         abstract: "Software change management for Linux fleets: lab, matrix, CMDB, change control, distribution.",
         version: "0.1.0",
         subcommands: [
-            BaselineCommand.self, LabCommand.self, PackageCommand.self, MatrixCommand.self, DoctorCommand.self, BenchCommand.self,
+            BaselineCommand.self, LabCommand.self, PackageCommand.self, MatrixCommand.self, DoctorCommand.self,
+            BenchCommand.self, CMDBCommand.self, InventoryCommand.self,
         ]
     )
 
