@@ -73,9 +73,9 @@ struct BaselineCommand: AsyncParsableCommand {
             discussion: """
                 debootstrap → customize → ext4 (mke2fs -d) → qcow2 → boot under libvirt → save the \
                 booted state → run the baseline's own standing suite on a fresh restore. An unchanged \
-                recipe reuses its cached image; --force rebuilds.
+                recipe reuses its cached image; --force rebuilds. Built baselines are recorded in the CMDB.
                 """)
-        @OptionGroup var projectOptions: ProjectOptions
+        @OptionGroup var cmdbOptions: CMDBOptions
         @OptionGroup var output: OutputOptions
         @Argument(help: "Baselines to build (default: all approved ones; drafts only when named).")
         var names: [String] = []
@@ -83,8 +83,6 @@ struct BaselineCommand: AsyncParsableCommand {
         var force = false
         @Option(help: "How many baselines to build at once.")
         var parallel = 2
-        @Option(help: "The CMDB to record built baselines in (default: $CHANGELAB_CMDB, else cmdb/ in the project).")
-        var cmdb: String?
         @Flag(help: "Do not record the built baselines in the CMDB.")
         var noRecord = false
 
@@ -100,7 +98,7 @@ struct BaselineCommand: AsyncParsableCommand {
 
         func run() async throws {
             guard parallel >= 1 else { throw ValidationError("--parallel must be at least 1") }
-            let lab = try Lab(project: try projectOptions.project(), progress: ConsoleProgress.handler())
+            let lab = try Lab(project: try cmdbOptions.projectOptions.project(), progress: ConsoleProgress.handler())
             let recipes = try lab.baselines.select(names)
             guard !recipes.isEmpty else {
                 throw ChangelabError(
@@ -140,7 +138,7 @@ struct BaselineCommand: AsyncParsableCommand {
             }
             rows.sort { $0.name < $1.name }
             if !noRecord {
-                let path = MatrixCommand.cmdbPath(cmdb, project: lab.project)
+                let path = try cmdbOptions.path()
                 let writer = try await CMDBWriter(path: path, actor: CMDBWriter.defaultActor)
                 for outcome in outcomes where outcome.status == .ready {
                     let version = try await lab.record(outcome.image, writer: writer)
