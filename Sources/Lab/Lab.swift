@@ -127,6 +127,7 @@ public struct Lab: Sendable {
             try image.save()
         }
         let status = image.status(testsDigest: testsDigest)
+        try await pruneImages(of: recipe.name, keeping: image)
         switch status {
         case .ready: say(recipe.name, "ready: image \(image.imageDigest.short), standing suite passed")
         case .failed:
@@ -160,6 +161,20 @@ public struct Lab: Sendable {
         try image.save()
         say(recipe.name, String(format: "image built in %.0f s (digest %@)", image.imageSeconds, imageDigest.short))
         return image
+    }
+
+    /// Keeps the current image and the one built before it; older versions (and their slot
+    /// states, hundreds of MB each) go. Runs keep their evidence in the CMDB.
+    func pruneImages(of name: String, keeping current: BaselineImage) async throws {
+        let folder = home.imagesOf(name)
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
+        let others = entries.filter { !$0.hasSuffix(".partial") && "\(folder)/\($0)" != current.directory }
+            .compactMap { try? BaselineImage.load(from: "\(folder)/\($0)") }
+            .sorted { $0.builtAt > $1.builtAt }
+        for old in others.dropFirst() {
+            say(name, "removing the old image \(old.imageDigest.short) (built \(old.builtAt))")
+            try await removeImage(at: old.directory)
+        }
     }
 
     /// Deletes one built version, destroying its slot domains first.
