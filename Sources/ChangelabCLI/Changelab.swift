@@ -7,7 +7,10 @@ public struct Changelab: AsyncParsableCommand {
         commandName: "changelab",
         abstract: "Software change management for Linux fleets: lab, matrix, CMDB, change control, distribution.",
         version: "0.1.0",
-        subcommands: []
+        subcommands: [
+            CoreCommand.self, AgentCommand.self, PromoteCommand.self, ActivateCommand.self, RollbackCommand.self,
+            StatusCommand.self, ChaseCommand.self, PolicyCommand.self,
+        ]
     )
 
     public init() {}
