@@ -364,8 +364,10 @@ public actor Agent {
     private func outcome(_ result: InstallResult, job: Job, success: AgentEventKind) -> AgentEvent {
         let inventory = try? inventorySource.collect(root: configuration.root)
         if let failure = result.failure {
+            // A maintainer script's own status says more than dpkg's 1.
             return AgentEvent(
-                change: job.change, release: job.release, kind: .failed, failure: failure, exitCode: result.exitCode,
+                change: job.change, release: job.release, kind: .failed, failure: failure,
+                exitCode: failure.exitCode ?? result.exitCode,
                 outputTail: result.outputTail, inventory: inventory)
         }
         return AgentEvent(

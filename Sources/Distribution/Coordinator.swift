@@ -152,6 +152,11 @@ public actor Coordinator {
         state.releases.values.map(\.manifest).sorted { $0.release < $1.release }
     }
 
+    /// The signed manifest of a published release.
+    public func signedManifest(for release: String) -> SignedEnvelope? {
+        state.releases[release]?.signedManifest
+    }
+
     /// Whether `digest` is a published package (the artifact route serves nothing else).
     public func isPublished(_ digest: SHA256Digest) -> Bool {
         state.releases.values.contains { $0.manifest.digest == digest }

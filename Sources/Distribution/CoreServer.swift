@@ -5,6 +5,7 @@ import Hummingbird
 import Logging
 import Model
 import NIOCore
+import ServiceLifecycle
 
 /// Where a core keeps everything: state, release key, admin token, artifacts.
 public struct CoreLayout: Sendable {
@@ -71,10 +72,20 @@ public struct CoreServer: Sendable {
             }
         }
         defer { ticker.cancel() }
+        // Stopping is a graceful shutdown (streams end, requests in flight finish), not a
+        // cancellation of the server's tasks; downloads still running after 3 s are cut.
+        let group = ServiceGroup(configuration: .init(services: [app], logger: logger))
+        let running = Task { try await group.run() }
+        let shutdown = self.shutdown
         try await withTaskCancellationHandler {
-            try await app.run()
+            try await running.value
         } onCancel: {
             shutdown.fire()
+            Task {
+                await group.triggerGracefulShutdown()
+                try? await Task.sleep(for: .seconds(3))
+                running.cancel()
+            }
         }
     }
 
