@@ -9,7 +9,7 @@ public struct Changelab: AsyncParsableCommand {
         version: "0.1.0",
         subcommands: [
             CoreCommand.self, AgentCommand.self, PromoteCommand.self, ActivateCommand.self, RollbackCommand.self,
-            StatusCommand.self, ChaseCommand.self, PolicyCommand.self,
+            StatusCommand.self, ChaseCommand.self, PolicyCommand.self, BenchCommand.self,
         ]
     )
 

@@ -333,9 +333,7 @@ public struct CoreServer: Sendable {
             let (id, jobs) = await coordinator.openStream(agent: agent)
             sink.yield(": connected\n\n")
             for await batch in jobs {
-                if let data = try? StableJSON.encoder().encode(batch) {
-                    sink.yield("event: jobs\ndata: \(String(decoding: data, as: UTF8.self))\n\n")
-                }
+                if let line = try? jsonLine(batch) { sink.yield("event: jobs\ndata: \(line)\n\n") }
             }
             return { await coordinator.closeStream(agent: agent, id: id) }
         }
@@ -346,17 +344,16 @@ public struct CoreServer: Sendable {
     func statusStream(change: String?) -> Response {
         let coordinator = self.coordinator
         return eventStream { sink in
-            var last = Data()
+            var last = ""
             for await _ in await coordinator.watch() {
-                let data: Data?
+                let line: String?
                 if let change {
-                    data = (try? await coordinator.status(change: change)).flatMap { try? StableJSON.encoder().encode($0) }
+                    line = (try? await coordinator.status(change: change)).flatMap { try? jsonLine($0) }
                 } else {
-                    data = try? StableJSON.encoder().encode(await coordinator.changes())
+                    line = try? jsonLine(await coordinator.changes())
                 }
-                if let data, data != last {
-                    last = data
-                    let line = String(decoding: data, as: UTF8.self).replacingOccurrences(of: "\n", with: "")
+                if let line, line != last {
+                    last = line
                     sink.yield("event: status\ndata: \(line)\n\n")
                 }
                 try? await Task.sleep(for: .milliseconds(250))
@@ -502,6 +499,14 @@ public struct ErrorBody: Codable, Sendable {
 }
 
 // MARK: Helpers
+
+/// One line of JSON for an event's `data:` field (an event ends at the first blank line, so
+/// the pretty form cannot be used there).
+public func jsonLine(_ value: some Encodable) throws -> String {
+    let encoder = StableJSON.encoder()
+    encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+    return String(decoding: try encoder.encode(value), as: UTF8.self)
+}
 
 func json(_ value: some Encodable) throws -> Response {
     Response(

@@ -57,6 +57,30 @@ import Testing
         }
     }
 
+    @Test func jobsArePushedOverTheStreamWithoutWaitingForACheckIn() async throws {
+        var settings = TestCore.fastSettings
+        settings.checkInInterval = 600
+        try await withCore(settings: settings) { core, scratch, http in
+            let admin = try core.admin
+            let deb = try await TestPackage.build(in: scratch.path, size: 100_000)
+            _ = try await admin.publish(file: deb, release: "r1")
+            let token = try await admin.createToken(uses: 1, lifetime: 600)
+            var configuration = makeAgentConfiguration(
+                core: core, base: scratch.path, name: "pc", token: token.token, key: await core.key)
+            configuration.maxCheckInInterval = nil
+            let group = AgentGroup()
+            _ = group.start(configuration, http: http)
+            #expect(try await eventually { try await admin.agents().count == 1 })
+            try await Task.sleep(for: .milliseconds(500))
+            // The next check-in is ten minutes away: only the stream can bring these jobs.
+            _ = try await admin.promote("r1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
+            #expect(try await eventually(.seconds(10)) { try await admin.status("r1").total.verified == 1 })
+            _ = try await admin.activate("r1")
+            #expect(try await eventually(.seconds(10)) { try await admin.status("r1").total.activated == 1 })
+            await group.stop()
+        }
+    }
+
     @Test func unknownAndRevokedAgentsAreRefused() async throws {
         try await withCore { core, scratch, http in
             let admin = try core.admin

@@ -114,7 +114,7 @@ struct StatusCommand: AsyncParsableCommand {
         try await core.withClient { client in
             try await client.watch(change) { report in
                 if json {
-                    FileHandle.standardOutput.write(Data((try StableJSON.string(report)).replacingOccurrences(of: "\n", with: "").utf8 + [0x0A]))
+                    print(try jsonLine(report))
                 } else {
                     // Clear the screen and redraw, like watch(1).
                     print("\u{1B}[H\u{1B}[2J" + StatusText.render(report))
