@@ -284,6 +284,7 @@ public actor Agent {
             }
             var done = entry
             done.phase = .verified
+            done.verifiedStamp = FileStamp(path: cache.packagePath(entry.change))
             try cache.save(done)
             await report(AgentEvent(change: job.change, release: job.release, kind: .verified, bytes: entry.manifest.size))
         } catch let error as SeedingFailure {
@@ -322,8 +323,8 @@ public actor Agent {
             return
         }
         if order.kind == .activate {
-            // Nothing is installed that was not verified: check the whole file once more, right before.
-            guard entry.phase >= .verified, (try? cache.verifyWhole(entry)) == true else {
+            // Nothing is installed that was not verified: the file must be the one that verified.
+            guard entry.phase >= .verified, cache.stillVerified(entry) else {
                 entry.phase = .seeding
                 try? cache.save(entry)
                 await report(AgentEvent(
@@ -332,7 +333,8 @@ public actor Agent {
                 startSeeding(job, manifest: entry.manifest)
                 return
             }
-            await report(AgentEvent(change: job.change, release: job.release, kind: .activating))
+            // No separate "activating" report: the core marked the target activating when it
+            // handed out the job, and a hundred extra round trips would delay every result.
             let before = (try? inventorySource.collect(root: configuration.root))?.packages[entry.manifest.package]
             if entry.previousVersion == nil, !entry.installedVersion { entry.previousVersion = before }
             let result = await installer.install(cache.packagePath(job.change))
@@ -385,7 +387,7 @@ public actor Agent {
             $0.manifest.package == entry.manifest.package && $0.manifest.packageVersion == previous
                 && $0.phase >= .verified && $0.phase != .failed
         }
-        guard let older = candidates.first(where: { (try? cache.verifyWhole($0)) == true }) else {
+        guard let older = candidates.first(where: { cache.stillVerified($0) }) else {
             return InstallResult(
                 exitCode: 1, outputTail: "",
                 failure: Failure(

@@ -22,6 +22,26 @@ public struct CacheEntry: Codable, Sendable, Equatable {
     public var previousVersion: String?
     public var installedVersion: Bool
     public var lastResult: InstallResult?
+    /// The package file as it was when its whole digest last verified.
+    public var verifiedStamp: FileStamp?
+}
+
+/// Identity of a file's content as the file system tracks it: if none of these changed, the
+/// bytes were not rewritten, so a whole-file check made then still holds.
+public struct FileStamp: Codable, Sendable, Equatable {
+    public var size: Int64
+    public var inode: UInt64
+    public var modified: Int64
+    public var changed: Int64
+
+    public init?(path: String) {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        size = Int64(st.st_size)
+        inode = UInt64(st.st_ino)
+        modified = Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec)
+        changed = Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec)
+    }
 }
 
 /// What running an installer step produced.
@@ -75,7 +95,7 @@ public struct AgentCache: Sendable {
         let entry = CacheEntry(
             change: change, release: manifest.release, manifest: manifest, signedManifest: signed, phase: .seeding,
             pinned: true, expiresAt: now.addingTimeInterval(lifetime), ordersDone: [], previousVersion: nil,
-            installedVersion: false, lastResult: nil)
+            installedVersion: false, lastResult: nil, verifiedStamp: nil)
         try save(entry)
         return entry
     }
@@ -112,7 +132,14 @@ public struct AgentCache: Sendable {
         return good
     }
 
-    /// Checks the whole file against the manifest's digest: the last check before installing.
+    /// Whether the package still holds the bytes that verified: unchanged since the last whole
+    /// check (same size, inode, modification and change times), or verifying again now.
+    public func stillVerified(_ entry: CacheEntry) -> Bool {
+        if let stamp = entry.verifiedStamp, stamp == FileStamp(path: packagePath(entry.change)) { return true }
+        return (try? verifyWhole(entry)) == true
+    }
+
+    /// Checks the whole file against the manifest's digest.
     public func verifyWhole(_ entry: CacheEntry) throws -> Bool {
         guard let handle = FileHandle(forReadingAtPath: packagePath(entry.change)) else { return false }
         defer { try? handle.close() }

@@ -254,6 +254,8 @@ public actor Coordinator {
             target.exitCode = event.exitCode ?? failure.exitCode
             target.outputTail = event.outputTail
             let attempts = target.bytes >= size && size > 0 ? target.activationAttempts : target.seedAttempts
+            // The agent's copy no longer verifies: it seeds again before the next activation.
+            if failure.reason == .hashMismatch { target.bytes = 0 }
             if attempts >= settings.maxAttempts {
                 target.gaveUp = true
                 target.retryAt = nil

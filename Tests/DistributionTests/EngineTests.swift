@@ -81,6 +81,27 @@ import Testing
         }
     }
 
+    @Test func anAgentThatStopsReportingShowsAsOfflineOnTheChaseList() async throws {
+        var settings = TestCore.fastSettings
+        settings.offlineAfter = 1.5
+        try await withCore(settings: settings) { core, scratch, http in
+            let admin = try core.admin
+            let deb = try await TestPackage.build(in: scratch.path, size: 20_000)
+            _ = try await admin.publish(file: deb, release: "r1")
+            let token = try await admin.createToken(uses: 1, lifetime: 600)
+            let group = AgentGroup()
+            _ = group.start(
+                makeAgentConfiguration(core: core, base: scratch.path, name: "pc", token: token.token, key: await core.key),
+                http: http)
+            #expect(try await eventually { try await admin.agents().first?.online == true })
+            await group.stop()
+            _ = try await admin.promote("r1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
+            #expect(try await eventually { try await admin.chase("r1").first?.reason == "offline" })
+            #expect(try await admin.status("r1").total.offline == 1)
+            #expect(try await admin.agents().first?.online == false)
+        }
+    }
+
     @Test func unknownAndRevokedAgentsAreRefused() async throws {
         try await withCore { core, scratch, http in
             let admin = try core.admin
@@ -235,6 +256,41 @@ import Testing
             #expect(try await eventually { try await admin.chase("r1").first?.reason == "refused unsigned or forged document" })
             let detail = try #require(try await admin.chase("r1").first?.detail)
             #expect(detail.contains("signature") || detail.contains("no signature"))
+            await group.stop()
+        }
+    }
+
+    @Test func aCachedPackageAlteredAfterVerificationIsNotInstalledButSeededAgain() async throws {
+        try await withCore { core, scratch, http in
+            let admin = try core.admin
+            let deb = try await TestPackage.build(in: scratch.path, size: 200_000)
+            let manifest = try await admin.publish(file: deb, release: "r1", chunkSize: 64 * 1024)
+            let token = try await admin.createToken(uses: 1, lifetime: 600)
+            let group = AgentGroup()
+            _ = group.start(
+                makeAgentConfiguration(core: core, base: scratch.path, name: "pc", token: token.token, key: await core.key),
+                http: http)
+            #expect(try await eventually { try await admin.agents().count == 1 })
+            _ = try await admin.promote("r1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
+            #expect(try await eventually { try await admin.status("r1").total.verified == 1 })
+            // Someone rewrites a byte of the cached package (same size).
+            let path = "\(scratch.path)/agents/pc/cache/r1/package.deb"
+            try await Task.sleep(for: .milliseconds(20))
+            let handle = try #require(FileHandle(forUpdatingAtPath: path))
+            try handle.seek(toOffset: 150_000)
+            let byte = try #require(try handle.read(upToCount: 1)?.first)
+            try handle.seek(toOffset: 150_000)
+            try handle.write(contentsOf: Data([byte ^ 0x01]))
+            try handle.close()
+            _ = try await admin.activate("r1")
+            // Refused at activation, re-seeded from the last good chunk, then installed.
+            #expect(try await eventually { try await admin.status("r1").total.activated == 1 })
+            let target = try #require(try await admin.agents().first)
+            let record = try #require(await core.server.coordinator.target(target.id, change: "r1"))
+            #expect(record.activationAttempts >= 2)
+            #expect(installed(in: scratch.path + "/roots/pc")["demo"] == "1.0")
+            let cached = try Data(contentsOf: URL(fileURLWithPath: path))
+            #expect(SHA256Digest(of: cached) == manifest.digest)
             await group.stop()
         }
     }

@@ -236,3 +236,22 @@ import Testing
         #expect(StatusText.bar(0, of: 0, width: 4) == "[░░░░]   -")
     }
 }
+
+@Suite struct ThrottleTests {
+    @Test func theTokenBucketHoldsAStreamToItsRate() async throws {
+        let bucket = TokenBucket(rate: 400_000)
+        let start = ContinuousClock.now
+        // 200 KB beyond the initial quarter-second burst must take about half a second.
+        for _ in 0..<30 { try await bucket.take(10_000) }
+        let elapsed = ContinuousClock.now - start
+        #expect(elapsed >= .milliseconds(400))
+        #expect(elapsed < .seconds(5))
+    }
+
+    @Test func withoutARateNothingWaits() async throws {
+        let bucket = TokenBucket()
+        let start = ContinuousClock.now
+        for _ in 0..<1000 { try await bucket.take(1 << 20) }
+        #expect(ContinuousClock.now - start < .milliseconds(500))
+    }
+}
