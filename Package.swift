@@ -32,7 +32,7 @@ let package = Package(
         .target(
             name: "Libvirt",
             dependencies: [
-                "CLibvirt",
+                "CLibvirt", "HostIO",
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
@@ -49,7 +49,10 @@ let package = Package(
         // Inventory collection (guest or host) and configuration deltas.
         .target(name: "Inventory", dependencies: ["Model", "HostIO"]),
         // The CMDB: a git-backed store of pretty, stable JSON records.
-        .target(name: "CMDB", dependencies: ["Model", "Inventory", "HostIO"]),
+        .target(
+            name: "CMDB",
+            dependencies: ["Model", "Inventory", "HostIO", .product(name: "Crypto", package: "swift-crypto")]
+        ),
         // The lab: baseline images, restore, guest exec, package builds, the matrix.
         .target(
             name: "Lab",
@@ -81,13 +84,15 @@ let package = Package(
         .executableTarget(name: "changelab", dependencies: ["ChangelabCLI"]),
 
         .testTarget(name: "LibvirtTests", dependencies: ["Libvirt"]),
-        .testTarget(name: "ModelTests", dependencies: ["Model"]),
+        .testTarget(name: "ModelTests", dependencies: ["Model", "HostIO"], exclude: ["Fixtures"]),
         .testTarget(name: "HostIOTests", dependencies: ["HostIO"]),
-        .testTarget(name: "LabTests", dependencies: ["Lab", "Libvirt", "Model"]),
+        .testTarget(name: "LabTests", dependencies: ["Lab", "Libvirt", "Model", "HostIO", "changelab"]),
+        .testTarget(name: "InventoryTests", dependencies: ["Inventory", "Model", "HostIO"], exclude: ["Fixtures"]),
+        .testTarget(name: "CMDBTests", dependencies: ["CMDB", "Model", "HostIO"]),
         .testTarget(
             name: "DistributionTests",
             dependencies: [
-                "Distribution", "Model", "HostIO",
+                "Distribution", "Model", "HostIO", "changelab",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ]

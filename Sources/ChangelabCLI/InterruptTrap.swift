@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import HostIO
 
 /// Turns the first SIGINT or SIGTERM into a cancellation (so cleanup runs) and a second
 /// one into an immediate exit, for the impatient.

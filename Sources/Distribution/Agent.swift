@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Foundation
 import HostIO
+import Inventory
 import Logging
 import Model
 
@@ -24,6 +25,10 @@ public struct AgentConfiguration: Sendable {
     public var cacheLifetime: TimeInterval = 60 * 24 * 3600
     /// Upper bound on the core's check-in interval (handy for tests and the fleet).
     public var maxCheckInInterval: Double?
+    /// How old the inventory sent at check-in may get before it is collected again.
+    public var inventoryInterval: Duration = .seconds(900)
+    /// Folders (under the root) whose files the inventory records with hashes.
+    public var watchedPaths: [String] = InventoryOptions.defaultWatchedPaths
 
     public init(
         name: String, coreURL: String, stateDirectory: String, root: String, segment: String,
@@ -64,17 +69,21 @@ public actor Agent {
     private var pendingEvents: [AgentEvent] = []
     private var lastProgress: [String: ContinuousClock.Instant] = [:]
     private var nextCheckIn: Double = 5
+    /// The last inventory collected, and when: collected at start, after every activation
+    /// or rollback, and otherwise every `inventoryInterval`.
+    private var inventory: InventorySnapshot?
+    private var inventoryCollected = ContinuousClock.now
 
     public init(
         configuration: AgentConfiguration, client: HTTPClient,
-        inventorySource: any InventorySource = DpkgInventorySource()
+        inventorySource: (any InventorySource)? = nil
     ) {
         self.configuration = configuration
         self.client = client
         self.cache = AgentCache(
             directory: configuration.stateDirectory + "/cache", lifetime: configuration.cacheLifetime)
         self.installer = DpkgInstaller(root: configuration.root, timeout: configuration.installTimeout)
-        self.inventorySource = inventorySource
+        self.inventorySource = inventorySource ?? CollectorInventorySource(watchedPaths: configuration.watchedPaths)
         var logger = Logger(label: "changelab.agent.\(configuration.name)")
         logger.logLevel = .info
         self.logger = logger
@@ -188,7 +197,7 @@ public actor Agent {
     /// One check-in: report inventory and cache, receive and start jobs, flush pending events.
     public func checkIn() async throws {
         cache.expire()
-        let inventory = (try? inventorySource.collect(root: configuration.root)) ?? AgentInventory()
+        let inventory = await currentInventory()
         let reports = cache.entries().map { entry in
             CacheReport(
                 change: entry.change, release: entry.release, phase: entry.phase,
@@ -201,6 +210,22 @@ public actor Agent {
         nextCheckIn = min(reply.checkInAfter, configuration.maxCheckInInterval ?? reply.checkInAfter)
         await flushEvents()
         await handle(reply.jobs)
+    }
+
+    /// The cached inventory, collected again when it is older than the configured interval.
+    func currentInventory(refresh: Bool = false) async -> InventorySnapshot {
+        if !refresh, let inventory, ContinuousClock.now - inventoryCollected < configuration.inventoryInterval {
+            return inventory
+        }
+        do {
+            let fresh = try await inventorySource.collect(root: configuration.root)
+            inventory = fresh
+            inventoryCollected = ContinuousClock.now
+            return fresh
+        } catch {
+            logger.warning("cannot collect the inventory: \(error)")
+            return inventory ?? InventorySnapshot()
+        }
     }
 
     // MARK: Jobs
@@ -335,7 +360,7 @@ public actor Agent {
             }
             // No separate "activating" report: the core marked the target activating when it
             // handed out the job, and a hundred extra round trips would delay every result.
-            let before = (try? inventorySource.collect(root: configuration.root))?.packages[entry.manifest.package]
+            let before = DpkgStatus.installedVersion(of: entry.manifest.package, root: configuration.root)
             if entry.previousVersion == nil, !entry.installedVersion { entry.previousVersion = before }
             let result = await installer.install(cache.packagePath(job.change))
             finish(&entry, order: order, result: result)
@@ -346,12 +371,14 @@ public actor Agent {
             }
             try? cache.save(entry)
             await report(outcome(result, job: job, success: .activated))
+            await reportInventory(job)
         } else {
             let result = await rollback(entry)
             finish(&entry, order: order, result: result)
             if result.failure == nil { entry.phase = .rolledBack }
             try? cache.save(entry)
             await report(outcome(result, job: job, success: .rolledBack))
+            await reportInventory(job)
         }
     }
 
@@ -363,18 +390,23 @@ public actor Agent {
         }
     }
 
+    /// The result goes out at once; the post-install inventory follows in its own event,
+    /// so a slow inventory never delays the activation result.
     private func outcome(_ result: InstallResult, job: Job, success: AgentEventKind) -> AgentEvent {
-        let inventory = try? inventorySource.collect(root: configuration.root)
         if let failure = result.failure {
             // A maintainer script's own status says more than dpkg's 1.
             return AgentEvent(
                 change: job.change, release: job.release, kind: .failed, failure: failure,
-                exitCode: failure.exitCode ?? result.exitCode,
-                outputTail: result.outputTail, inventory: inventory)
+                exitCode: failure.exitCode ?? result.exitCode, outputTail: result.outputTail)
         }
         return AgentEvent(
             change: job.change, release: job.release, kind: success, exitCode: result.exitCode,
-            outputTail: result.outputTail, inventory: inventory)
+            outputTail: result.outputTail)
+    }
+
+    private func reportInventory(_ job: Job) async {
+        let inventory = await currentInventory(refresh: true)
+        await report(AgentEvent(change: job.change, release: job.release, kind: .inventory, inventory: inventory))
     }
 
     /// Back to the pre-install state: reinstall the previous version from the cache, or

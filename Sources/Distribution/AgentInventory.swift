@@ -1,80 +1,51 @@
 import Foundation
 import HostIO
+import Inventory
 import Model
 
-/// What an agent reports about its host: OS release, kernel and the Debian packages
-/// installed in its root.
-///
-/// A seam: the shared `InventorySnapshot` (module Inventory) will replace this once it
-/// lands on main; until then agents carry what dpkg and os-release in their root say.
-public struct AgentInventory: Codable, Sendable, Equatable {
-    /// `/etc/os-release` fields of the agent's root (ID, VERSION_ID, …).
-    public var osRelease: [String: String]
-    public var kernel: String
-    /// Installed packages (status `install ok installed`): name → version.
-    public var packages: [String: String]
-    public var collectedAt: Date
-
-    public init(osRelease: [String: String] = [:], kernel: String = "", packages: [String: String] = [:],
-                collectedAt: Date = Date()) {
-        self.osRelease = osRelease
-        self.kernel = kernel
-        self.packages = packages
-        self.collectedAt = collectedAt
-    }
-}
-
-/// Where an agent's inventory comes from.
+/// Where an agent's inventory comes from: the shared `InventorySnapshot` (OS release,
+/// kernel, packages, watched files, services, users, ports) of the agent's root.
 public protocol InventorySource: Sendable {
-    func collect(root: String) throws -> AgentInventory
+    func collect(root: String) async throws -> InventorySnapshot
 }
 
-/// Reads the dpkg status file and os-release under a root directory.
-public struct DpkgInventorySource: InventorySource {
-    public init() {}
+/// The CMDB's inventory collector run on this host against the agent's root.
+public struct CollectorInventorySource: InventorySource {
+    /// Folders under the root whose files are recorded with hashes (fewer is cheaper).
+    public var watchedPaths: [String]
 
-    public func collect(root: String) throws -> AgentInventory {
-        let base = root == "/" ? "" : root
-        let status = FileManager.default.contents(atPath: base + "/var/lib/dpkg/status") ?? Data()
-        let osText = FileManager.default.contents(atPath: base + "/etc/os-release")
-            ?? FileManager.default.contents(atPath: base + "/usr/lib/os-release") ?? Data()
-        var uts = utsname()
-        uname(&uts)
-        let kernel = withUnsafeBytes(of: &uts.release) { raw in
-            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-        }
-        return AgentInventory(
-            osRelease: Self.parseOSRelease(String(decoding: osText, as: UTF8.self)),
-            kernel: kernel,
-            packages: Self.parseDpkgStatus(String(decoding: status, as: UTF8.self)))
+    public init(watchedPaths: [String] = InventoryOptions.defaultWatchedPaths) {
+        self.watchedPaths = watchedPaths
     }
 
-    /// Installed packages from a dpkg status file (paragraphs of `Field: value`).
-    public static func parseDpkgStatus(_ text: String) -> [String: String] {
-        var result: [String: String] = [:]
-        for paragraph in text.components(separatedBy: "\n\n") {
+    public func collect(root: String) async throws -> InventorySnapshot {
+        let options = InventoryOptions(root: root, watchedPaths: watchedPaths, timeout: .seconds(120))
+        return try await InventoryCollector(runner: LocalShell(), options: options).collect().snapshot
+    }
+}
+
+/// Reads one package's state straight from a root's dpkg database: cheap enough to ask
+/// right before an installation, where a whole inventory would cost too much.
+public enum DpkgStatus {
+    /// The installed version of `package` under `root`, or nil when it is not installed.
+    public static func installedVersion(of package: String, root: String) -> String? {
+        let base = root == "/" ? "" : root
+        guard let data = FileManager.default.contents(atPath: base + "/var/lib/dpkg/status") else { return nil }
+        for paragraph in String(decoding: data, as: UTF8.self).components(separatedBy: "\n\n") {
             var fields: [String: String] = [:]
             for line in paragraph.split(separator: "\n") where !line.hasPrefix(" ") {
                 guard let colon = line.firstIndex(of: ":") else { continue }
                 fields[String(line[..<colon])] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
             }
-            if let name = fields["Package"], let version = fields["Version"],
-                fields["Status"]?.hasSuffix(" installed") == true
-            {
-                result[name] = version
-            }
+            if fields["Package"] == package, fields["Status"]?.hasSuffix(" installed") == true { return fields["Version"] }
         }
-        return result
+        return nil
     }
+}
 
-    public static func parseOSRelease(_ text: String) -> [String: String] {
-        var result: [String: String] = [:]
-        for line in text.split(separator: "\n") {
-            guard let eq = line.firstIndex(of: "="), !line.hasPrefix("#") else { continue }
-            var value = String(line[line.index(after: eq)...])
-            if value.count >= 2, value.first == "\"" || value.first == "'" { value = String(value.dropFirst().dropLast()) }
-            result[String(line[..<eq])] = value
-        }
-        return result
+extension InventorySnapshot {
+    /// Whether `package` is installed at exactly `version`.
+    func has(_ package: String, version: String) -> Bool {
+        packages.contains { $0.name == package && $0.version == version && $0.isInstalled }
     }
 }

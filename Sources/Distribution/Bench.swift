@@ -231,7 +231,7 @@ public enum DistributionBench {
                          "--core", "http://\(fleet.coreAddress):\(fleet.port)", "--core-key", token.coreKey,
                          "--enrol-token", token.token, "--state", "\(work)/agents/\(name)", "--root",
                          "\(work)/roots/\(name)", "--name", name, "--segment", "s\(segment)", "--attribute",
-                         "site=site-\(segment)", "--count", String(count)],
+                         "site=site-\(segment)", "--count", String(count), "--watch", "/etc"],
                         log: "\(work)/agent-\(name).log"))
             }
         }

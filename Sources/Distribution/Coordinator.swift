@@ -31,7 +31,7 @@ public actor Coordinator {
     let clock: @Sendable () -> Date
     let gate: any ChangeGate
     private var state: CoreSnapshot
-    private var inventories: [String: AgentInventory]
+    private var inventories: [String: InventorySnapshot]
     private var streams: [String: (id: UUID, continuation: AsyncStream<[Job]>.Continuation)] = [:]
     private var watchers: [UUID: AsyncStream<Void>.Continuation] = [:]
     /// Bytes-served counts not yet saved: they are saved with the next change or tick.
@@ -181,7 +181,7 @@ public actor Coordinator {
         record.attributes = checkIn.attributes
         record.lastSeen = clock()
         state.agents[id] = record
-        if inventories[id] != checkIn.inventory.withoutTimestamp(of: inventories[id]) {
+        if inventories[id] != checkIn.inventory {
             inventories[id] = checkIn.inventory
             try await store.saveInventory(checkIn.inventory, agent: id)
         }
@@ -206,7 +206,7 @@ public actor Coordinator {
 
     public func record(events: [AgentEvent], from agent: String) async throws {
         state.agents[agent]?.lastSeen = clock()
-        for event in events { apply(event, from: agent) }
+        for event in events where event.kind != .inventory { apply(event, from: agent) }
         for change in Set(events.map(\.change)) { advanceRings(change) }
         if let inventory = events.compactMap(\.inventory).last {
             inventories[agent] = inventory
@@ -235,6 +235,8 @@ public actor Coordinator {
             target.bytes = size
         case .activating:
             target.phase = .activating
+        case .inventory:
+            break
         case .activated:
             target.phase = .activated
             target.failure = nil
@@ -367,7 +369,7 @@ public actor Coordinator {
     private func facts(_ agent: AgentRecord) -> TargetFacts {
         TargetFacts(
             name: agent.name, segment: agent.segment, attributes: agent.attributes,
-            inventory: inventories[agent.id] ?? AgentInventory())
+            inventory: inventories[agent.id])
     }
 
     /// Creates the seeding job for `change`: targets are the agents the query selects now.
@@ -532,7 +534,7 @@ public actor Coordinator {
                 let manifest = state.releases[policy.release]?.manifest,
                 let selector = try? TargetQuery.parse(policy.query), selector.matches(facts(agent))
             else { continue }
-            if inventories[id]?.packages[manifest.package] == manifest.packageVersion { continue }
+            if inventories[id]?.has(manifest.package, version: manifest.packageVersion) == true { continue }
             deployment.targets[id] = TargetRecord(agent: id, ring: 0, at: clock())
             state.deployments[policy.change] = deployment
         }
@@ -624,7 +626,7 @@ public actor Coordinator {
         state.deployments[change]?.targets[agent]
     }
 
-    public func inventory(of agent: String) -> AgentInventory? { inventories[agent] }
+    public func inventory(of agent: String) -> InventorySnapshot? { inventories[agent] }
 }
 
 /// Where change control hooks into rollouts: promote and activate ask the gate first.
@@ -660,15 +662,6 @@ public enum CoreRefusal: Error, CustomStringConvertible, Sendable {
 func randomSecret() -> String {
     var generator = SystemRandomNumberGenerator()
     return (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }.hexString
-}
-
-extension AgentInventory {
-    /// This inventory with `other`'s collection time, so two collections of the same host compare equal.
-    func withoutTimestamp(of other: AgentInventory?) -> AgentInventory {
-        var copy = self
-        if let other { copy.collectedAt = other.collectedAt }
-        return copy
-    }
 }
 
 extension Date {

@@ -9,8 +9,8 @@ public protocol CoreStore: Sendable {
     func load() throws -> CoreSnapshot?
     /// Replaces the saved snapshot; returns once the write is durable.
     func save(_ snapshot: CoreSnapshot) async throws
-    func loadInventories() throws -> [String: AgentInventory]
-    func saveInventory(_ inventory: AgentInventory, agent: String) async throws
+    func loadInventories() throws -> [String: InventorySnapshot]
+    func saveInventory(_ inventory: InventorySnapshot, agent: String) async throws
 }
 
 /// The embedded store: `state.json` (written atomically: temp, fsync, rename) and one
@@ -86,19 +86,19 @@ public final class FileCoreStore: CoreStore, @unchecked Sendable {
         }
     }
 
-    public func loadInventories() throws -> [String: AgentInventory] {
-        var result: [String: AgentInventory] = [:]
+    public func loadInventories() throws -> [String: InventorySnapshot] {
+        var result: [String: InventorySnapshot] = [:]
         let names = (try? FileManager.default.contentsOfDirectory(atPath: inventoryDirectory)) ?? []
         for name in names where name.hasSuffix(".json") {
             guard let data = FileManager.default.contents(atPath: "\(inventoryDirectory)/\(name)"),
-                let inventory = try? StableJSON.decode(AgentInventory.self, from: data)
+                let inventory = try? StableJSON.decode(InventorySnapshot.self, from: data)
             else { continue }
             result[String(name.dropLast(5))] = inventory
         }
         return result
     }
 
-    public func saveInventory(_ inventory: AgentInventory, agent: String) async throws {
+    public func saveInventory(_ inventory: InventorySnapshot, agent: String) async throws {
         let data = try StableJSON.data(inventory)
         let path = "\(inventoryDirectory)/\(agent).json"
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in

@@ -83,7 +83,7 @@ public struct CheckIn: Codable, Sendable {
     public var segment: String
     public var addresses: [String]
     public var attributes: [String: String]
-    public var inventory: AgentInventory
+    public var inventory: InventorySnapshot
     public var cache: [CacheReport]
 }
 
@@ -116,6 +116,8 @@ public struct CheckInReply: Codable, Sendable {
 
 public enum AgentEventKind: String, Codable, Sendable {
     case progress, seeded, verified, activating, activated, rolledBack = "rolled-back", failed, refused
+    /// A fresh inventory (sent right after an activation or rollback result).
+    case inventory
 }
 
 /// A status event from an agent about one change.
@@ -130,12 +132,12 @@ public struct AgentEvent: Codable, Sendable {
     public var exitCode: Int32?
     public var outputTail: String?
     /// After an activation or rollback: the agent's inventory.
-    public var inventory: AgentInventory?
+    public var inventory: InventorySnapshot?
     public var at: Date
 
     public init(
         change: String, release: String, kind: AgentEventKind, bytes: Int64? = nil, failure: Failure? = nil,
-        exitCode: Int32? = nil, outputTail: String? = nil, inventory: AgentInventory? = nil, at: Date = Date()
+        exitCode: Int32? = nil, outputTail: String? = nil, inventory: InventorySnapshot? = nil, at: Date = Date()
     ) {
         self.change = change
         self.release = release

@@ -359,20 +359,22 @@ private final class PipeReader: @unchecked Sendable {
     }
 }
 
-/// A one-shot signal carrying a status, awaited from async code.
-final class OneShot: @unchecked Sendable {
+/// A one-shot signal carrying a status, fired from any thread and awaited from async code.
+public final class OneShot: @unchecked Sendable {
     // @unchecked: all state is guarded by `lock`.
     private let lock = NSLock()
     private var value: Int32?
     private var waiters: [CheckedContinuation<Int32, Never>] = []
 
-    var hasFired: Bool {
+    public init() {}
+
+    public var hasFired: Bool {
         lock.lock()
         defer { lock.unlock() }
         return value != nil
     }
 
-    func fire(_ status: Int32) {
+    public func fire(_ status: Int32) {
         lock.lock()
         guard value == nil else {
             lock.unlock()
@@ -385,7 +387,7 @@ final class OneShot: @unchecked Sendable {
         for waiter in toResume { waiter.resume(returning: status) }
     }
 
-    func wait() async -> Int32 {
+    public func wait() async -> Int32 {
         await withCheckedContinuation { continuation in
             lock.lock()
             if let value {
@@ -399,16 +401,18 @@ final class OneShot: @unchecked Sendable {
     }
 }
 
-final class Flag: @unchecked Sendable {
+/// A flag set once from any thread.
+public final class Flag: @unchecked Sendable {
     // @unchecked: guarded by `lock`.
     private let lock = NSLock()
     private var flag = false
-    func set() {
+    public init() {}
+    public func set() {
         lock.lock()
         flag = true
         lock.unlock()
     }
-    var isSet: Bool {
+    public var isSet: Bool {
         lock.lock()
         defer { lock.unlock() }
         return flag

@@ -87,7 +87,12 @@ public final class SpecReader {
 
     /// Throws every recorded problem, or returns when there is none.
     public func finish() throws {
-        if !problems.isEmpty { throw SpecValidationError(problems: problems) }
+        if !problems.isEmpty {
+            let ordered = problems.enumerated().sorted { a, b in
+                (a.element.line, a.element.column, a.offset) < (b.element.line, b.element.column, b.offset)
+            }.map(\.element)
+            throw SpecValidationError(problems: ordered)
+        }
     }
 
     private func recordParseError(_ error: YamlError) {

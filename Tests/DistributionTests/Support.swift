@@ -181,8 +181,7 @@ func withCore<T>(
     }
 }
 
-/// Reads the dpkg status of an agent's root: package → version.
-func installed(in root: String) -> [String: String] {
-    DpkgInventorySource.parseDpkgStatus(
-        (try? String(contentsOfFile: root + "/var/lib/dpkg/status", encoding: .utf8)) ?? "")
+/// The version of `package` installed in an agent's root (from its dpkg database).
+func installed(_ package: String, in root: String) -> String? {
+    DpkgStatus.installedVersion(of: package, root: root)
 }

@@ -50,6 +50,9 @@ struct AgentRunCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Check in at least this often (seconds), whatever the core asks.")
     var maxCheckIn: Double?
 
+    @Option(name: .long, parsing: .singleValue, help: ArgumentHelp("A folder (under the root) whose files the inventory records with hashes (repeatable; default /etc /usr/local /opt /srv).", valueName: "path"))
+    var watch: [String] = []
+
     func run() async throws {
         guard let key = ReleasePublicKey(hex: coreKey) else {
             throw ValidationError("--core-key must be the core's 64-hex-digit release key (see 'changelab core token')")
@@ -76,6 +79,7 @@ struct AgentRunCommand: AsyncParsableCommand {
             c.artifactURL = artifacts
             c.installTimeout = .milliseconds(Int(installTimeout * 1000))
             c.maxCheckInInterval = maxCheckIn
+            if !watch.isEmpty { c.watchedPaths = watch }
             return c
         }
         note("changelab agent: \(count) identit\(count == 1 ? "y" : "ies") on segment \(segment), core \(core)")

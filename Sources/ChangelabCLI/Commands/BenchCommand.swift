@@ -1,85 +1,54 @@
 import ArgumentParser
-import Distribution
 import Foundation
-import Model
+import Lab
 
-/// `changelab bench …`: measurements that need the whole machine.
 struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "bench", abstract: "Benchmarks.", subcommands: [BenchDistributionCommand.self])
-}
+        commandName: "bench",
+        abstract: "Benchmarks whose figures the README quotes (run them on a quiet machine).",
+        subcommands: [LabBench.self, BenchDistributionCommand.self]
+    )
 
-struct BenchDistributionCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "distribution",
-        abstract: "Seed and activate a package across a namespace test fleet and report bytes and times per mode.",
-        discussion: """
-            Builds the fleet with lab/fleet (needs root), runs a core and the agents inside it, seeds a
-            package, activates it, and reports per mode: agents, segments, package_bytes, wan_bytes,
-            lan_bytes (from interface counters), seeding_seconds, activation_seconds, wan_ratio and
-            lan_ratio (bytes ÷ (package size × segments)). Everything is torn down afterwards.
-            """)
+    struct LabBench: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "lab",
+            abstract: "Restore-to-agent-ready (median of 10) against cold boot and internal-snapshot revert.")
+        @OptionGroup var projectOptions: ProjectOptions
+        @OptionGroup var output: OutputOptions
+        @Option(help: "The baseline to measure (it must be built).")
+        var baseline = "minimal"
+        @Option(help: "How many restores to time.")
+        var restores = 10
+        @Option(help: "How many cold boots to time.")
+        var coldBoots = 2
+        @Option(help: "How many internal-snapshot reverts to time.")
+        var reverts = 5
 
-    @Option(help: "Segments (bridges) in the fleet.")
-    var segments = 10
-    @Option(help: "Agents per segment.")
-    var agents = 10
-    @Option(help: "Network namespaces per segment the agents are spread over.")
-    var hosts = 1
-    @Option(help: "Package size, e.g. 20M.")
-    var size = "20M"
-    @Option(help: "WAN rate limit (tc syntax), e.g. 1gbit.")
-    var wanRate = "1gbit"
-    @Option(parsing: .singleValue, help: ArgumentHelp("Random packet loss on a segment, e.g. 2=0.05 (repeatable).", valueName: "segment=p"))
-    var loss: [String] = []
-    @Option(help: "Seeding throttle per agent, e.g. 4M (default: none).")
-    var rate: String?
-    @Option(help: ArgumentHelp("Scratch folder (removed afterwards).", valueName: "dir"))
-    var work: String?
+        func validate() throws {
+            if restores < 1 || coldBoots < 1 || reverts < 1 { throw ValidationError("counts must be at least 1") }
+        }
 
-    @OptionGroup var project: ProjectOptions
-    @OptionGroup var output: OutputOptions
-
-    func run() async throws {
-        guard getuid() == 0 else {
-            throw ChangelabError("the distribution bench builds network namespaces", fix: "run it as root")
-        }
-        guard let bytes = ByteCount.parse(size), bytes > 0 else { throw ValidationError("--size '\(size)' is not a size") }
-        guard segments >= 1, agents >= 1, hosts >= 1, hosts <= agents else {
-            throw ValidationError("--segments, --agents and --hosts must be at least 1, and --hosts at most --agents")
-        }
-        var losses: [Int: Double] = [:]
-        for spec in loss {
-            let parts = spec.split(separator: "=").map(String.init)
-            guard parts.count == 2, let segment = Int(parts[0]), let p = Double(parts[1]), (1...segments).contains(segment),
-                p >= 0, p < 1
-            else { throw ValidationError("--loss '\(spec)' must be SEGMENT=PROBABILITY, e.g. 2=0.05") }
-            losses[segment] = p
-        }
-        let root = try project.project()
-        let script = root.labDirectory + "/fleet"
-        guard FileManager.default.isExecutableFile(atPath: script) else {
-            throw ChangelabError("\(script) is missing", fix: "run from the changelab checkout or pass --root DIR")
-        }
-        let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        let base = FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm" : "/tmp"
-        var options = BenchOptions(
-            workDirectory: work ?? "\(base)/changelab-bench-\(getpid())", executable: executable, fleetScript: script)
-        options.segments = segments
-        options.agentsPerSegment = agents
-        options.hostsPerSegment = hosts
-        options.packageBytes = Int(bytes)
-        options.wanRate = wanRate
-        options.loss = losses
-        options.seedRate = try parseRate(rate)
-        let report = try await DistributionBench.run(options) { note($0) }
-        if output.json { return try printJSON(report) }
-        for m in report.modes {
-            print("mode \(m.mode): \(m.agents) agents in \(m.segments) segments, package \(StatusText.bytes(m.packageBytes))")
-            print(String(format: "  seeding    %.1f s   WAN %@ (ratio %.2f)   LAN %@ (ratio %.2f)", m.seedingSeconds,
-                         StatusText.bytes(m.wanBytes), m.wanRatio, StatusText.bytes(m.lanBytes), m.lanRatio))
-            print(String(format: "  activation %.2f s   %d activated, %d failed   %@", m.activationSeconds, m.activated, m.failed,
-                         m.activationWithin5s ? "all within 5 s" : "NOT all within 5 s"))
+        func run() async throws {
+            let lab = try Lab(project: try projectOptions.project(), progress: ConsoleProgress.handler())
+            let report = try await LabBenchmark(lab: lab).run(
+                baseline: baseline, restores: restores, coldBoots: coldBoots, reverts: reverts)
+            if output.json { return try printJSON(report) }
+            func row(_ name: String, _ timings: Timings) -> [String] {
+                [name, String(format: "%.2f", timings.median), String(format: "%.2f", timings.min),
+                 String(format: "%.2f", timings.max), "\(timings.samples.count)"]
+            }
+            var table = Table("TO AGENT READY (\(report.accelerator))", "MEDIAN S", "MIN S", "MAX S", "N")
+            table.add(row("restore saved memory onto a fresh overlay", report.restore))
+            table.add(row("revert internal snapshot", report.snapshotRevert))
+            table.add(row("cold boot", report.coldBoot))
+            table.print()
+            print(
+                String(
+                    format: "restore is %.1fx faster than a cold boot; save image %.0f MB; snapshot create %.2f s",
+                    report.speedup, Double(report.saveImageBytes) / 1e6, report.snapshotCreateSeconds))
+            print(
+                "targets: restore median <= \(Int(report.targets.restoreMedianAtMostSeconds)) s and >= \(Int(report.targets.speedupAtLeast))x faster: \(report.targets.met ? "met" : "NOT met")"
+            )
         }
     }
 }

@@ -10,7 +10,7 @@ struct PromoteCommand: AsyncParsableCommand {
         abstract: "Seed a change's release into the caches of the targets a query selects.",
         discussion: """
             Targets are selected on reported inventory and attributes, for example
-              'site:paris and department:finance'   'package:openssl < 3.0.13'   'os:12'   'all'
+              'site = paris and department = finance'   'package:openssl < 3.0.13'   'os.version >= 12'   'all'
             Until change control lands, CHG may be a plain release name.
             """)
 

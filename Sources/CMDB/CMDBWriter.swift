@@ -1,0 +1,349 @@
+import Foundation
+import HostIO
+import Model
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// What a writer commits: the records it puts, checked before anything touches the disk.
+public struct CMDBTransaction: Sendable {
+    let store: CMDBStore
+    let cache: TreeCache
+    /// Path → new content.
+    private(set) var writes: [String: Data] = [:]
+    private(set) var references: [(from: CMDBReference, to: CMDBReference)] = []
+    private(set) var items: [CMDBReference] = []
+
+    init(store: CMDBStore, cache: TreeCache) {
+        self.store = store
+        self.cache = cache
+    }
+
+    /// Adds or replaces a record. Its problems are refused now; its references must resolve
+    /// by the end of the transaction.
+    public mutating func put<R: CMDBRecord>(_ record: R) throws {
+        let problems = record.problems()
+        guard problems.isEmpty else {
+            throw ChangelabError(
+                "refusing to record \(record.reference): it is not valid",
+                why: problems.joined(separator: "; "), fix: "correct the \(R.kind.rawValue) and record it again")
+        }
+        let reference = record.reference
+        writes[reference.path] = try StableJSON.data(record)
+        items.append(reference)
+        references += record.references.map { (reference, $0) }
+    }
+
+    /// Stores an inventory (once: it is named by its content) and returns its digest.
+    @discardableResult
+    public mutating func put(inventory snapshot: InventorySnapshot) throws -> SHA256Digest {
+        let record = InventoryRecord(snapshot)
+        let data = try StableJSON.data(record)
+        let digest = SHA256Digest(of: data)
+        let reference = CMDBReference(.inventory, digest.hex)
+        if writes[reference.path] == nil && !store.exists(reference) {
+            writes[reference.path] = data
+            items.append(reference)
+        }
+        return digest
+    }
+
+    /// True when the record is in the CMDB or put by this transaction.
+    public func exists(_ reference: CMDBReference) -> Bool {
+        writes[reference.path] != nil || store.exists(reference)
+    }
+
+    /// Reads a record as this transaction would leave it.
+    public func read<R: CMDBRecord>(_ type: R.Type, _ id: String) throws -> R {
+        if let data = writes[CMDBReference(R.kind, id).path] { return try StableJSON.decode(R.self, from: data) }
+        return try store.read(R.self, id)
+    }
+
+    func checkReferences() throws {
+        let missing = references.filter { !exists($0.to) }
+        guard missing.isEmpty else {
+            throw ChangelabError(
+                "refusing to record \(Set(missing.map(\.from.description)).sorted().joined(separator: ", "))",
+                why: "it refers to what the CMDB does not have: "
+                    + Set(missing.map(\.to.description)).sorted().joined(separator: ", "),
+                fix: "record those first (or in the same transaction)")
+        }
+    }
+}
+
+/// A transaction a writer began but did not finish, as written to `.git/changelab/journal.json`
+/// after every object of the commit exists and before the work tree or the branch changes.
+public struct Journal: Codable, Sendable {
+    public var message: String
+    public var operation: String
+    public var actor: String
+    public var pid: Int32
+    public var startedAt: Date
+    public var parent: String?
+    public var commit: String
+    /// Path → blob id of the new content.
+    public var writes: [String: String]
+}
+
+/// One committed transaction.
+public struct CMDBCommit: Sendable, Equatable {
+    /// The commit id; unchanged when the transaction changed nothing.
+    public var id: String
+    public var changed: [String]
+}
+
+/// What recovery did with a transaction a crashed writer left.
+public enum RecoveryOutcome: Sendable, Equatable, CustomStringConvertible {
+    /// The commit was complete; its files were put in place.
+    case rolledForward(message: String, commit: String)
+    /// The branch had moved on; the transaction's files were put back as committed.
+    case rolledBack(message: String)
+
+    public var description: String {
+        switch self {
+        case .rolledForward(let message, let commit):
+            return "finished the interrupted transaction '\(message)' (commit \(commit.prefix(12)))"
+        case .rolledBack(let message):
+            return "rolled back the interrupted transaction '\(message)'"
+        }
+    }
+}
+
+/// The one writer of a CMDB in this process: transactions under the CMDB's lock, each one
+/// commit, crash-safe.
+///
+/// Each transaction takes the lock, finishes any transaction a crashed writer left, puts its
+/// records, and releases the lock, so writers in other processes (or other `CMDBWriter`s)
+/// interleave safely. The order on disk is: blobs, trees and the commit object; the journal;
+/// the record files (each temp + fsync + rename); the branch; the journal's removal. A crash
+/// before the journal leaves only unreferenced objects; after it, the next writer rolls the
+/// transaction forward.
+public actor CMDBWriter {
+    public nonisolated let store: CMDBStore
+    /// Who the commits name as author: a person, or a service such as `changelab-matrix`.
+    public nonisolated let actor: String
+    let lockTimeout: Duration
+    private var cache: TreeCache?
+
+    /// Opens the CMDB at `path` for writing, creating it when the folder is missing or empty.
+    public init(path: String, actor: String, lockTimeout: Duration = .seconds(120)) async throws {
+        let store = CMDBStore(uncheckedPath: CMDBStore.absolute(path))
+        self.store = store
+        self.actor = actor.isEmpty ? "changelab" : actor
+        self.lockTimeout = lockTimeout
+        if !FileManager.default.fileExists(atPath: store.path + "/format.json") {
+            try await Self.create(store, actor: self.actor, lockTimeout: lockTimeout)
+        }
+        try store.checkFormat()
+    }
+
+    /// `CHANGELAB_ACTOR`, else `USER@hostname`.
+    public static var defaultActor: String {
+        let environment = ProcessInfo.processInfo.environment
+        if let actor = environment["CHANGELAB_ACTOR"], !actor.isEmpty { return actor }
+        return "\(environment["USER"] ?? "root")@\(ProcessInfo.processInfo.hostName)"
+    }
+
+    private static func create(_ store: CMDBStore, actor: String, lockTimeout: Duration) async throws {
+        let fm = FileManager.default
+        let existing = (try? fm.contentsOfDirectory(atPath: store.path)) ?? []
+        guard existing.allSatisfy({ $0 == ".git" }) else {
+            throw ChangelabError(
+                "\(store.path) is not a changelab CMDB", why: "it holds other files and no format.json",
+                fix: "pass an empty or new folder (or an existing CMDB) with --cmdb PATH; nothing was changed")
+        }
+        try fm.createDirectory(atPath: store.path, withIntermediateDirectories: true)
+        if !fm.fileExists(atPath: store.gitDirectory + "/HEAD") {
+            try await HostCommand.check("git", ["init", "-q", "-b", CMDBStore.branch, store.path])
+        }
+        let lock = try await acquireLock(store, timeout: lockTimeout)
+        defer { lock.release() }
+        // Another writer may have created it while we waited for the lock.
+        guard !fm.fileExists(atPath: store.path + "/format.json") else { return }
+        var transaction = CMDBTransaction(store: store, cache: TreeCache(commit: nil))
+        transaction.setFile(
+            "format.json",
+            try StableJSON.data(CMDBStore.FormatFile(format: CMDBStore.formatName, version: CMDBStore.formatVersion)))
+        transaction.setFile("README.md", Data(readme.utf8))
+        var cache = TreeCache(commit: store.head)
+        if cache.commit != nil { cache = try await TreeCache.load(repository: store.path, commit: cache.commit) }
+        _ = try await commit(
+            transaction, cache: cache, store: store, message: "create the CMDB", operation: "create", actor: actor)
+        try? await syncGitIndex(store)
+    }
+
+    static let readme = """
+        # changelab CMDB
+
+        Configuration items recorded by changelab, one pretty JSON file each; every change is one
+        git commit naming the operation and the actor, so `git log -p` is the audit trail and a
+        git remote is a replica. Do not edit by hand: `changelab cmdb verify` reports records
+        that differ from their commit.
+
+            baselines/NAME/VERSION.json   approved baseline versions (built or adopted)
+            inventories/AB/DIGEST.json    inventories, named by the SHA-256 of their content
+            artifacts/DIGEST.json         release artifacts
+            runs/RUN.json                 matrix runs
+            cells/RUN/CELL.json           matrix cells: verdict, install delta, residue
+            targets/NAME.json             fleet targets and their reported inventories
+            changes/ID.json               change records
+
+        """
+
+    // MARK: Transactions
+
+    /// Runs `body` to collect records and commits them as one transaction.
+    ///
+    /// - Parameters:
+    ///   - message: the commit's subject line, for example `record cell run-7/web`.
+    ///   - operation: a short verb for the trailer, for example `record-cell`.
+    @discardableResult
+    public func transaction(
+        _ message: String, operation: String, _ body: (inout CMDBTransaction) throws -> Void
+    ) async throws -> CMDBCommit {
+        let lock = try await Self.acquireLock(store, timeout: lockTimeout)
+        defer { lock.release() }
+        lock.note("pid \(getpid()) \(actor): \(message)\n")
+        if let outcome = try await Self.recoverLocked(store) {
+            FileHandle.standardError.write(Data("changelab: \(outcome)\n".utf8))
+        }
+        let head = store.head
+        if cache?.commit != head || cache == nil {
+            cache = try await TreeCache.load(repository: store.path, commit: head)
+        }
+        var transaction = CMDBTransaction(store: store, cache: cache ?? TreeCache(commit: head))
+        try body(&transaction)
+        try transaction.checkReferences()
+        let (result, newCache) = try await Self.commit(
+            transaction, cache: cache ?? TreeCache(commit: head), store: store, message: message,
+            operation: operation, actor: actor)
+        cache = newCache
+        return result
+    }
+
+    /// Finishes or rolls back a transaction a crashed writer left; nil when there was none.
+    public func recover() async throws -> RecoveryOutcome? {
+        let lock = try await Self.acquireLock(store, timeout: lockTimeout)
+        defer { lock.release() }
+        cache = nil
+        return try await Self.recoverLocked(store)
+    }
+
+    /// Brings git's own index up to date with the branch, so `git status` and `git diff` in
+    /// the CMDB read clean. Transactions write objects directly and leave it behind; call
+    /// this when done writing (the CLI does after each write command).
+    public func close() async {
+        guard let lock = try? await Self.acquireLock(store, timeout: lockTimeout) else { return }
+        defer { lock.release() }
+        try? await Self.syncGitIndex(store)
+    }
+
+    static func syncGitIndex(_ store: CMDBStore) async throws {
+        guard store.head != nil else { return }
+        try await HostCommand.check("git", ["-C", store.path, "read-tree", "-m", "HEAD"], timeout: .seconds(300))
+        _ = try await HostCommand.run(
+            "git", ["-C", store.path, "update-index", "-q", "--refresh"], timeout: .seconds(300))
+    }
+
+    static func acquireLock(_ store: CMDBStore, timeout: Duration) async throws -> FileLock {
+        guard let lock = try await FileLock.acquire(store.lockPath, timeout: timeout) else {
+            let holder = (try? String(contentsOfFile: store.lockPath, encoding: .utf8))?
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            throw ChangelabError(
+                "another writer has held the CMDB at \(store.path) for over \(timeout)",
+                why: holder.map { "held by \($0)" }, fix: "wait for it to finish, then run the command again")
+        }
+        return lock
+    }
+
+    static func commit(
+        _ transaction: CMDBTransaction, cache: TreeCache, store: CMDBStore, message: String, operation: String,
+        actor: String
+    ) async throws -> (CMDBCommit, TreeCache) {
+        let writer = GitObjectWriter(gitDirectory: store.gitDirectory)
+        let writes = transaction.writes
+        let pid = getpid()
+        return try await onThread {
+            var cache = cache
+            var blobs: [String: String?] = [:]
+            for (path, data) in writes {
+                let id = GitObjectWriter.id(.blob, data)
+                if cache.blob(at: path) != id { blobs[path] = id }
+            }
+            guard !blobs.isEmpty else { return (CMDBCommit(id: cache.commit ?? "", changed: []), cache) }
+            for path in blobs.keys { try writer.write(.blob, writes[path] ?? Data()) }
+            let tree = try cache.apply(blobs, writer: writer)
+            let now = Int(Date().timeIntervalSince1970)
+            let person = actor.filter { $0 != "<" && $0 != ">" && $0 != "\n" }
+            var text = "tree \(tree)\n"
+            if let parent = cache.commit { text += "parent \(parent)\n" }
+            text += "author \(person) <changelab@localhost> \(now) +0000\n"
+            text += "committer changelab <changelab@localhost> \(now) +0000\n\n"
+            text += message.replacingOccurrences(of: "\n", with: " ") + "\n\n"
+            text += "Changelab-Operation: \(operation)\nChangelab-Actor: \(person)\n"
+            let commit = try writer.write(.commit, Data(text.utf8))
+            let journal = Journal(
+                message: message, operation: operation, actor: person, pid: pid, startedAt: Date(),
+                parent: cache.commit, commit: commit, writes: blobs.compactMapValues { $0 })
+            try AtomicFile.write(try StableJSON.data(journal), to: store.journalPath)
+            for path in blobs.keys.sorted() {
+                try AtomicFile.write(writes[path] ?? Data(), to: "\(store.path)/\(path)")
+            }
+            try writer.updateBranch(CMDBStore.branch, to: commit)
+            unlink(store.journalPath)
+            cache.commit = commit
+            return (CMDBCommit(id: commit, changed: blobs.keys.sorted()), cache)
+        }
+    }
+
+    static func recoverLocked(_ store: CMDBStore) async throws -> RecoveryOutcome? {
+        guard let data = FileManager.default.contents(atPath: store.journalPath) else { return nil }
+        guard let journal = try? StableJSON.decode(Journal.self, from: data) else {
+            // Journals are written whole (temp + rename): an unreadable one was edited. Nothing
+            // it names was applied for certain, so drop it and restore the committed files.
+            unlink(store.journalPath)
+            return .rolledBack(message: "unreadable journal")
+        }
+        let head = store.head
+        let paths = journal.writes.keys.sorted()
+        if head == journal.parent || head == journal.commit {
+            if head == journal.parent {
+                try GitObjectWriter(gitDirectory: store.gitDirectory).updateBranch(
+                    CMDBStore.branch, to: journal.commit)
+            }
+            try await HostCommand.check(
+                "git", ["-C", store.path, "checkout", journal.commit, "--"] + paths, timeout: .seconds(300))
+            unlink(store.journalPath)
+            return .rolledForward(message: journal.message, commit: journal.commit)
+        }
+        // The branch moved on without this transaction: put the files back as committed.
+        let tree = try await TreeCache.load(repository: store.path, commit: head)
+        let committed = paths.filter { tree.blob(at: $0) != nil }
+        if !committed.isEmpty, let head {
+            try await HostCommand.check(
+                "git", ["-C", store.path, "checkout", head, "--"] + committed, timeout: .seconds(300))
+        }
+        for path in paths where tree.blob(at: path) == nil { unlink("\(store.path)/\(path)") }
+        unlink(store.journalPath)
+        return .rolledBack(message: journal.message)
+    }
+}
+
+extension CMDBTransaction {
+    /// Sets a file that is not a record (format.json, README.md).
+    mutating func setFile(_ path: String, _ data: Data) { writes[path] = data }
+}
+
+/// Runs blocking file work on a thread of its own, never on Swift's cooperative pool.
+func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        BlockingThread.start {
+            do {
+                continuation.resume(returning: try body())
+            } catch {
+                continuation.resume(throwing: error)
+            }
+        }
+    }
+}

@@ -1,0 +1,184 @@
+import ArgumentParser
+import Foundation
+import Lab
+import Model
+
+struct BaselineCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "baseline",
+        abstract: "Build, list and restore the approved baseline configurations (baselines/*.yaml).",
+        subcommands: [List.self, Build.self, Restore.self]
+    )
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List baselines: approved or draft, built or not, image digest and age.")
+        @OptionGroup var projectOptions: ProjectOptions
+        @OptionGroup var output: OutputOptions
+
+        struct Row: Codable {
+            var name: String
+            var approved: Bool
+            var description: String
+            var status: String
+            var built: Bool
+            var imageDigest: String?
+            var recipeDigest: String?
+            var builtAt: Date?
+            var imageSeconds: Double?
+            var slots: Int
+            var problem: String?
+        }
+
+        func run() async throws {
+            let lab = try Lab(project: try projectOptions.project())
+            var rows: [Row] = []
+            for name in try lab.baselines.names() {
+                do {
+                    let recipe = try lab.baselines.load(name)
+                    let image = try lab.currentImage(of: recipe)
+                    let status = image?.status(testsDigest: lab.baselines.testsDigest(of: name)).rawValue ?? "not built"
+                    rows.append(
+                        Row(
+                            name: name, approved: recipe.approved, description: recipe.description, status: status,
+                            built: image != nil, imageDigest: image?.imageDigest.description,
+                            recipeDigest: try lab.baselines.recipeDigest(recipe).description, builtAt: image?.builtAt,
+                            imageSeconds: image?.imageSeconds, slots: image?.slots.count ?? 0, problem: nil))
+                } catch {
+                    rows.append(
+                        Row(
+                            name: name, approved: false, description: "", status: "invalid recipe", built: false,
+                            imageDigest: nil, recipeDigest: nil, builtAt: nil, imageSeconds: nil, slots: 0,
+                            problem: "\(error)"))
+                }
+            }
+            if output.json { return try printJSON(rows) }
+            var table = Table("NAME", "APPROVED", "STATUS", "IMAGE", "AGE", "BUILD", "SLOTS", "DESCRIPTION")
+            for row in rows {
+                table.add(
+                    row.name, row.approved ? "yes" : "draft", row.status,
+                    row.imageDigest.flatMap { SHA256Digest(hex: $0)?.short } ?? "-",
+                    row.builtAt.map { age(since: $0) } ?? "-", row.imageSeconds.map { "\(Int($0)) s" } ?? "-",
+                    "\(row.slots)", row.description)
+            }
+            table.print()
+            for row in rows where row.problem != nil { note("\(row.name): \(row.problem ?? "")") }
+        }
+    }
+
+    struct Build: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Build baseline images (default: every approved baseline), cached by recipe digest.",
+            discussion: """
+                debootstrap → customize → ext4 (mke2fs -d) → qcow2 → boot under libvirt → save the \
+                booted state → run the baseline's own standing suite on a fresh restore. An unchanged \
+                recipe reuses its cached image; --force rebuilds.
+                """)
+        @OptionGroup var projectOptions: ProjectOptions
+        @OptionGroup var output: OutputOptions
+        @Argument(help: "Baselines to build (default: all approved ones; drafts only when named).")
+        var names: [String] = []
+        @Flag(help: "Rebuild even when the recipe has not changed.")
+        var force = false
+        @Option(help: "How many baselines to build at once.")
+        var parallel = 2
+
+        struct Row: Codable {
+            var name: String
+            var status: String
+            var reused: Bool
+            var imageDigest: String
+            var seconds: Double
+            var failedTests: [String]
+        }
+
+        func run() async throws {
+            guard parallel >= 1 else { throw ValidationError("--parallel must be at least 1") }
+            let lab = try Lab(project: try projectOptions.project(), progress: ConsoleProgress.handler())
+            let recipes = try lab.baselines.select(names)
+            guard !recipes.isEmpty else {
+                throw ChangelabError(
+                    "no approved baselines to build", fix: "mark one 'approved: true' or name a draft to build it")
+            }
+            let force = self.force
+            var rows: [Row] = []
+            var failures: [String: String] = [:]
+            try await withThrowingTaskGroup(of: (String, Result<Lab.BuildOutcome, Error>).self) { group in
+                var pending = recipes[...]
+                func startNext() {
+                    guard let recipe = pending.popFirst() else { return }
+                    group.addTask {
+                        do { return (recipe.name, .success(try await lab.build(recipe, force: force))) } catch {
+                            if error is CancellationError { throw error }
+                            return (recipe.name, .failure(error))
+                        }
+                    }
+                }
+                for _ in 0..<parallel { startNext() }
+                while let (name, result) = try await group.next() {
+                    switch result {
+                    case .success(let outcome):
+                        rows.append(
+                            Row(
+                                name: name, status: outcome.status.rawValue, reused: outcome.reusedImage,
+                                imageDigest: outcome.image.imageDigest.description, seconds: outcome.seconds,
+                                failedTests: outcome.image.validation?.results.filter { !$0.passed }.map(\.name) ?? []))
+                    case .failure(let error):
+                        failures[name] = "\(error)"
+                        rows.append(Row(name: name, status: "error", reused: false, imageDigest: "", seconds: 0, failedTests: []))
+                    }
+                    startNext()
+                }
+            }
+            rows.sort { $0.name < $1.name }
+            if output.json {
+                try printJSON(rows)
+            } else {
+                var table = Table("BASELINE", "STATUS", "IMAGE", "CACHED", "SECONDS", "FAILED TESTS")
+                for row in rows {
+                    table.add(
+                        row.name, row.status, SHA256Digest(hex: row.imageDigest)?.short ?? "-", row.reused ? "yes" : "no",
+                        String(format: "%.0f", row.seconds), row.failedTests.joined(separator: ", "))
+                }
+                table.print()
+            }
+            for (name, message) in failures.sorted(by: { $0.key < $1.key }) { note("error: \(name): \(message)") }
+            if !failures.isEmpty || rows.contains(where: { $0.status != BaselineImage.Status.ready.rawValue }) {
+                throw ExitCode(1)
+            }
+        }
+    }
+
+    struct Restore: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Restore a pristine guest of a baseline, set its clock, wait for its agent; print the time taken.")
+        @OptionGroup var projectOptions: ProjectOptions
+        @OptionGroup var output: OutputOptions
+        @Argument(help: "The baseline to restore.")
+        var name: String
+        @Flag(help: "Keep the VM running afterwards (see: changelab lab list).")
+        var keep = false
+
+        struct Report: Codable {
+            var baseline: String
+            var domain: String
+            var imageDigest: String
+            var seconds: Double
+            var kept: Bool
+        }
+
+        func run() async throws {
+            let lab = try Lab(project: try projectOptions.project(), progress: ConsoleProgress.handler(quiet: output.json))
+            let image = try lab.readyImage(name, allowUnvalidated: true)
+            let keep = self.keep
+            let report = try await lab.withRestored(image, keep: keep) { guest in
+                Report(
+                    baseline: image.name, domain: guest.name, imageDigest: image.imageDigest.description,
+                    seconds: guest.restoreSeconds, kept: keep)
+            }
+            if output.json { return try printJSON(report) }
+            print(String(format: "restored %@ in %.2f s (agent answering, clock set)", report.baseline, report.seconds))
+            if keep { print("kept as \(report.domain): changelab lab exec \(report.domain) -- CMD, then changelab lab discard \(report.domain)") }
+        }
+    }
+}

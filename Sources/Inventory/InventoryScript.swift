@@ -1,0 +1,83 @@
+import Foundation
+import Model
+
+/// The one shell script that gathers an inventory, and how its options shape it.
+///
+/// It runs on a Debian *minbase* system: dash, coreutils, findutils, grep, sed, mawk, dpkg
+/// and systemd are there; iproute2, procps and net-tools are not, so ports come from
+/// /proc/net and users from /etc/passwd. Every section starts with a `@@changelab NAME`
+/// line; a command that fails leaves its section empty and says why on stderr, so one
+/// missing tool never loses the whole inventory.
+enum InventoryScript {
+    static let marker = "@@changelab "
+
+    static func render(_ options: InventoryOptions) -> String {
+        let root = options.normalizedRoot
+        let watched = options.watchedPaths.map(shellQuote).joined(separator: " ")
+        let prune = pruneExpression(options)
+        return """
+            R=\(shellQuote(root == "/" ? "" : root))
+            if [ ! -d "${R:-/}" ]; then echo "the root folder ${R:-/} does not exist" >&2; exit 3; fi
+            sec() { printf '\(marker)%s\\n' "$1"; }
+            sec hostname
+            if [ -z "$R" ]; then cat /proc/sys/kernel/hostname 2>/dev/null || uname -n; else cat "$R/etc/hostname" 2>/dev/null; fi
+            sec os-release
+            cat "$R/etc/os-release" 2>/dev/null || cat "$R/usr/lib/os-release"
+            sec kernel
+            uname -r; uname -m
+            sec cpu
+            grep -E '^(model name|processor)[[:space:]]*:' /proc/cpuinfo
+            sec memory
+            grep '^MemTotal:' /proc/meminfo
+            sec disks
+            df -P -T -k 2>/dev/null
+            sec packages
+            dpkg-query --admindir="$R/var/lib/dpkg" -W -f='${Package}\\t${Architecture}\\t${Version}\\t${Status}\\n'
+            sec passwd
+            cat "$R/etc/passwd"
+            sec group
+            cat "$R/etc/group"
+            sec unit-files
+            if command -v systemctl >/dev/null 2>&1; then systemctl --root="${R:-/}" list-unit-files --no-legend --no-pager --plain 2>/dev/null; fi
+            sec units
+            if [ -z "$R" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+              echo running
+              systemctl list-units --all --no-legend --no-pager --plain --type=service,socket,timer,path,target 2>/dev/null
+            fi
+            sec tcp
+            cat /proc/net/tcp /proc/net/tcp6 2>/dev/null
+            sec udp
+            cat /proc/net/udp /proc/net/udp6 2>/dev/null
+            sec files
+            for p in \(watched); do
+              if [ -e "$R$p" ] || [ -L "$R$p" ]; then find "$R$p" \(prune)-printf '%y\\t%m\\t%U\\t%G\\t%s\\t%l\\t%p\\n'; fi
+            done
+            sec sha256
+            for p in \(watched); do
+              if [ -e "$R$p" ]; then find "$R$p" \(prune)-type f -print0 | xargs -0 -r sha256sum; fi
+            done
+            sec end
+            exit 0
+
+            """
+    }
+
+    /// `( -path A -o -path B ) -prune -o `: skips noise folders without descending into
+    /// them. Only patterns find matches exactly as changelab does (literal paths, or a
+    /// literal folder followed by `/**`) are pruned here; the rest are filtered after parsing.
+    static func pruneExpression(_ options: InventoryOptions) -> String {
+        let root = options.normalizedRoot == "/" ? "" : options.normalizedRoot
+        let literal = options.noise.paths.compactMap { glob -> String? in
+            if glob.isLiteral { return glob.pattern }
+            let prefix = Glob(String(glob.pattern.dropLast(3)))
+            return glob.pattern.hasSuffix("/**") && prefix.isLiteral ? prefix.pattern : nil
+        }
+        guard !literal.isEmpty else { return "" }
+        let tests = literal.map { "-path \(shellQuote(root + $0))" }.joined(separator: " -o ")
+        return "\\( \(tests) \\) -prune -o "
+    }
+
+    static func shellQuote(_ text: String) -> String {
+        "'" + text.replacingOccurrences(of: "'", with: "'\\''") + "'"
+    }
+}

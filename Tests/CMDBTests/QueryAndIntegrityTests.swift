@@ -1,0 +1,217 @@
+import Foundation
+import HostIO
+import Model
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+@testable import CMDB
+
+@Suite struct CMDBQueryTests {
+    func answers(_ store: CMDBStore, _ text: String, kinds: Set<CMDBRecordKind> = []) async throws -> [String] {
+        try await store.query(try Query(text), kinds: kinds).map { "\($0.kind.rawValue):\($0.id)" }
+    }
+
+    @Test func answersWhichBaselinesCellsAndTargetsMatch() async throws {
+        let path = Fixture.temporaryFolder()
+        try await Fixture.make(at: path)
+        let store = try CMDBStore.open(path)
+        #expect(
+            try await answers(store, "package:openssl < 3.0.13") == [
+                "baseline:web@1", "cell:run-1/web", "target:lyon-1", "target:paris-1",
+            ])
+        #expect(try await answers(store, "package:nginx") == ["cell:run-1/db", "cell:run-1/web"])
+        #expect(try await answers(store, "service:nginx enabled and port:tcp/80 added") == ["cell:run-1/web"])
+        #expect(try await answers(store, "file:/etc/ssh/sshd_config changed") == ["target:lyon-1"])  // drift
+        #expect(
+            try await answers(store, "kind = target and site = lyon and not package:redis-server") == ["target:lyon-1"])
+        #expect(try await answers(store, "verdict = failed and failure = product") == ["cell:run-1/db"])
+        #expect(try await answers(store, "package.version >= 1.22 and baseline = web") == ["cell:run-1/web"])
+        #expect(
+            try await answers(store, "drift = yes or department = finance", kinds: [.target]) == [
+                "target:lyon-1", "target:lyon-2", "target:paris-1",
+            ])
+        #expect(
+            try await answers(store, "os = debian and os.version >= 12", kinds: [.baseline]) == [
+                "baseline:db@1", "baseline:web@1",
+            ])
+        #expect(try await answers(store, "user:www-data added") == ["cell:run-1/web"])
+    }
+
+    @Test func theIndexIsRebuiltWhenMissingOrBrokenAndFollowsNewRecords() async throws {
+        let path = Fixture.temporaryFolder()
+        let writer = try await Fixture.make(at: path)
+        let store = try CMDBStore.open(path)
+        let query = try Query("site = lyon")
+        #expect(try await store.query(query).count == 2)
+        #expect(FileManager.default.fileExists(atPath: store.indexPath))
+        let (fresh, rebuilt) = try await QueryIndex.load(store)
+        #expect(!rebuilt && fresh.commit == store.head)
+        try await writer.record(target: TargetRecord(name: "lyon-3", attributes: ["site": "lyon"]))
+        #expect(try await store.query(query).map(\.id) == ["lyon-1", "lyon-2", "lyon-3"])  // stale → refreshed
+        try Data("garbage".utf8).write(to: URL(fileURLWithPath: store.indexPath))
+        #expect(try await store.query(query).count == 3)  // broken → rebuilt
+        unlink(store.indexPath)
+        #expect(try await store.query(query).count == 3)  // missing → rebuilt
+        #expect(try await QueryIndex.load(store).rebuilt == false)
+    }
+}
+
+@Suite struct IntegrityTests {
+    @Test func handEditedTruncatedAndStrayRecordsAreReportedByName() async throws {
+        let path = Fixture.temporaryFolder()
+        try await Fixture.make(at: path)
+        let store = try CMDBStore.open(path)
+        // A hand edit that still parses.
+        let cellPath = path + "/cells/run-1/web.json"
+        let cell = try String(contentsOfFile: cellPath, encoding: .utf8)
+        try cell.replacingOccurrences(of: "\"passed\"", with: "\"failed\"").write(
+            toFile: cellPath, atomically: true, encoding: .utf8)
+        // A truncated inventory.
+        let inventory = store.ids(of: .inventory)[0]
+        let inventoryPath = path + "/" + CMDBReference(.inventory, inventory).path
+        let data = try Data(contentsOf: URL(fileURLWithPath: inventoryPath))
+        try data.prefix(data.count / 2).write(to: URL(fileURLWithPath: inventoryPath))
+        // A file no record owns.
+        try "x".write(toFile: path + "/runs/notes.txt", atomically: true, encoding: .utf8)
+        let report = try await store.verify()
+        #expect(!report.passed)
+        let messages = report.problems.map(\.description)
+        #expect(messages.contains("cells/run-1/web.json: differs from its last commit (edited by hand?)"))
+        #expect(messages.contains("cells/run-1/web.json: a failed cell has no failure class"))
+        #expect(
+            messages.contains { $0.hasPrefix("inventories/\(inventory.prefix(2))/\(inventory).json: does not parse:") })
+        #expect(
+            messages.contains(
+                "inventories/\(inventory.prefix(2))/\(inventory).json: differs from its last commit (edited by hand?)"))
+        #expect(messages.contains("runs/notes.txt: is not committed (added by hand?)"))
+        #expect(messages.contains("runs/notes.txt: is not where any record belongs"))
+    }
+
+    @Test func aHandMadeCommitAndAHandEditedInventoryAreCaught() async throws {
+        let path = Fixture.temporaryFolder()
+        try await Fixture.make(at: path).close()
+        let store = try CMDBStore.open(path)
+        let id = store.ids(of: .inventory)[0]
+        let file = CMDBReference(.inventory, id).path
+        let text = try String(contentsOfFile: "\(path)/\(file)", encoding: .utf8)
+        try text.replacingOccurrences(of: "\"x86_64\"", with: "\"aarch64\"").write(
+            toFile: "\(path)/\(file)", atomically: true, encoding: .utf8)
+        _ = try await git(path, "-c", "user.name=mallory", "-c", "user.email=m@example.org", "commit", "-qam", "tweak")
+        let report = try await store.verify()
+        #expect(
+            report.problems.map(\.description) == ["\(file): does not match its digest (changed after it was recorded)"]
+        )
+        #expect(report.warnings.count == 1)
+        #expect(report.warnings.first?.message.contains("not made by changelab") == true)
+    }
+
+    @Test func aTornTransactionBlocksReadersAndTheNextWriterFinishesIt() async throws {
+        let path = Fixture.temporaryFolder()
+        let writer = try await Fixture.make(at: path)
+        let store = try CMDBStore.open(path)
+        let parent = try #require(store.head)
+        try await writer.record(target: TargetRecord(name: "torn", attributes: ["site": "nantes"]))
+        let commit = try #require(store.head)
+        // Put the repository back to the moment after the record file was written and before
+        // the branch moved: the journal names the commit, the branch still names its parent.
+        let tree = try await TreeCache.load(repository: path, commit: commit)
+        let journal = Journal(
+            message: "record target torn", operation: "record-target", actor: "tester", pid: 1, startedAt: Date(),
+            parent: parent, commit: commit,
+            writes: ["targets/torn.json": try #require(tree.blob(at: "targets/torn.json"))])
+        try AtomicFile.write(try StableJSON.data(journal), to: store.journalPath)
+        try GitObjectWriter(gitDirectory: store.gitDirectory).updateBranch("main", to: parent)
+
+        await #expect(throws: ChangelabError.self) { _ = try await store.query(try Query("site = nantes")) }
+        let report = try await store.verify()
+        #expect(report.problems.contains { $0.item == "transaction" && $0.message.contains("record target torn") })
+
+        let next = try await CMDBWriter(path: path, actor: "someone-else")
+        #expect(try await next.recover() == .rolledForward(message: "record target torn", commit: commit))
+        #expect(store.head == commit)
+        #expect(try await store.query(try Query("site = nantes")).map(\.id) == ["torn"])
+        #expect(try await store.verify().problems == [])
+    }
+
+    @Test func aTornTransactionWhoseBranchMovedOnIsRolledBack() async throws {
+        let path = Fixture.temporaryFolder()
+        try await Fixture.make(at: path)
+        let store = try CMDBStore.open(path)
+        let head = try #require(store.head)
+        // A journal for a commit that never happened, with its file half in place.
+        try "{ \"half\"".write(toFile: path + "/targets/ghost.json", atomically: true, encoding: .utf8)
+        let journal = Journal(
+            message: "record target ghost", operation: "record-target", actor: "tester", pid: 1, startedAt: Date(),
+            parent: String(repeating: "0", count: 40), commit: String(repeating: "1", count: 40),
+            writes: ["targets/ghost.json": String(repeating: "2", count: 40)])
+        try AtomicFile.write(try StableJSON.data(journal), to: store.journalPath)
+        let writer = try await CMDBWriter(path: path, actor: "t")
+        #expect(try await writer.recover() == .rolledBack(message: "record target ghost"))
+        #expect(!FileManager.default.fileExists(atPath: path + "/targets/ghost.json"))
+        #expect(store.head == head)
+        #expect(try await store.verify().problems == [])
+    }
+}
+
+@Suite struct HistoryTests {
+    @Test func adoptingAPassedCellRecordsANewBaselineVersionLinkedToItsEvidence() async throws {
+        let path = Fixture.temporaryFolder()
+        let writer = try await Fixture.make(at: path)
+        let store = try CMDBStore.open(path)
+        let adopted = try await writer.adoptBaseline("web", from: "run-1", change: nil, notes: "nginx is standard now")
+        #expect(adopted.version == 2 && adopted.origin == .adopted && adopted.previousVersion == 1)
+        #expect(adopted.adoption?.cell == "web" && adopted.adoption?.artifact == Fixture.artifact.digest)
+        #expect(try store.inventory(adopted.inventory) == Fixture.webWithNginx.normalized())
+        let diff = try store.diff(try store.resolve("baseline:web@1"), try store.resolve("baseline:web"))
+        #expect(diff == adopted.adoption?.delta)
+        #expect(diff[.packages].added.map(\.key) == ["nginx:amd64"])
+        // The cell's after state equals the adopted configuration.
+        #expect(try store.diff(try store.resolve("cell:run-1/web"), try store.resolve("web@2")).isEmpty)
+        // Refusals: a failed cell, a cell of another baseline, a cell of an older version.
+        await #expect(throws: ChangelabError.self) { try await writer.adoptBaseline("db", from: "run-1/db") }
+        await #expect(throws: ChangelabError.self) { try await writer.adoptBaseline("db", from: "run-1/web") }
+        do {
+            try await writer.adoptBaseline("web", from: "run-1/web")
+            Issue.record("adopted a cell of an older version")
+        } catch {
+            #expect("\(error)".contains("newest version is web@2"))
+        }
+        #expect(try store.baselineVersions("web").map(\.version) == [1, 2])
+        #expect(try await store.verify().problems == [])
+    }
+
+    @Test func theLogListsTransactionsAndTheOnesThatTouchedAnItem() async throws {
+        let path = Fixture.temporaryFolder()
+        let writer = try await Fixture.make(at: path, actor: "carol")
+        try await writer.record(
+            target: TargetRecord(name: "paris-1", attributes: ["site": "paris", "department": "it"]))
+        let store = try CMDBStore.open(path)
+        let all = try await store.log()
+        #expect(all.count == 11)
+        #expect(all.first?.operation == "record-target" && all.first?.actor == "carol")
+        #expect(all.last?.files == ["README.md", "format.json"])
+        let target = try await store.log(try store.resolve("target:paris-1"))
+        #expect(target.map(\.message) == ["record target paris-1", "record target paris-1"])
+        #expect(try await store.log(nil, limit: 3).count == 3)
+    }
+
+    @Test func itemsResolveFromWhatPeopleType() async throws {
+        let path = Fixture.temporaryFolder()
+        try await Fixture.make(at: path)
+        let store = try CMDBStore.open(path)
+        #expect(try store.resolve("web@1") == CMDBReference(.baseline, "web@1"))
+        #expect(try store.resolve("baseline:db") == CMDBReference(.baseline, "db@1"))
+        #expect(try store.resolve("run-1/web") == CMDBReference(.cell, "run-1/web"))
+        #expect(try store.resolve("paris-1") == CMDBReference(.target, "paris-1"))
+        #expect(try store.resolve("run-1") == CMDBReference(.run, "run-1"))
+        #expect(
+            try store.resolve("artifact:" + Fixture.artifact.digest.hex.prefix(8))
+                == CMDBReference(.artifact, Fixture.artifact.digest.hex))
+        for bad in ["nope", "baseline:nope", "cell:run-1/nope", "gadget:x", "artifact:00"] {
+            #expect(throws: ChangelabError.self, "\(bad)") { try store.resolve(bad) }
+        }
+    }
+}
