@@ -27,6 +27,9 @@ public struct AgentConfiguration: Sendable {
     public var maxCheckInInterval: Double?
     /// How old the inventory sent at check-in may get before it is collected again.
     public var inventoryInterval: Duration = .seconds(900)
+    /// Shared by the identities of one process (test fleet): at most so many installers run at
+    /// once, since the identities share the host's CPUs. nil: no limit beyond one per agent.
+    public var installSlots: Semaphore?
     /// Folders (under the root) whose files the inventory records with hashes.
     public var watchedPaths: [String] = InventoryOptions.defaultWatchedPaths
 
@@ -362,7 +365,9 @@ public actor Agent {
             // handed out the job, and a hundred extra round trips would delay every result.
             let before = DpkgStatus.installedVersion(of: entry.manifest.package, root: configuration.root)
             if entry.previousVersion == nil, !entry.installedVersion { entry.previousVersion = before }
+            await configuration.installSlots?.wait()
             let result = await installer.install(cache.packagePath(job.change))
+            await configuration.installSlots?.signal()
             finish(&entry, order: order, result: result)
             entry.installedVersion = result.failure == nil
             if result.failure == nil {
@@ -482,5 +487,31 @@ public actor Agent {
             }
         }
         return result.sorted()
+    }
+}
+
+/// A counting semaphore for async code.
+public actor Semaphore {
+    private var free: Int
+    private var waiters: [CheckedContinuation<Void, Never>] = []
+
+    public init(_ count: Int) {
+        free = max(1, count)
+    }
+
+    public func wait() async {
+        if free > 0 {
+            free -= 1
+            return
+        }
+        await withCheckedContinuation { waiters.append($0) }
+    }
+
+    public func signal() {
+        if waiters.isEmpty {
+            free += 1
+        } else {
+            waiters.removeFirst().resume()
+        }
     }
 }

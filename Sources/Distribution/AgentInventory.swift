@@ -20,7 +20,15 @@ public struct CollectorInventorySource: InventorySource {
 
     public func collect(root: String) async throws -> InventorySnapshot {
         let options = InventoryOptions(root: root, watchedPaths: watchedPaths, timeout: .seconds(120))
-        return try await InventoryCollector(runner: LocalShell(), options: options).collect().snapshot
+        return try await InventoryCollector(runner: BackgroundShell(), options: options).collect().snapshot
+    }
+}
+
+/// Runs the collection script at the lowest CPU priority: an inventory is never urgent, and
+/// right after an activation it must not slow down installations still running.
+struct BackgroundShell: CommandRunner {
+    func runShell(_ script: String, timeout: Duration) async throws -> CommandResult {
+        try await HostCommand.run("nice", ["-n", "19", "/bin/sh", "-s"], input: Data(script.utf8), timeout: timeout)
     }
 }
 

@@ -13,6 +13,8 @@ public struct BenchOptions: Sendable {
     public var wanRate = "1gbit"
     /// Random loss per segment number (1-based), e.g. [2: 0.05].
     public var loss: [Int: Double] = [:]
+    /// Installers one agent process runs at once (its identities share two cores); nil: no limit.
+    public var parallelInstalls: Int?
     /// Seeding throttle per agent (bytes/s); nil: unthrottled.
     public var seedRate: Int64?
     public var prefix = "clb"
@@ -231,7 +233,7 @@ public enum DistributionBench {
                          "--core", "http://\(fleet.coreAddress):\(fleet.port)", "--core-key", token.coreKey,
                          "--enrol-token", token.token, "--state", "\(work)/agents/\(name)", "--root",
                          "\(work)/roots/\(name)", "--name", name, "--segment", "s\(segment)", "--attribute",
-                         "site=site-\(segment)", "--count", String(count), "--watch", "/etc"],
+                         "site=site-\(segment)", "--count", String(count), "--watch", "/etc"] + (o.parallelInstalls.map { ["--parallel-installs", String($0)] } ?? []),
                         log: "\(work)/agent-\(name).log"))
             }
         }

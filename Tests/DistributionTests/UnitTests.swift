@@ -255,3 +255,25 @@ import Testing
         #expect(ContinuousClock.now - start < .milliseconds(500))
     }
 }
+
+@Suite struct InstallSlotTests {
+    @Test func atMostTheGivenNumberOfInstallersRunAtOnce() async {
+        let slots = Semaphore(2)
+        let running = Locked(0)
+        let peak = Locked(0)
+        await withTaskGroup(of: Void.self) { group in
+            for _ in 0..<8 {
+                group.addTask {
+                    await slots.wait()
+                    running.mutate { $0 += 1 }
+                    peak.mutate { $0 = max($0, running.value) }
+                    try? await Task.sleep(for: .milliseconds(20))
+                    running.mutate { $0 -= 1 }
+                    await slots.signal()
+                }
+            }
+        }
+        #expect(peak.value == 2)
+        #expect(running.value == 0)
+    }
+}

@@ -47,6 +47,9 @@ struct AgentRunCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Seconds before an installer is killed and reported as timed out.")
     var installTimeout: Double = 600
 
+    @Option(name: .long, help: "With --count: how many identities may run an installer at the same time (default: all).")
+    var parallelInstalls: Int?
+
     @Option(name: .long, help: "Check in at least this often (seconds), whatever the core asks.")
     var maxCheckIn: Double?
 
@@ -69,6 +72,7 @@ struct AgentRunCommand: AsyncParsableCommand {
             }
             attributes[parts[0]] = parts[1]
         }
+        let slots = parallelInstalls.map { Semaphore($0) }
         let base = name ?? ProcessInfo.processInfo.hostName
         let configurations = (1...count).map { i -> AgentConfiguration in
             let id = count == 1 ? base : String(format: "%@-%02d", base, i)
@@ -80,6 +84,7 @@ struct AgentRunCommand: AsyncParsableCommand {
             c.installTimeout = .milliseconds(Int(installTimeout * 1000))
             c.maxCheckInInterval = maxCheckIn
             if !watch.isEmpty { c.watchedPaths = watch }
+            c.installSlots = slots
             return c
         }
         note("changelab agent: \(count) identit\(count == 1 ? "y" : "ies") on segment \(segment), core \(core)")

@@ -27,6 +27,8 @@ struct BenchDistributionCommand: AsyncParsableCommand {
     var wanRate = "1gbit"
     @Option(parsing: .singleValue, help: ArgumentHelp("Random packet loss on a segment, e.g. 2=0.05 (repeatable).", valueName: "segment=p"))
     var loss: [String] = []
+    @Option(help: "Installers each agent process runs at once (its identities share the machine's CPUs).")
+    var parallelInstalls = 2
     @Option(help: "Seeding throttle per agent, e.g. 4M (default: none).")
     var rate: String?
     @Option(help: ArgumentHelp("Scratch folder (removed afterwards).", valueName: "dir"))
@@ -67,6 +69,7 @@ struct BenchDistributionCommand: AsyncParsableCommand {
         options.wanRate = wanRate
         options.loss = losses
         options.seedRate = try parseRate(rate)
+        options.parallelInstalls = parallelInstalls
         let report = try await DistributionBench.run(options) { note($0) }
         if output.json { return try printJSON(report) }
         for m in report.modes {
