@@ -123,7 +123,8 @@ public actor Agent {
         }
         guard let token = configuration.enrolmentToken else {
             throw ChangelabError(
-                "agent \(configuration.name) is not enrolled", fix: "pass --enrol-token TOKEN from 'changelab core token'")
+                "agent \(configuration.name) is not enrolled",
+                fix: "pass --enrol-token TOKEN from 'changelab core token'")
         }
         let request = EnrolRequest(
             token: token, name: configuration.name, segment: configuration.segment, addresses: Self.addresses(),
@@ -253,7 +254,8 @@ public actor Agent {
             if let entry = cache.entry(job.change), entry.manifest.digest == manifest.digest,
                 entry.phase >= .verified, entry.phase != .failed
             {
-                await report(AgentEvent(change: job.change, release: job.release, kind: .verified, bytes: manifest.size))
+                await report(
+                    AgentEvent(change: job.change, release: job.release, kind: .verified, bytes: manifest.size))
                 return
             }
             await bucket.setRate(job.rate)
@@ -291,8 +293,12 @@ public actor Agent {
         do {
             entry = try cache.open(change: job.change, manifest: manifest, signed: job.manifest)
         } catch {
-            let failure = Seeder(cache: cache, transport: transport(), bucket: bucket).classify(error, while: "opening the cache")
-            Task { await self.report(AgentEvent(change: job.change, release: job.release, kind: .failed, failure: failure.failure)) }
+            let failure = Seeder(cache: cache, transport: transport(), bucket: bucket).classify(
+                error, while: "opening the cache")
+            Task {
+                await self.report(
+                    AgentEvent(change: job.change, release: job.release, kind: .failed, failure: failure.failure))
+            }
             return
         }
         seeding[job.change] = Task { await self.seed(job, entry: entry) }
@@ -308,13 +314,15 @@ public actor Agent {
         do {
             try await seeder.seed(job, entry: entry) { bytes in await self.progress(job, bytes: bytes) }
             guard try cache.verifyWhole(entry) else {
-                throw SeedingFailure(failure: Failure(reason: .hashMismatch, detail: "the whole package does not match its digest"))
+                throw SeedingFailure(
+                    failure: Failure(reason: .hashMismatch, detail: "the whole package does not match its digest"))
             }
             var done = entry
             done.phase = .verified
             done.verifiedStamp = FileStamp(path: cache.packagePath(entry.change))
             try cache.save(done)
-            await report(AgentEvent(change: job.change, release: job.release, kind: .verified, bytes: entry.manifest.size))
+            await report(
+                AgentEvent(change: job.change, release: job.release, kind: .verified, bytes: entry.manifest.size))
         } catch let error as SeedingFailure {
             if Task.isCancelled { return }
             await report(AgentEvent(change: job.change, release: job.release, kind: .failed, failure: error.failure))
@@ -322,7 +330,9 @@ public actor Agent {
             await report(
                 AgentEvent(
                     change: job.change, release: job.release, kind: .failed,
-                    failure: Seeder(cache: cache, transport: transport(), bucket: bucket).classify(error, while: "finishing").failure))
+                    failure: Seeder(cache: cache, transport: transport(), bucket: bucket).classify(
+                        error, while: "finishing"
+                    ).failure))
         }
     }
 
@@ -338,9 +348,11 @@ public actor Agent {
         await waitForInstaller()
         defer { releaseInstaller() }
         guard var entry = cache.entry(job.change), entry.manifest.digest == order.digest else {
-            await report(AgentEvent(
-                change: job.change, release: job.release, kind: .failed,
-                failure: Failure(reason: .downloadFailed, detail: "the package is not in the cache; seed it first")))
+            await report(
+                AgentEvent(
+                    change: job.change, release: job.release, kind: .failed,
+                    failure: Failure(reason: .downloadFailed, detail: "the package is not in the cache; seed it first"))
+            )
             return
         }
         if entry.ordersDone.contains(order.id), let result = entry.lastResult {
@@ -355,9 +367,12 @@ public actor Agent {
             guard entry.phase >= .verified, cache.stillVerified(entry) else {
                 entry.phase = .seeding
                 try? cache.save(entry)
-                await report(AgentEvent(
-                    change: job.change, release: job.release, kind: .failed,
-                    failure: Failure(reason: .hashMismatch, detail: "the cached package no longer matches its signed digest; re-seeding")))
+                await report(
+                    AgentEvent(
+                        change: job.change, release: job.release, kind: .failed,
+                        failure: Failure(
+                            reason: .hashMismatch,
+                            detail: "the cached package no longer matches its signed digest; re-seeding")))
                 startSeeding(job, manifest: entry.manifest)
                 return
             }
@@ -466,7 +481,9 @@ public actor Agent {
             _ = try await link().post("/v1/agent/events", batch, as: [String: Int].self)
         } catch {
             // Keep only the newest progress per change; results are never dropped.
-            pendingEvents = (batch + pendingEvents).filter { $0.kind != .progress } + pendingEvents.filter { $0.kind == .progress }.suffix(1)
+            pendingEvents =
+                (batch + pendingEvents).filter { $0.kind != .progress }
+                + pendingEvents.filter { $0.kind == .progress }.suffix(1)
         }
     }
 
@@ -479,9 +496,13 @@ public actor Agent {
         var cursor: UnsafeMutablePointer<ifaddrs>? = first
         while let item = cursor {
             defer { cursor = item.pointee.ifa_next }
-            guard let address = item.pointee.ifa_addr, address.pointee.sa_family == sa_family_t(AF_INET) else { continue }
+            guard let address = item.pointee.ifa_addr, address.pointee.sa_family == sa_family_t(AF_INET) else {
+                continue
+            }
             var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
-            if getnameinfo(address, socklen_t(MemoryLayout<sockaddr_in>.size), &host, socklen_t(host.count), nil, 0, NI_NUMERICHOST) == 0 {
+            if getnameinfo(
+                address, socklen_t(MemoryLayout<sockaddr_in>.size), &host, socklen_t(host.count), nil, 0, NI_NUMERICHOST
+            ) == 0 {
                 let text = String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
                 if !text.hasPrefix("127.") { result.append(text) }
             }

@@ -127,7 +127,8 @@ public struct AgentCache: Sendable {
             }
             good += 1
         }
-        let keep = good == entry.manifest.chunkCount ? entry.manifest.size : Int64(good) * Int64(entry.manifest.chunkSize)
+        let keep =
+            good == entry.manifest.chunkCount ? entry.manifest.size : Int64(good) * Int64(entry.manifest.chunkSize)
         try handle.truncate(atOffset: UInt64(keep))
         return good
     }

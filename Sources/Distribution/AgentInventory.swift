@@ -45,7 +45,9 @@ public enum DpkgStatus {
                 guard let colon = line.firstIndex(of: ":") else { continue }
                 fields[String(line[..<colon])] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
             }
-            if fields["Package"] == package, fields["Status"]?.hasSuffix(" installed") == true { return fields["Version"] }
+            if fields["Package"] == package, fields["Status"]?.hasSuffix(" installed") == true {
+                return fields["Version"]
+            }
         }
         return nil
     }

@@ -100,7 +100,8 @@ public struct TestFleet: Sendable {
     }
 
     func fleet(_ arguments: [String]) async throws -> CommandResult {
-        try await HostCommand.check(options.fleetScript, arguments + ["--prefix", options.prefix], timeout: .seconds(300))
+        try await HostCommand.check(
+            options.fleetScript, arguments + ["--prefix", options.prefix], timeout: .seconds(300))
     }
 
     public func up() async throws {
@@ -212,34 +213,43 @@ public enum DistributionBench {
         processes.add(
             try await DetachedProcess.start(
                 "ip",
-                ["netns", "exec", fleet.coreNamespace, o.executable, "core", "serve", "--state", coreState, "--listen",
-                 "0.0.0.0:\(fleet.port)", "--check-in", "10"],
+                [
+                    "netns", "exec", fleet.coreNamespace, o.executable, "core", "serve", "--state", coreState,
+                    "--listen",
+                    "0.0.0.0:\(fleet.port)", "--check-in", "10",
+                ],
                 log: work + "/core.log"))
         let tokenPath = CoreLayout(directory: coreState).adminToken
-        let admin = try await waitForCore(url: "http://\(fleet.managementAddress):\(fleet.port)", tokenPath: tokenPath, http: http)
+        let admin = try await waitForCore(
+            url: "http://\(fleet.managementAddress):\(fleet.port)", tokenPath: tokenPath, http: http)
         let manifest = try await admin.publish(file: deb, release: "bench-1")
         let token = try await admin.createToken(uses: total, lifetime: 3600)
 
         progress("starting \(total) agents")
         for segment in 1...o.segments {
             for host in 1...o.hostsPerSegment {
-                let count = o.agentsPerSegment / o.hostsPerSegment + (host <= o.agentsPerSegment % o.hostsPerSegment ? 1 : 0)
+                let count =
+                    o.agentsPerSegment / o.hostsPerSegment + (host <= o.agentsPerSegment % o.hostsPerSegment ? 1 : 0)
                 guard count > 0 else { continue }
                 let name = "s\(segment)-h\(host)"
                 processes.add(
                     try await DetachedProcess.start(
                         "ip",
-                        ["netns", "exec", fleet.namespace(segment: segment, host: host), o.executable, "agent", "run",
-                         "--core", "http://\(fleet.coreAddress):\(fleet.port)", "--core-key", token.coreKey,
-                         "--enrol-token", token.token, "--state", "\(work)/agents/\(name)", "--root",
-                         "\(work)/roots/\(name)", "--name", name, "--segment", "s\(segment)", "--attribute",
-                         "site=site-\(segment)", "--count", String(count), "--watch", "/etc"] + (o.parallelInstalls.map { ["--parallel-installs", String($0)] } ?? []),
+                        [
+                            "netns", "exec", fleet.namespace(segment: segment, host: host), o.executable, "agent",
+                            "run",
+                            "--core", "http://\(fleet.coreAddress):\(fleet.port)", "--core-key", token.coreKey,
+                            "--enrol-token", token.token, "--state", "\(work)/agents/\(name)", "--root",
+                            "\(work)/roots/\(name)", "--name", name, "--segment", "s\(segment)", "--attribute",
+                            "site=site-\(segment)", "--count", String(count), "--watch", "/etc",
+                        ] + (o.parallelInstalls.map { ["--parallel-installs", String($0)] } ?? []),
                         log: "\(work)/agent-\(name).log"))
             }
         }
         guard try await poll(o.timeout, { try await admin.agents().filter(\.online).count >= total }) else {
             throw ChangelabError(
-                "only \(try await admin.agents().count) of \(total) agents enrolled", fix: "see the agent logs in \(work)")
+                "only \(try await admin.agents().count) of \(total) agents enrolled",
+                fix: "see the agent logs in \(work)")
         }
         // Give every agent a moment to open its job stream.
         try await Task.sleep(for: .seconds(2))
@@ -250,14 +260,20 @@ public enum DistributionBench {
         _ = try await admin.promote(
             "bench-1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: o.seedRate, maxFailureRate: nil))
         var lastShown = -1
-        guard try await poll(o.timeout, {
-            let status = try await admin.status("bench-1")
-            if status.total.verified / max(1, total / 10) != lastShown {
-                lastShown = status.total.verified / max(1, total / 10)
-                progress("  seeded \(status.total.verified)/\(total)  \(StatusText.bytes(status.total.bytesSent)) sent")
-            }
-            return status.total.verified + status.total.failed >= total
-        }) else { throw ChangelabError("seeding did not finish within \(o.timeout)", fix: "see \(work)/core.log") }
+        guard
+            try await poll(
+                o.timeout,
+                {
+                    let status = try await admin.status("bench-1")
+                    if status.total.verified / max(1, total / 10) != lastShown {
+                        lastShown = status.total.verified / max(1, total / 10)
+                        progress(
+                            "  seeded \(status.total.verified)/\(total)  \(StatusText.bytes(status.total.bytesSent)) sent"
+                        )
+                    }
+                    return status.total.verified + status.total.failed >= total
+                })
+        else { throw ChangelabError("seeding did not finish within \(o.timeout)", fix: "see \(work)/core.log") }
         let seeding = seconds(ContinuousClock.now - seedStart)
         let after = try await fleet.counters()
 
@@ -265,20 +281,27 @@ public enum DistributionBench {
         let activateStart = ContinuousClock.now
         _ = try await admin.activate("bench-1")
         var final = try await admin.status("bench-1")
-        _ = try await poll(o.timeout, {
-            final = try await admin.status("bench-1")
-            return final.total.activated + final.total.failed >= final.total.targets
-        }, every: .milliseconds(50))
+        _ = try await poll(
+            o.timeout,
+            {
+                final = try await admin.status("bench-1")
+                return final.total.activated + final.total.failed >= final.total.targets
+            }, every: .milliseconds(50))
         let activation = seconds(ContinuousClock.now - activateStart)
         let wan = after.wan - before.wan
         let lan = after.lan - before.lan
         let unit = Double(manifest.size) * Double(o.segments)
         let result = BenchModeResult(
-            mode: "unicast", agents: total, segments: o.segments, packageBytes: manifest.size, wanBytes: wan, lanBytes: lan,
-            seedingSeconds: seeding, activationSeconds: activation, wanRatio: Double(wan) / unit, lanRatio: Double(lan) / unit,
+            mode: "unicast", agents: total, segments: o.segments, packageBytes: manifest.size, wanBytes: wan,
+            lanBytes: lan,
+            seedingSeconds: seeding, activationSeconds: activation, wanRatio: Double(wan) / unit,
+            lanRatio: Double(lan) / unit,
             activated: final.total.activated, failed: final.total.failed,
             activationWithin5s: activation <= 5 && final.total.activated + final.total.failed >= total)
-        progress(String(format: "unicast: seeding %.1f s, activation %.2f s, wan_ratio %.2f, lan_ratio %.2f", seeding, activation, result.wanRatio, result.lanRatio))
+        progress(
+            String(
+                format: "unicast: seeding %.1f s, activation %.2f s, wan_ratio %.2f, lan_ratio %.2f", seeding,
+                activation, result.wanRatio, result.lanRatio))
         return BenchReport(
             fleet: .init(
                 segments: o.segments, agentsPerSegment: o.agentsPerSegment, hostsPerSegment: o.hostsPerSegment,
@@ -291,14 +314,16 @@ public enum DistributionBench {
         _ = try await poll(.seconds(30)) {
             guard let data = FileManager.default.contents(atPath: tokenPath) else { return false }
             let c = CoreClient(
-                url: url, adminToken: String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines),
+                url: url,
+                adminToken: String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines),
                 client: http)
             guard (try? await c.agents()) != nil else { return false }
             client = c
             return true
         }
         guard let client else {
-            throw ChangelabError("the core did not start in the fleet's core namespace", fix: "see core.log in the bench folder")
+            throw ChangelabError(
+                "the core did not start in the fleet's core namespace", fix: "see core.log in the bench folder")
         }
         return client
     }

@@ -138,7 +138,8 @@ public actor Coordinator {
         if let existing = state.releases[manifest.release] {
             guard existing.manifest.digest == manifest.digest else {
                 throw CoreRefusal.conflict(
-                    "release \(manifest.release) is already published with another package (\(existing.manifest.digest.short))")
+                    "release \(manifest.release) is already published with another package (\(existing.manifest.digest.short))"
+                )
             }
             return existing
         }
@@ -426,7 +427,8 @@ public actor Coordinator {
     /// Signs the activation order and sends it to the first ring's seeded targets.
     public func activate(change: ChangeID) async throws -> StatusReport {
         guard var deployment = state.deployments[change] else {
-            throw CoreRefusal.notFound("change \(change) is not promoted (run 'changelab promote \(change) --targets Q')")
+            throw CoreRefusal.notFound(
+                "change \(change) is not promoted (run 'changelab promote \(change) --targets Q')")
         }
         guard let release = state.releases[deployment.release] else {
             throw CoreRefusal.notFound("release \(deployment.release) is gone")
@@ -605,7 +607,8 @@ public actor Coordinator {
                 detail = "the agent's credential is revoked"
             } else if target.ring > deployment.activeRing, deployment.activation != nil {
                 reason = deployment.halted != nil ? "halted at health gate" : "waiting for its ring"
-                detail = deployment.halted ?? "ring \(deployment.rings[min(target.ring, deployment.rings.count - 1)].name)"
+                detail =
+                    deployment.halted ?? "ring \(deployment.rings[min(target.ring, deployment.rings.count - 1)].name)"
             } else {
                 reason = "in progress"
                 detail = target.phase.rawValue

@@ -62,7 +62,8 @@ public struct CoreClient: Sendable {
 
     public func setPolicy(_ name: String, targets: String, release: String) async throws -> Policy {
         try await link.send(
-            .PUT, "/v1/admin/policies/\(name)", body: PolicyRequest(targets: targets, release: release), as: Policy.self)
+            .PUT, "/v1/admin/policies/\(name)", body: PolicyRequest(targets: targets, release: release), as: Policy.self
+        )
     }
 
     public func policies() async throws -> [Policy] {
@@ -70,7 +71,8 @@ public struct CoreClient: Sendable {
     }
 
     public func removePolicy(_ name: String) async throws {
-        _ = try await link.send(.DELETE, "/v1/admin/policies/\(name)", body: Optional<Empty>.none, as: [String: String].self)
+        _ = try await link.send(
+            .DELETE, "/v1/admin/policies/\(name)", body: Optional<Empty>.none, as: [String: String].self)
     }
 
     /// Calls `onReport` with the change's status each time it changes, until cancelled.

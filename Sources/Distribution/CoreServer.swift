@@ -391,7 +391,8 @@ public struct CoreServer: Sendable {
             await producer.value()
             try? await writer.finish(nil)
         }
-        return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"], body: body)
+        return Response(
+            status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"], body: body)
     }
 
     // MARK: Authentication
@@ -407,7 +408,8 @@ public struct CoreServer: Sendable {
 
     /// `Authorization: Bearer admin:TOKEN`, or `?token=TOKEN` for the dashboard's browser.
     func authenticateAdmin(_ request: Request) throws {
-        let given = bearer(request).map { $0.hasPrefix("admin:") ? String($0.dropFirst(6)) : $0 }
+        let given =
+            bearer(request).map { $0.hasPrefix("admin:") ? String($0.dropFirst(6)) : $0 }
             ?? request.uri.queryParameters["token"].map(String.init)
         guard let given, constantTimeEqual(given, adminToken) else {
             throw CoreRefusal.unauthorized("admin token missing or wrong")

@@ -48,7 +48,9 @@ public struct HTTPLink: Sendable {
         try await send(.GET, path, body: Optional<Empty>.none, as: type)
     }
 
-    public func post<Reply: Decodable>(_ path: String, _ body: some Encodable, as type: Reply.Type) async throws -> Reply {
+    public func post<Reply: Decodable>(_ path: String, _ body: some Encodable, as type: Reply.Type) async throws
+        -> Reply
+    {
         try await send(.POST, path, body: body, as: type)
     }
 
@@ -58,7 +60,8 @@ public struct HTTPLink: Sendable {
         let buffer = try await response.body.collect(upTo: 256 << 20)
         let data = Data(buffer: buffer)
         guard response.status == .ok else {
-            let message = (try? StableJSON.decode(ErrorBody.self, from: data))?.error
+            let message =
+                (try? StableJSON.decode(ErrorBody.self, from: data))?.error
                 ?? String(decoding: data.prefix(300), as: UTF8.self)
             throw LinkError.refused(status: Int(response.status.code), message: message, url: baseURL + path)
         }

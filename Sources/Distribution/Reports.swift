@@ -135,27 +135,35 @@ public enum StatusText {
         } else if let halted = report.halted {
             state = "HALTED: \(halted)"
         } else if report.activationRequested {
-            state = "activating (ring \(report.activeRing + 1)/\(report.rings.count): \(report.rings[min(report.activeRing, report.rings.count - 1)].name))"
+            state =
+                "activating (ring \(report.activeRing + 1)/\(report.rings.count): \(report.rings[min(report.activeRing, report.rings.count - 1)].name))"
         } else {
             state = "seeding"
         }
         lines.append(
-            "change \(report.change)  release \(report.release) (\(bytes(report.packageBytes)))  targets: \(report.query)")
+            "change \(report.change)  release \(report.release) (\(bytes(report.packageBytes)))  targets: \(report.query)"
+        )
         lines.append("state: \(state)")
         lines.append(
-            "seeded    \(bar(report.total.seeded, of: report.total.targets))  \(report.total.seeded)/\(report.total.targets)")
+            "seeded    \(bar(report.total.seeded, of: report.total.targets))  \(report.total.seeded)/\(report.total.targets)"
+        )
         lines.append(
             "activated \(bar(report.total.activated, of: report.total.targets))  \(report.total.activated)/\(report.total.targets)"
         )
         lines.append("")
         let header = ["segment", "targets", "seeded", "verified", "activated", "failed", "offline", "bytes sent"]
         var rows = report.segments.map { s in
-            [s.segment, "\(s.targets)", "\(s.seeded)", "\(s.verified)", "\(s.activated)", "\(s.failed)", "\(s.offline)",
-             bytes(s.bytesSent)]
+            [
+                s.segment, "\(s.targets)", "\(s.seeded)", "\(s.verified)", "\(s.activated)", "\(s.failed)",
+                "\(s.offline)",
+                bytes(s.bytesSent),
+            ]
         }
         let t = report.total
-        rows.append(["total", "\(t.targets)", "\(t.seeded)", "\(t.verified)", "\(t.activated)", "\(t.failed)",
-                     "\(t.offline)", bytes(t.bytesSent)])
+        rows.append([
+            "total", "\(t.targets)", "\(t.seeded)", "\(t.verified)", "\(t.activated)", "\(t.failed)",
+            "\(t.offline)", bytes(t.bytesSent),
+        ])
         lines.append(contentsOf: table(header: header, rows: rows))
         return lines.joined(separator: "\n")
     }
@@ -164,9 +172,11 @@ public enum StatusText {
         guard !entries.isEmpty else { return "nothing to chase: every target has the change" }
         let header = ["name", "segment", "phase", "reason", "attempts", "detail"]
         let rows = entries.map { e in
-            [e.name, e.segment, e.phase.rawValue, e.reason + (e.gaveUp ? " (gave up)" : ""),
-             "seed \(e.seedAttempts), activate \(e.activationAttempts)",
-             String(e.detail.split(separator: "\n").last ?? "").prefix(60).description]
+            [
+                e.name, e.segment, e.phase.rawValue, e.reason + (e.gaveUp ? " (gave up)" : ""),
+                "seed \(e.seedAttempts), activate \(e.activationAttempts)",
+                String(e.detail.split(separator: "\n").last ?? "").prefix(60).description,
+            ]
         }
         return table(header: header, rows: rows).joined(separator: "\n")
     }

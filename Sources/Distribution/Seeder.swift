@@ -69,9 +69,12 @@ public struct Seeder: Sendable {
                 if case .mismatch(let index) = error {
                     mismatches += 1
                     if mismatches >= maxHashMismatches {
-                        throw SeedingFailure(failure: Failure(
-                            reason: .hashMismatch,
-                            detail: "chunk \(index) failed its SHA-256 check \(mismatches) times; the source sends damaged data"))
+                        throw SeedingFailure(
+                            failure: Failure(
+                                reason: .hashMismatch,
+                                detail:
+                                    "chunk \(index) failed its SHA-256 check \(mismatches) times; the source sends damaged data"
+                            ))
                     }
                 } else {
                     networkFailures += 1
@@ -162,7 +165,8 @@ final class ChunkWriter: @unchecked Sendable {
                 try pending.withUnsafeBytes { raw in
                     var done = 0
                     while done < raw.count {
-                        let n = pwrite(fd, raw.baseAddress.map { $0 + done }, raw.count - done, off_t(start) + off_t(done))
+                        let n = pwrite(
+                            fd, raw.baseAddress.map { $0 + done }, raw.count - done, off_t(start) + off_t(done))
                         if n < 0 {
                             if errno == EINTR { continue }
                             throw IOFailure.last("write the cache file")

@@ -32,7 +32,9 @@ public struct TargetQuery: Sendable, Equatable {
         } catch let error as QuerySyntaxError {
             throw ChangelabError(
                 "cannot read the target query", why: "\(error)",
-                fix: "write terms like 'site = paris', 'package:openssl < 3.0.13', 'os.version >= 12' joined by and/or/not, or 'all'")
+                fix:
+                    "write terms like 'site = paris', 'package:openssl < 3.0.13', 'os.version >= 12' joined by and/or/not, or 'all'"
+            )
         }
     }
 

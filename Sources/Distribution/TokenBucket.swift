@@ -23,7 +23,8 @@ public actor TokenBucket {
         let elapsed = now - last
         last = now
         let burst = max(rate / 4, 16384)
-        tokens = min(burst, tokens + rate * (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18))
+        tokens = min(
+            burst, tokens + rate * (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18))
         tokens -= Double(bytes)
         if tokens < 0 {
             let wait = -tokens / rate

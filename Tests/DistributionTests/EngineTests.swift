@@ -22,12 +22,14 @@ import Testing
             for (i, site) in ["paris", "paris", "lyon"].enumerated() {
                 _ = group.start(
                     makeAgentConfiguration(
-                        core: core, base: scratch.path, name: "pc\(i)", segment: "s\(i % 2)", attributes: ["site": site],
+                        core: core, base: scratch.path, name: "pc\(i)", segment: "s\(i % 2)",
+                        attributes: ["site": site],
                         token: token.token, key: key), http: http)
             }
             #expect(try await eventually { try await admin.agents().count == 3 })
             let promoted = try await admin.promote(
-                "demo-1.0", PromoteRequest(release: nil, targets: "site = paris", rings: nil, rate: nil, maxFailureRate: nil))
+                "demo-1.0",
+                PromoteRequest(release: nil, targets: "site = paris", rings: nil, rate: nil, maxFailureRate: nil))
             #expect(promoted.total.targets == 2)
             #expect(try await eventually { try await admin.status("demo-1.0").total.verified == 2 })
             // Seeding alone installs nothing.
@@ -49,9 +51,11 @@ import Testing
             // The activation result carries the post-install inventory.
             let agents = try await admin.agents()
             let pc0 = try #require(agents.first { $0.name == "pc0" })
-            #expect(try await eventually {
-                await core.server.coordinator.inventory(of: pc0.id)?.packages.first { $0.name == "demo" }?.version == "1.0"
-            })
+            #expect(
+                try await eventually {
+                    await core.server.coordinator.inventory(of: pc0.id)?.packages.first { $0.name == "demo" }?.version
+                        == "1.0"
+                })
             let target = try #require(await core.server.coordinator.target(pc0.id, change: "demo-1.0"))
             #expect(target.exitCode == 0)
             #expect(target.outputTail?.contains("Setting up demo (1.0)") == true)
@@ -75,7 +79,8 @@ import Testing
             #expect(try await eventually { try await admin.agents().count == 1 })
             try await Task.sleep(for: .milliseconds(500))
             // The next check-in is ten minutes away: only the stream can bring these jobs.
-            _ = try await admin.promote("r1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
+            _ = try await admin.promote(
+                "r1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
             #expect(try await eventually(.seconds(10)) { try await admin.status("r1").total.verified == 1 })
             _ = try await admin.activate("r1")
             #expect(try await eventually(.seconds(10)) { try await admin.status("r1").total.activated == 1 })
@@ -93,11 +98,13 @@ import Testing
             let token = try await admin.createToken(uses: 1, lifetime: 600)
             let group = AgentGroup()
             _ = group.start(
-                makeAgentConfiguration(core: core, base: scratch.path, name: "pc", token: token.token, key: await core.key),
+                makeAgentConfiguration(
+                    core: core, base: scratch.path, name: "pc", token: token.token, key: await core.key),
                 http: http)
             #expect(try await eventually { try await admin.agents().first?.online == true })
             await group.stop()
-            _ = try await admin.promote("r1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
+            _ = try await admin.promote(
+                "r1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
             #expect(try await eventually { try await admin.chase("r1").first?.reason == "offline" })
             #expect(try await admin.status("r1").total.offline == 1)
             #expect(try await admin.agents().first?.online == false)
@@ -124,7 +131,8 @@ import Testing
             } catch let error as LinkError {
                 #expect(error.status == 401)
             }
-            let checkIn = CheckIn(name: "pc", segment: "s", addresses: [], attributes: [:], inventory: InventorySnapshot(), cache: [])
+            let checkIn = CheckIn(
+                name: "pc", segment: "s", addresses: [], attributes: [:], inventory: InventorySnapshot(), cache: [])
             let agent = HTTPLink(baseURL: core.url, credential: "\(reply.agent):\(reply.secret)", client: http)
             _ = try await agent.post("/v1/agent/checkin", checkIn, as: CheckInReply.self)
             // Wrong secret, unknown agent, no credential.
@@ -174,7 +182,8 @@ import Testing
                     core: core, base: scratch.path, name: "pc", token: token.token, key: await core.key,
                     artifactURL: proxy.url), http: http)
             #expect(try await eventually { try await admin.agents().count == 1 })
-            _ = try await admin.promote("r1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
+            _ = try await admin.promote(
+                "r1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
             #expect(try await eventually { try await admin.status("r1").total.verified == 1 })
             await group.stop()
             // Verified whole, within the first attempt, after three requests.
@@ -205,7 +214,8 @@ import Testing
                     core: core, base: scratch.path, name: "pc", token: token.token, key: await core.key,
                     artifactURL: proxy.url), http: http)
             #expect(try await eventually { try await admin.agents().count == 1 })
-            _ = try await admin.promote("r1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
+            _ = try await admin.promote(
+                "r1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
             #expect(try await eventually { try await admin.chase("r1").first?.reason == "hash mismatch" })
             // Redeployed with back-off until the attempts ran out.
             #expect(try await eventually { try await admin.chase("r1").first?.gaveUp == true })
@@ -225,15 +235,18 @@ import Testing
             let token = try await admin.createToken(uses: 1, lifetime: 600)
             let group = AgentGroup()
             let agent = group.start(
-                makeAgentConfiguration(core: core, base: scratch.path, name: "pc", token: token.token, key: await core.key),
+                makeAgentConfiguration(
+                    core: core, base: scratch.path, name: "pc", token: token.token, key: await core.key),
                 http: http)
             #expect(try await eventually { try await admin.agents().count == 1 })
-            _ = try await admin.promote("r1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
+            _ = try await admin.promote(
+                "r1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
             #expect(try await eventually { try await admin.status("r1").total.verified == 1 })
 
             let attacker = ReleaseKey()
             let genuine = try #require(await core.server.coordinator.releases().first)
-            let coreManifest = try await HTTPLink(baseURL: core.url, credential: nil, client: http).get("/v1/key", as: [String: String].self)
+            let coreManifest = try await HTTPLink(baseURL: core.url, credential: nil, client: http).get(
+                "/v1/key", as: [String: String].self)
             #expect(coreManifest["key"] == (await core.key).hex)
             let realJob = try #require(await jobFor(agent, core: core, change: "r1"))
             // 1. A manifest signed by another key, pointing at the attacker's package.
@@ -255,7 +268,10 @@ import Testing
             await agent.handle(unsigned)
             // Nothing was installed, and the core heard about it.
             #expect(installed("demo", in: scratch.path + "/roots/pc") == nil)
-            #expect(try await eventually { try await admin.chase("r1").first?.reason == "refused unsigned or forged document" })
+            #expect(
+                try await eventually {
+                    try await admin.chase("r1").first?.reason == "refused unsigned or forged document"
+                })
             let detail = try #require(try await admin.chase("r1").first?.detail)
             #expect(detail.contains("signature") || detail.contains("no signature"))
             await group.stop()
@@ -270,10 +286,12 @@ import Testing
             let token = try await admin.createToken(uses: 1, lifetime: 600)
             let group = AgentGroup()
             _ = group.start(
-                makeAgentConfiguration(core: core, base: scratch.path, name: "pc", token: token.token, key: await core.key),
+                makeAgentConfiguration(
+                    core: core, base: scratch.path, name: "pc", token: token.token, key: await core.key),
                 http: http)
             #expect(try await eventually { try await admin.agents().count == 1 })
-            _ = try await admin.promote("r1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
+            _ = try await admin.promote(
+                "r1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
             #expect(try await eventually { try await admin.status("r1").total.verified == 1 })
             // Someone rewrites a byte of the cached package (same size).
             let path = "\(scratch.path)/agents/pc/cache/r1/package.deb"
@@ -313,13 +331,17 @@ import Testing
                     installTimeout: .seconds(2)), http: http)
             #expect(try await eventually { try await admin.agents().count == 1 })
             for (name, depends, postinst, _) in cases {
-                let deb = try await TestPackage.build(in: scratch.path, name: name, size: 20_000, depends: depends, postinst: postinst)
+                let deb = try await TestPackage.build(
+                    in: scratch.path, name: name, size: 20_000, depends: depends, postinst: postinst)
                 _ = try await admin.publish(file: deb, release: name)
-                _ = try await admin.promote(name, PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
+                _ = try await admin.promote(
+                    name, PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
                 _ = try await admin.activate(name)
             }
             for (name, _, _, reason) in cases {
-                #expect(try await eventually(.seconds(40)) { try await admin.chase(name).first?.reason == reason }, "\(name)")
+                #expect(
+                    try await eventually(.seconds(40)) { try await admin.chase(name).first?.reason == reason },
+                    "\(name)")
             }
             // Failed targets are redeployed with back-off, and each try is counted.
             #expect(try await eventually(.seconds(40)) { try await admin.chase("fails").first?.gaveUp == true })
@@ -340,12 +362,14 @@ import Testing
             let group = AgentGroup()
             for i in 0..<5 {
                 _ = group.start(
-                    makeAgentConfiguration(core: core, base: scratch.path, name: "pc\(i)", token: token.token, key: await core.key),
+                    makeAgentConfiguration(
+                        core: core, base: scratch.path, name: "pc\(i)", token: token.token, key: await core.key),
                     http: http)
             }
             #expect(try await eventually { try await admin.agents().count == 5 })
             _ = try await admin.promote(
-                "bad-1", PromoteRequest(release: nil, targets: "all", rings: "canary:20%,all", rate: nil, maxFailureRate: 0.1))
+                "bad-1",
+                PromoteRequest(release: nil, targets: "all", rings: "canary:20%,all", rate: nil, maxFailureRate: 0.1))
             #expect(try await eventually { try await admin.status("bad-1").total.verified == 5 })
             _ = try await admin.activate("bad-1")
             #expect(try await eventually { try await admin.status("bad-1").halted != nil })
@@ -369,12 +393,14 @@ import Testing
             let group = AgentGroup()
             for i in 0..<4 {
                 _ = group.start(
-                    makeAgentConfiguration(core: core, base: scratch.path, name: "pc\(i)", token: token.token, key: await core.key),
+                    makeAgentConfiguration(
+                        core: core, base: scratch.path, name: "pc\(i)", token: token.token, key: await core.key),
                     http: http)
             }
             #expect(try await eventually { try await admin.agents().count == 4 })
             _ = try await admin.promote(
-                "good-1", PromoteRequest(release: nil, targets: "all", rings: "canary:25%,all", rate: nil, maxFailureRate: 0.1))
+                "good-1",
+                PromoteRequest(release: nil, targets: "all", rings: "canary:25%,all", rate: nil, maxFailureRate: 0.1))
             #expect(try await eventually { try await admin.status("good-1").total.verified == 4 })
             _ = try await admin.activate("good-1")
             #expect(try await eventually { try await admin.status("good-1").total.activated == 4 })
@@ -392,17 +418,24 @@ import Testing
             let key = await core.key
             let group = AgentGroup()
             _ = group.start(
-                makeAgentConfiguration(core: core, base: scratch.path, name: "early", attributes: ["department": "finance"], token: token.token, key: key),
+                makeAgentConfiguration(
+                    core: core, base: scratch.path, name: "early", attributes: ["department": "finance"],
+                    token: token.token, key: key),
                 http: http)
             _ = group.start(
-                makeAgentConfiguration(core: core, base: scratch.path, name: "other", attributes: ["department": "sales"], token: token.token, key: key),
+                makeAgentConfiguration(
+                    core: core, base: scratch.path, name: "other", attributes: ["department": "sales"],
+                    token: token.token, key: key),
                 http: http)
             #expect(try await eventually { try await admin.agents().count == 2 })
-            let policy = try await admin.setPolicy("finance-agentd", targets: "department = finance", release: "agentd-2.1")
+            let policy = try await admin.setPolicy(
+                "finance-agentd", targets: "department = finance", release: "agentd-2.1")
             #expect(try await eventually { installed("agentd", in: scratch.path + "/roots/early") == "2.1" })
             // A machine that joins later is caught at its first check-in.
             _ = group.start(
-                makeAgentConfiguration(core: core, base: scratch.path, name: "late", attributes: ["department": "finance"], token: token.token, key: key),
+                makeAgentConfiguration(
+                    core: core, base: scratch.path, name: "late", attributes: ["department": "finance"],
+                    token: token.token, key: key),
                 http: http)
             #expect(try await eventually { installed("agentd", in: scratch.path + "/roots/late") == "2.1" })
             #expect(installed("agentd", in: scratch.path + "/roots/other") == nil)
@@ -422,7 +455,8 @@ import Testing
             let token = try await admin.createToken(uses: 1, lifetime: 600)
             let group = AgentGroup()
             _ = group.start(
-                makeAgentConfiguration(core: core, base: scratch.path, name: "pc", token: token.token, key: await core.key),
+                makeAgentConfiguration(
+                    core: core, base: scratch.path, name: "pc", token: token.token, key: await core.key),
                 http: http)
             #expect(try await eventually { try await admin.agents().count == 1 })
             let all = PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil)
@@ -448,7 +482,8 @@ import Testing
             let admin = try core.admin
             let deb = try await TestPackage.build(in: scratch.path, size: 20_000)
             _ = try await admin.publish(file: deb, release: "r1")
-            _ = try await admin.promote("r1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
+            _ = try await admin.promote(
+                "r1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
             let seen = Locked<[StatusReport]>([])
             let watcher = Task {
                 try await admin.watch("r1") { report in seen.mutate { $0.append(report) } }

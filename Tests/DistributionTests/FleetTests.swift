@@ -22,7 +22,8 @@ import Testing
         let binary = try #require(changelabExecutable(), "build the changelab executable first (swift build)")
         let scratch = Scratch("fleet")
         defer { scratch.cleanup() }
-        var options = BenchOptions(workDirectory: scratch.path + "/work", executable: binary, fleetScript: Self.fleetScript)
+        var options = BenchOptions(
+            workDirectory: scratch.path + "/work", executable: binary, fleetScript: Self.fleetScript)
         options.prefix = "clt"
         options.segments = 2
         options.agentsPerSegment = 3

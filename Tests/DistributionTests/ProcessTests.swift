@@ -20,7 +20,8 @@ import Testing
             let key = await core.key
             let arguments = [
                 "agent", "run", "--core", core.url, "--core-key", key.hex, "--enrol-token", token.token,
-                "--state", scratch.path + "/agent", "--root", scratch.path + "/root", "--name", "pc", "--max-check-in", "1",
+                "--state", scratch.path + "/agent", "--root", scratch.path + "/root", "--name", "pc", "--max-check-in",
+                "1",
             ]
             var pid = try await spawnDetached(binary, arguments, log: scratch.path + "/agent-1.log")
             defer { kill(pid, SIGKILL) }
@@ -42,7 +43,8 @@ import Testing
             #expect(try cache.verifiedPrefix(cachedEntry) == Int(kept) / chunk)
             let servedBefore = await core.server.coordinator.target(agent, change: "big")?.bytesServed ?? 0
 
-            pid = try await spawnDetached(binary, Array(arguments.prefix(6)) + Array(arguments.dropFirst(8)), log: scratch.path + "/agent-2.log")
+            pid = try await spawnDetached(
+                binary, Array(arguments.prefix(6)) + Array(arguments.dropFirst(8)), log: scratch.path + "/agent-2.log")
             #expect(try await eventually { try await admin.status("big").total.verified == 1 })
             let servedAfter = await core.server.coordinator.target(agent, change: "big")?.bytesServed ?? 0
             // The restarted agent asked only for what it did not hold verified.
@@ -62,7 +64,8 @@ import Testing
         let port = try freePort()
         let stateDir = scratch.path + "/core"
         let serve = [
-            "core", "serve", "--state", stateDir, "--listen", "127.0.0.1:\(port)", "--check-in", "1", "--retry-base", "0.3",
+            "core", "serve", "--state", stateDir, "--listen", "127.0.0.1:\(port)", "--check-in", "1", "--retry-base",
+            "0.3",
         ]
         var corePID = try await spawnDetached(binary, serve, log: scratch.path + "/core-1.log")
         defer { kill(corePID, SIGKILL) }
@@ -70,7 +73,9 @@ import Testing
         let tokenPath = CoreLayout(directory: stateDir).adminToken
         #expect(try await eventually(.seconds(20)) { FileManager.default.fileExists(atPath: tokenPath) })
         let admin = CoreClient(
-            url: url, adminToken: try String(contentsOfFile: tokenPath, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines),
+            url: url,
+            adminToken: try String(contentsOfFile: tokenPath, encoding: .utf8).trimmingCharacters(
+                in: .whitespacesAndNewlines),
             client: http)
         #expect(try await eventually(.seconds(20)) { (try? await admin.agents()) != nil })
         let deb = try await TestPackage.build(in: scratch.path, size: 1_500_000)
@@ -78,15 +83,15 @@ import Testing
         let token = try await admin.createToken(uses: 3, lifetime: 600)
         let key = try #require(ReleasePublicKey(hex: token.coreKey))
         let group = AgentGroup()
-        let fakeCore = TestCore(directory: stateDir, http: http)
-        fakeCore.port = port
         for i in 0..<3 {
             _ = group.start(
-                makeAgentConfiguration(core: fakeCore, base: scratch.path, name: "pc\(i)", token: token.token, key: key),
+                makeAgentConfiguration(
+                    coreURL: url, base: scratch.path, name: "pc\(i)", token: token.token, key: key),
                 http: http)
         }
         #expect(try await eventually { try await admin.agents().count == 3 })
-        _ = try await admin.promote("rel", PromoteRequest(release: nil, targets: "all", rings: nil, rate: 300_000, maxFailureRate: nil))
+        _ = try await admin.promote(
+            "rel", PromoteRequest(release: nil, targets: "all", rings: nil, rate: 300_000, maxFailureRate: nil))
         #expect(try await eventually { try await admin.status("rel").total.bytesSent >= 1_200_000 })
 
         kill(corePID, SIGKILL)
@@ -121,10 +126,12 @@ import Testing
             defer { Task { _ = try? await HostCommand.run("umount", ["-l", state]) } }
             let group = AgentGroup()
             _ = group.start(
-                makeAgentConfiguration(core: core, base: scratch.path, name: "pc", token: token.token, key: await core.key),
+                makeAgentConfiguration(
+                    core: core, base: scratch.path, name: "pc", token: token.token, key: await core.key),
                 http: http)
             #expect(try await eventually { try await admin.agents().count == 1 })
-            _ = try await admin.promote("huge", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
+            _ = try await admin.promote(
+                "huge", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
             #expect(try await eventually { try await admin.chase("huge").first?.reason == "disk full" })
             let entry = try #require(try await admin.chase("huge").first)
             #expect(entry.detail.contains("No space left"))
@@ -137,7 +144,8 @@ import Testing
 /// Starts a program detached from this process's pipes (output to `log`) and returns its pid.
 func spawnDetached(_ program: String, _ arguments: [String], log: String) async throws -> pid_t {
     let quoted = ([program] + arguments).map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }
-    let result = try await HostCommand.check("/bin/sh", ["-c", "\(quoted.joined(separator: " ")) >'\(log)' 2>&1 </dev/null & echo $!"])
+    let result = try await HostCommand.check(
+        "/bin/sh", ["-c", "\(quoted.joined(separator: " ")) >'\(log)' 2>&1 </dev/null & echo $!"])
     guard let pid = pid_t(result.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)) else {
         throw ChangelabError("could not start \(program)")
     }
@@ -158,7 +166,9 @@ func freePort() throws -> Int {
     address.sin_port = 0
     var length = socklen_t(MemoryLayout<sockaddr_in>.size)
     let bound = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
+        }
     }
     guard bound else { throw ChangelabError("no free loopback port") }
     return Int(UInt16(bigEndian: address.sin_port))

@@ -31,7 +31,8 @@ enum TestPackage {
         control += "Description: changelab test package\n"
         try control.write(toFile: "\(tree)/DEBIAN/control", atomically: true, encoding: .utf8)
         if let postinst {
-            try ("#!/bin/sh\n" + postinst + "\n").write(toFile: "\(tree)/DEBIAN/postinst", atomically: true, encoding: .utf8)
+            try ("#!/bin/sh\n" + postinst + "\n").write(
+                toFile: "\(tree)/DEBIAN/postinst", atomically: true, encoding: .utf8)
             chmod("\(tree)/DEBIAN/postinst", 0o755)
         }
         var generator = SystemRandomNumberGenerator()
@@ -46,17 +47,16 @@ enum TestPackage {
 
 /// An in-process core on a loopback port.
 final class TestCore: @unchecked Sendable {
-    // @unchecked: fields are set once in start() before use.
+    // @unchecked: `task` and `port` are set once in start(), before anything reads them.
     let directory: String
-    let settings: CoreSettings
-    var server: CoreServer!
+    let server: CoreServer
     var task: Task<Void, Error>?
     var port = 0
     let http: HTTPClient
 
-    init(directory: String, settings: CoreSettings = TestCore.fastSettings, http: HTTPClient) {
+    init(directory: String, settings: CoreSettings = TestCore.fastSettings, http: HTTPClient) throws {
         self.directory = directory
-        self.settings = settings
+        self.server = try CoreServer(directory: directory, settings: settings)
         self.http = http
     }
 
@@ -73,9 +73,8 @@ final class TestCore: @unchecked Sendable {
     var url: String { "http://127.0.0.1:\(port)" }
 
     func start(port wanted: Int = 0) async throws {
-        server = try CoreServer(directory: directory, settings: settings)
         let ready = AsyncStream<Int>.makeStream()
-        let server = self.server!
+        let server = self.server
         task = Task { try await server.run(host: "127.0.0.1", port: wanted) { ready.continuation.yield($0) } }
         for await bound in ready.stream {
             port = bound
@@ -106,12 +105,22 @@ func makeAgentConfiguration(
     core: TestCore, base: String, name: String, segment: String = "s1", attributes: [String: String] = [:],
     token: String, key: ReleasePublicKey, artifactURL: String? = nil, installTimeout: Duration = .seconds(60)
 ) -> AgentConfiguration {
+    makeAgentConfiguration(
+        coreURL: core.url, base: base, name: name, segment: segment, attributes: attributes, token: token, key: key,
+        artifactURL: artifactURL, installTimeout: installTimeout)
+}
+
+func makeAgentConfiguration(
+    coreURL: String, base: String, name: String, segment: String = "s1", attributes: [String: String] = [:],
+    token: String, key: ReleasePublicKey, artifactURL: String? = nil, installTimeout: Duration = .seconds(60)
+) -> AgentConfiguration {
     var c = AgentConfiguration(
-        name: name, coreURL: core.url, stateDirectory: "\(base)/agents/\(name)", root: "\(base)/roots/\(name)",
+        name: name, coreURL: coreURL, stateDirectory: "\(base)/agents/\(name)", root: "\(base)/roots/\(name)",
         segment: segment, attributes: attributes, coreKey: key, enrolmentToken: token)
     c.artifactURL = artifactURL
     c.maxCheckInInterval = 1
     c.installTimeout = installTimeout
+    c.watchedPaths = ["/etc"]
     return c
 }
 
@@ -165,7 +174,7 @@ func withCore<T>(
 ) async throws -> T {
     let scratch = Scratch()
     let http = HTTPLink.makeClient()
-    let core = TestCore(directory: scratch.path + "/core", settings: settings, http: http)
+    let core = try TestCore(directory: scratch.path + "/core", settings: settings, http: http)
     try await core.start()
     do {
         let result = try await body(core, scratch, http)

@@ -21,7 +21,9 @@ import Testing
         var forged = order
         forged.release = "evil"
         envelope.payload = try StableJSON.data(forged).base64EncodedString()
-        #expect(throws: SignatureRefusal.badSignature) { try envelope.open(ActivationOrder.self, trusting: key.publicKey) }
+        #expect(throws: SignatureRefusal.badSignature) {
+            try envelope.open(ActivationOrder.self, trusting: key.publicKey)
+        }
     }
 
     @Test func anotherKeysSignatureIsRefused() throws {
@@ -30,7 +32,9 @@ import Testing
         // Even when the forger claims to be the core's key, the signature gives it away.
         var claimed = envelope
         claimed.key = key.publicKey.hex
-        #expect(throws: SignatureRefusal.badSignature) { try claimed.open(ActivationOrder.self, trusting: key.publicKey) }
+        #expect(throws: SignatureRefusal.badSignature) {
+            try claimed.open(ActivationOrder.self, trusting: key.publicKey)
+        }
     }
 
     @Test func anUnsignedDocumentIsRefused() throws {
@@ -47,7 +51,9 @@ import Testing
         #expect(first.publicKey == second.publicKey)
         #expect(ReleasePublicKey(hex: first.publicKey.hex) == first.publicKey)
         #expect(ReleasePublicKey(hex: "zz") == nil)
-        let mode = (try FileManager.default.attributesOfItem(atPath: scratch.path + "/key")[.posixPermissions] as? NSNumber)?.intValue
+        let mode =
+            (try FileManager.default.attributesOfItem(atPath: scratch.path + "/key")[.posixPermissions] as? NSNumber)?
+            .intValue
         #expect(mode == 0o600)
     }
 }
@@ -72,7 +78,8 @@ import Testing
     }
 
     @Test(arguments: [
-        ("bytes=0-", 100, 0...99), ("bytes=10-19", 100, 10...19), ("bytes=90-200", 100, 90...99), ("bytes=-10", 100, 90...99),
+        ("bytes=0-", 100, 0...99), ("bytes=10-19", 100, 10...19), ("bytes=90-200", 100, 90...99),
+        ("bytes=-10", 100, 90...99),
     ])
     func rangeHeadersAreUnderstood(header: String, size: Int, expected: ClosedRange<Int>) {
         #expect(CoreServer.parseRange(header, size: size) == expected)
@@ -102,7 +109,8 @@ import Testing
 
     @Test func attributesSegmentAndOSCombineWithAndOrNot() throws {
         let q = try TargetQuery.parse(
-            "(site = paris or site = lyon) and department = finance and not package:nginx and os.version = 12 and segment = s1")
+            "(site = paris or site = lyon) and department = finance and not package:nginx and os.version = 12 and segment = s1"
+        )
         #expect(q.matches(facts([:])))
         #expect(q.matches(facts([:], site: "lyon")))
         #expect(!q.matches(facts([:], site: "nice")))
@@ -158,13 +166,19 @@ import Testing
              demo depends on libfoo (>= 2); however:
               Package libfoo is not installed.
             """
-        #expect(DpkgInstaller.classify(status: 1, timedOut: false, output: output, timeoutSeconds: 60)?.reason == .prerequisiteNotMet)
+        #expect(
+            DpkgInstaller.classify(status: 1, timedOut: false, output: output, timeoutSeconds: 60)?.reason
+                == .prerequisiteNotMet)
     }
 
     @Test func noSpaceIsDiskFullAndATimeOutIsATimeOut() {
-        let full = "dpkg: error processing archive x.deb (--install):\n cannot copy extracted data: No space left on device"
-        #expect(DpkgInstaller.classify(status: 2, timedOut: false, output: full, timeoutSeconds: 60)?.reason == .diskFull)
-        #expect(DpkgInstaller.classify(status: 143, timedOut: true, output: "", timeoutSeconds: 5)?.reason == .installerTimeout)
+        let full =
+            "dpkg: error processing archive x.deb (--install):\n cannot copy extracted data: No space left on device"
+        #expect(
+            DpkgInstaller.classify(status: 2, timedOut: false, output: full, timeoutSeconds: 60)?.reason == .diskFull)
+        #expect(
+            DpkgInstaller.classify(status: 143, timedOut: true, output: "", timeoutSeconds: 5)?.reason
+                == .installerTimeout)
         #expect(DpkgInstaller.classify(status: 0, timedOut: false, output: "ok", timeoutSeconds: 5) == nil)
     }
 }
@@ -172,7 +186,8 @@ import Testing
 @Suite struct CacheTests {
     func entry(_ cache: AgentCache, change: String, pinned: Bool, expires: Date) throws {
         let m = ReleaseManifest(
-            release: change, package: "p", packageVersion: "1", size: 0, digest: SHA256Digest(of: Data()), chunkSize: 4096,
+            release: change, package: "p", packageVersion: "1", size: 0, digest: SHA256Digest(of: Data()),
+            chunkSize: 4096,
             chunks: [], publishedAt: Date())
         var e = try cache.open(change: change, manifest: m, signed: SignedEnvelope(payload: "", signature: "", key: ""))
         e.pinned = pinned
@@ -209,7 +224,9 @@ import Testing
         damaged[5000] ^= 0xFF
         try Data(damaged).write(to: URL(fileURLWithPath: cache.packagePath("r")))
         #expect(try cache.verifiedPrefix(e) == 1)
-        #expect((try FileManager.default.attributesOfItem(atPath: cache.packagePath("r"))[.size] as? NSNumber)?.intValue == 4096)
+        #expect(
+            (try FileManager.default.attributesOfItem(atPath: cache.packagePath("r"))[.size] as? NSNumber)?.intValue
+                == 4096)
     }
 }
 
@@ -221,7 +238,10 @@ import Testing
             activationAttempts: 2, lastSeen: Date(timeIntervalSince1970: 0), nextRetry: nil, gaveUp: true)
         let csv = ChaseEntry.csv([entry])
         #expect(csv.hasPrefix("agent,name,segment,site,department,phase,reason,detail,exit_code,seed_attempts"))
-        #expect(csv.contains("a-1,\"pc,1\",s1,paris,,failed,installer exit code 3,\"line one\n\"\"quoted\"\"\",3,1,2,1970-01-01T00:00:00Z,,yes"))
+        #expect(
+            csv.contains(
+                "a-1,\"pc,1\",s1,paris,,failed,installer exit code 3,\"line one\n\"\"quoted\"\"\",3,1,2,1970-01-01T00:00:00Z,,yes"
+            ))
     }
 
     @Test func byteCountsAndRatesParse() {

@@ -20,7 +20,8 @@ struct AgentRunCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Where packages are fetched from (default: the core).", valueName: "url"))
     var artifacts: String?
 
-    @Option(name: .long, help: ArgumentHelp("The core's release key (hex), from 'changelab core token'.", valueName: "hex"))
+    @Option(
+        name: .long, help: ArgumentHelp("The core's release key (hex), from 'changelab core token'.", valueName: "hex"))
     var coreKey: String
 
     @Option(name: .long, help: "Enrolment token (needed only the first time).")
@@ -38,22 +39,31 @@ struct AgentRunCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Network segment this agent is on.")
     var segment: String = "default"
 
-    @Option(name: .long, parsing: .singleValue, help: ArgumentHelp("An attribute such as site=paris (repeatable).", valueName: "key=value"))
+    @Option(
+        name: .long, parsing: .singleValue,
+        help: ArgumentHelp("An attribute such as site=paris (repeatable).", valueName: "key=value"))
     var attribute: [String] = []
 
-    @Option(name: .long, help: "Run this many agent identities (NAME-01…), each with its own state and root under --state and --root.")
+    @Option(
+        name: .long,
+        help: "Run this many agent identities (NAME-01…), each with its own state and root under --state and --root.")
     var count: Int = 1
 
     @Option(name: .long, help: "Seconds before an installer is killed and reported as timed out.")
     var installTimeout: Double = 600
 
-    @Option(name: .long, help: "With --count: how many identities may run an installer at the same time (default: all).")
+    @Option(
+        name: .long, help: "With --count: how many identities may run an installer at the same time (default: all).")
     var parallelInstalls: Int?
 
     @Option(name: .long, help: "Check in at least this often (seconds), whatever the core asks.")
     var maxCheckIn: Double?
 
-    @Option(name: .long, parsing: .singleValue, help: ArgumentHelp("A folder (under the root) whose files the inventory records with hashes (repeatable; default /etc /usr/local /opt /srv).", valueName: "path"))
+    @Option(
+        name: .long, parsing: .singleValue,
+        help: ArgumentHelp(
+            "A folder (under the root) whose files the inventory records with hashes (repeatable; default /etc /usr/local /opt /srv).",
+            valueName: "path"))
     var watch: [String] = []
 
     func run() async throws {

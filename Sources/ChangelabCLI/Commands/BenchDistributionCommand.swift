@@ -25,7 +25,9 @@ struct BenchDistributionCommand: AsyncParsableCommand {
     var size = "20M"
     @Option(help: "WAN rate limit (tc syntax), e.g. 1gbit.")
     var wanRate = "1gbit"
-    @Option(parsing: .singleValue, help: ArgumentHelp("Random packet loss on a segment, e.g. 2=0.05 (repeatable).", valueName: "segment=p"))
+    @Option(
+        parsing: .singleValue,
+        help: ArgumentHelp("Random packet loss on a segment, e.g. 2=0.05 (repeatable).", valueName: "segment=p"))
     var loss: [String] = []
     @Option(help: "Installers each agent process runs at once (its identities share the machine's CPUs).")
     var parallelInstalls = 2
@@ -41,14 +43,17 @@ struct BenchDistributionCommand: AsyncParsableCommand {
         guard getuid() == 0 else {
             throw ChangelabError("the distribution bench builds network namespaces", fix: "run it as root")
         }
-        guard let bytes = ByteCount.parse(size), bytes > 0 else { throw ValidationError("--size '\(size)' is not a size") }
+        guard let bytes = ByteCount.parse(size), bytes > 0 else {
+            throw ValidationError("--size '\(size)' is not a size")
+        }
         guard segments >= 1, agents >= 1, hosts >= 1, hosts <= agents else {
             throw ValidationError("--segments, --agents and --hosts must be at least 1, and --hosts at most --agents")
         }
         var losses: [Int: Double] = [:]
         for spec in loss {
             let parts = spec.split(separator: "=").map(String.init)
-            guard parts.count == 2, let segment = Int(parts[0]), let p = Double(parts[1]), (1...segments).contains(segment),
+            guard parts.count == 2, let segment = Int(parts[0]), let p = Double(parts[1]),
+                (1...segments).contains(segment),
                 p >= 0, p < 1
             else { throw ValidationError("--loss '\(spec)' must be SEGMENT=PROBABILITY, e.g. 2=0.05") }
             losses[segment] = p
@@ -58,7 +63,8 @@ struct BenchDistributionCommand: AsyncParsableCommand {
         guard FileManager.default.isExecutableFile(atPath: script) else {
             throw ChangelabError("\(script) is missing", fix: "run from the changelab checkout or pass --root DIR")
         }
-        let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        let executable =
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         let base = FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm" : "/tmp"
         var options = BenchOptions(
             workDirectory: work ?? "\(base)/changelab-bench-\(getpid())", executable: executable, fleetScript: script)
@@ -73,11 +79,18 @@ struct BenchDistributionCommand: AsyncParsableCommand {
         let report = try await DistributionBench.run(options) { note($0) }
         if output.json { return try printJSON(report) }
         for m in report.modes {
-            print("mode \(m.mode): \(m.agents) agents in \(m.segments) segments, package \(StatusText.bytes(m.packageBytes))")
-            print(String(format: "  seeding    %.1f s   WAN %@ (ratio %.2f)   LAN %@ (ratio %.2f)", m.seedingSeconds,
-                         StatusText.bytes(m.wanBytes), m.wanRatio, StatusText.bytes(m.lanBytes), m.lanRatio))
-            print(String(format: "  activation %.2f s   %d activated, %d failed   %@", m.activationSeconds, m.activated, m.failed,
-                         m.activationWithin5s ? "all within 5 s" : "NOT all within 5 s"))
+            print(
+                "mode \(m.mode): \(m.agents) agents in \(m.segments) segments, package \(StatusText.bytes(m.packageBytes))"
+            )
+            print(
+                String(
+                    format: "  seeding    %.1f s   WAN %@ (ratio %.2f)   LAN %@ (ratio %.2f)", m.seedingSeconds,
+                    StatusText.bytes(m.wanBytes), m.wanRatio, StatusText.bytes(m.lanBytes), m.lanRatio))
+            print(
+                String(
+                    format: "  activation %.2f s   %d activated, %d failed   %@", m.activationSeconds, m.activated,
+                    m.failed,
+                    m.activationWithin5s ? "all within 5 s" : "NOT all within 5 s"))
         }
     }
 }

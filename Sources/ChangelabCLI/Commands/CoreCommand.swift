@@ -75,15 +75,21 @@ struct CorePublishCommand: AsyncParsableCommand {
 
     func run() async throws {
         let chunk = try chunkSize.map { text -> Int in
-            guard let value = ByteCount.parse(text) else { throw ValidationError("'\(text)' is not a size (e.g. 256K)") }
+            guard let value = ByteCount.parse(text) else {
+                throw ValidationError("'\(text)' is not a size (e.g. 256K)")
+            }
             return Int(value)
         }
         note("publishing \(file) as \(release)…")
-        let manifest = try await core.withClient { try await $0.publish(file: file, release: release, chunkSize: chunk) }
+        let manifest = try await core.withClient {
+            try await $0.publish(file: file, release: release, chunkSize: chunk)
+        }
         if output.json {
             try printJSON(manifest)
         } else {
-            print("published \(manifest.release): \(manifest.package) \(manifest.packageVersion), \(StatusText.bytes(manifest.size)), \(manifest.chunkCount) chunks, \(manifest.digest)")
+            print(
+                "published \(manifest.release): \(manifest.package) \(manifest.packageVersion), \(StatusText.bytes(manifest.size)), \(manifest.chunkCount) chunks, \(manifest.digest)"
+            )
         }
     }
 }
@@ -109,7 +115,9 @@ struct CoreTokenCommand: AsyncParsableCommand {
         } else {
             print("token:    \(reply.token)")
             print("core key: \(reply.coreKey)")
-            print("enrol with: changelab agent run --core \(core.url) --enrol-token \(reply.token) --core-key \(reply.coreKey) …")
+            print(
+                "enrol with: changelab agent run --core \(core.url) --enrol-token \(reply.token) --core-key \(reply.coreKey) …"
+            )
         }
     }
 }
@@ -125,7 +133,8 @@ struct CoreAgentsCommand: AsyncParsableCommand {
         if output.json { return try printJSON(agents) }
         for a in agents {
             let state = a.revoked ? "revoked" : a.online ? "online" : "offline"
-            let attributes = a.attributes.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+            let attributes = a.attributes.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(
+                separator: " ")
             print("\(a.id)  \(a.name)  \(a.segment)  \(state)  \(attributes)")
         }
     }

@@ -6,10 +6,16 @@ import Model
 
 /// `--core URL` and the admin token: how the rollout commands reach the core.
 struct CoreOptions: ParsableArguments {
-    @Option(name: .long, help: ArgumentHelp("The core's URL (default: $CHANGELAB_CORE or http://127.0.0.1:7480).", valueName: "url"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp("The core's URL (default: $CHANGELAB_CORE or http://127.0.0.1:7480).", valueName: "url"))
     var core: String?
 
-    @Option(name: .long, help: ArgumentHelp("The core's state directory, whose admin.token is used (default: /var/lib/changelab/core).", valueName: "dir"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The core's state directory, whose admin.token is used (default: /var/lib/changelab/core).",
+            valueName: "dir"))
     var coreState: String?
 
     var url: String {
@@ -23,7 +29,9 @@ struct CoreOptions: ParsableArguments {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ChangelabError(
                 "no admin token at \(path)",
-                fix: "pass --core-state DIR (the folder 'changelab core serve --state' uses) or set CHANGELAB_ADMIN_TOKEN")
+                fix:
+                    "pass --core-state DIR (the folder 'changelab core serve --state' uses) or set CHANGELAB_ADMIN_TOKEN"
+            )
         }
         return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
     }

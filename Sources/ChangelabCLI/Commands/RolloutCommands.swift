@@ -29,7 +29,8 @@ struct PromoteCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Seeding throttle per agent in bytes per second, e.g. 2M.")
     var rate: String?
 
-    @Option(name: .long, help: "Health gate: halt before the next ring when a ring's failures exceed this share, e.g. 10%.")
+    @Option(
+        name: .long, help: "Health gate: halt before the next ring when a ring's failures exceed this share, e.g. 10%.")
     var maxFailure: String?
 
     @OptionGroup var core: CoreOptions
@@ -62,7 +63,9 @@ struct ActivateCommand: AsyncParsableCommand {
     func run() async throws {
         let report = try await core.withClient { try await $0.activate(change) }
         if output.json { return try printJSON(report) }
-        print("activation of \(change) sent (ring \(report.rings.first?.name ?? "all") first); follow it with 'changelab status \(change) --watch'")
+        print(
+            "activation of \(change) sent (ring \(report.rings.first?.name ?? "all") first); follow it with 'changelab status \(change) --watch'"
+        )
     }
 }
 
@@ -155,7 +158,8 @@ struct PolicyCommand: AsyncParsableCommand {
 
 struct PolicySetCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "set", abstract: "Create or change a policy; enforced at every check-in, also for agents that join later.")
+        commandName: "set",
+        abstract: "Create or change a policy; enforced at every check-in, also for agents that join later.")
 
     @Argument(help: "Policy name.")
     var name: String
@@ -171,7 +175,9 @@ struct PolicySetCommand: AsyncParsableCommand {
         _ = try TargetQuery.parse(targets)
         let policy = try await core.withClient { try await $0.setPolicy(name, targets: targets, release: release) }
         if output.json { return try printJSON(policy) }
-        print("policy \(policy.name): targets matching '\(policy.query)' must have \(policy.release) (change \(policy.change))")
+        print(
+            "policy \(policy.name): targets matching '\(policy.query)' must have \(policy.release) (change \(policy.change))"
+        )
     }
 }
 
