@@ -76,6 +76,9 @@ public actor Agent {
     /// or rollback, and otherwise every `inventoryInterval`.
     private var inventory: InventorySnapshot?
     private var inventoryCollected = ContinuousClock.now
+    /// Digest of the inventory the core last acknowledged; the whole inventory is sent only
+    /// when the current one differs.
+    private var inventoryAcknowledged: String?
 
     public init(
         configuration: AgentConfiguration, client: HTTPClient,
@@ -207,11 +210,20 @@ public actor Agent {
                 change: entry.change, release: entry.release, phase: entry.phase,
                 bytes: entry.phase >= .verified && entry.phase != .failed ? entry.manifest.size : 0)
         }
+        let digest = inventory.digest
         let body = CheckIn(
             name: configuration.name, segment: configuration.segment, addresses: Self.addresses(),
-            attributes: configuration.attributes, inventory: inventory, cache: reports)
+            attributes: configuration.attributes, inventory: digest == inventoryAcknowledged ? nil : inventory,
+            inventoryDigest: digest, cache: reports)
         let reply = try await link().post("/v1/agent/checkin", body, as: CheckInReply.self)
         nextCheckIn = min(reply.checkInAfter, configuration.maxCheckInInterval ?? reply.checkInAfter)
+        if reply.sendInventory == true {
+            // The core lost or never had it (a new core, a restored backup): send it next time, soon.
+            inventoryAcknowledged = nil
+            nextCheckIn = min(nextCheckIn, 1)
+        } else {
+            inventoryAcknowledged = digest
+        }
         await flushEvents()
         await handle(reply.jobs)
     }
@@ -427,6 +439,7 @@ public actor Agent {
     private func reportInventory(_ job: Job) async {
         let inventory = await currentInventory(refresh: true)
         await report(AgentEvent(change: job.change, release: job.release, kind: .inventory, inventory: inventory))
+        if pendingEvents.isEmpty { inventoryAcknowledged = inventory.digest }
     }
 
     /// Back to the pre-install state: reinstall the previous version from the cache, or

@@ -32,6 +32,7 @@ public actor Coordinator {
     let gate: any ChangeGate
     private var state: CoreSnapshot
     private var inventories: [String: InventorySnapshot]
+    private var inventoryDigests: [String: String]
     private var streams: [String: (id: UUID, continuation: AsyncStream<[Job]>.Continuation)] = [:]
     private var watchers: [UUID: AsyncStream<Void>.Continuation] = [:]
     /// Bytes-served counts not yet saved: they are saved with the next change or tick.
@@ -48,6 +49,7 @@ public actor Coordinator {
         self.clock = clock
         self.state = try store.load() ?? CoreSnapshot()
         self.inventories = try store.loadInventories()
+        self.inventoryDigests = inventories.mapValues(\.digest)
     }
 
     public var publicKey: ReleasePublicKey { key.publicKey }
@@ -182,15 +184,17 @@ public actor Coordinator {
         record.attributes = checkIn.attributes
         record.lastSeen = clock()
         state.agents[id] = record
-        if inventories[id] != checkIn.inventory {
-            inventories[id] = checkIn.inventory
-            try await store.saveInventory(checkIn.inventory, agent: id)
+        if let inventory = checkIn.inventory, inventories[id] != inventory {
+            inventories[id] = inventory
+            inventoryDigests[id] = inventory.digest
+            try await store.saveInventory(inventory, agent: id)
         }
         reconcile(agent: id, with: checkIn.cache)
         applyPolicies(to: id)
         let jobs = jobs(for: id)
         try await commit()
-        return CheckInReply(jobs: jobs, checkInAfter: settings.checkInInterval)
+        let stale = checkIn.inventory == nil && inventoryDigests[id] != checkIn.inventoryDigest
+        return CheckInReply(jobs: jobs, checkInAfter: settings.checkInInterval, sendInventory: stale ? true : nil)
     }
 
     /// Applies what an agent's cache says it holds: a lost event must not leave the core behind.
@@ -211,6 +215,7 @@ public actor Coordinator {
         for change in Set(events.map(\.change)) { advanceRings(change) }
         if let inventory = events.compactMap(\.inventory).last {
             inventories[agent] = inventory
+            inventoryDigests[agent] = inventory.digest
             try await store.saveInventory(inventory, agent: agent)
         }
         try await commit()
@@ -608,7 +613,7 @@ public actor Coordinator {
             } else if target.ring > deployment.activeRing, deployment.activation != nil {
                 reason = deployment.halted != nil ? "halted at health gate" : "waiting for its ring"
                 detail =
-                    deployment.halted ?? "ring \(deployment.rings[min(target.ring, deployment.rings.count - 1)].name)"
+                    deployment.halted ?? "ring \(Ring.name(of: target.ring, in: deployment.rings))"
             } else {
                 reason = "in progress"
                 detail = target.phase.rawValue

@@ -40,6 +40,11 @@ public struct Ring: Codable, Sendable, Equatable {
         self.share = share
     }
 
+    /// The name of ring `index` (the last ring's for anything past it), safe on any list.
+    public static func name(of index: Int, in rings: [Ring]) -> String {
+        rings.isEmpty ? "all" : rings[max(0, min(index, rings.count - 1))].name
+    }
+
     /// Parses `canary:5%,pilot:25%,all`; the last ring always covers every target.
     public static func parseList(_ text: String) throws -> [Ring] {
         var rings: [Ring] = []

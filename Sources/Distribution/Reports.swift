@@ -136,7 +136,7 @@ public enum StatusText {
             state = "HALTED: \(halted)"
         } else if report.activationRequested {
             state =
-                "activating (ring \(report.activeRing + 1)/\(report.rings.count): \(report.rings[min(report.activeRing, report.rings.count - 1)].name))"
+                "activating (ring \(report.activeRing + 1)/\(report.rings.count): \(Ring.name(of: report.activeRing, in: report.rings)))"
         } else {
             state = "seeding"
         }

@@ -83,8 +83,31 @@ public struct CheckIn: Codable, Sendable {
     public var segment: String
     public var addresses: [String]
     public var attributes: [String: String]
-    public var inventory: InventorySnapshot
+    /// The whole inventory, sent only when it changed since the core last acknowledged it.
+    public var inventory: InventorySnapshot?
+    /// Digest of the agent's current inventory (always sent).
+    public var inventoryDigest: String
     public var cache: [CacheReport]
+
+    public init(
+        name: String, segment: String, addresses: [String], attributes: [String: String],
+        inventory: InventorySnapshot?, inventoryDigest: String, cache: [CacheReport]
+    ) {
+        self.name = name
+        self.segment = segment
+        self.addresses = addresses
+        self.attributes = attributes
+        self.inventory = inventory
+        self.inventoryDigest = inventoryDigest
+        self.cache = cache
+    }
+}
+
+extension InventorySnapshot {
+    /// SHA-256 of the snapshot's stable JSON: equal inventories have equal digests.
+    public var digest: String {
+        ((try? StableJSON.data(self.normalized())).map { SHA256Digest(of: $0) } ?? SHA256Digest(of: Data())).hex
+    }
 }
 
 public enum JobKind: String, Codable, Sendable { case seed, activate, rollback }
@@ -112,6 +135,8 @@ public struct CheckInReply: Codable, Sendable {
     public var jobs: [Job]
     /// Seconds until the next check-in.
     public var checkInAfter: Double
+    /// The core does not hold the inventory with the digest the agent sent: send it whole.
+    public var sendInventory: Bool?
 }
 
 public enum AgentEventKind: String, Codable, Sendable {

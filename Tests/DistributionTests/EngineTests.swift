@@ -111,6 +111,41 @@ import Testing
         }
     }
 
+    @Test func checkInsCarryTheInventoryOnlyWhenTheCoreDoesNotHoldIt() async throws {
+        try await withCore { core, scratch, http in
+            let admin = try core.admin
+            let token = try await admin.createToken(uses: 1, lifetime: 600)
+            let link = HTTPLink(baseURL: core.url, credential: nil, client: http)
+            let reply = try await link.post(
+                "/v1/enrol", EnrolRequest(token: token.token, name: "pc", segment: "s", addresses: [], attributes: [:]),
+                as: EnrolReply.self)
+            let agent = HTTPLink(baseURL: core.url, credential: "\(reply.agent):\(reply.secret)", client: http)
+            let inventory = InventorySnapshot(
+                hostname: "pc", packages: [PackageRecord(name: "openssl", architecture: "amd64", version: "3.0.9-1")])
+            func checkIn(_ sent: InventorySnapshot?, digest: String) async throws -> CheckInReply {
+                try await agent.post(
+                    "/v1/agent/checkin",
+                    CheckIn(
+                        name: "pc", segment: "s", addresses: [], attributes: [:], inventory: sent,
+                        inventoryDigest: digest,
+                        cache: []), as: CheckInReply.self)
+            }
+            // Only a digest, for an inventory the core never saw: it asks for the whole thing.
+            #expect(try await checkIn(nil, digest: inventory.digest).sendInventory == true)
+            #expect(try await checkIn(inventory, digest: inventory.digest).sendInventory == nil)
+            // From now on the digest is enough, and queries see the inventory.
+            #expect(try await checkIn(nil, digest: inventory.digest).sendInventory == nil)
+            #expect(await core.server.coordinator.inventory(of: reply.agent) == inventory)
+            let deb = try await TestPackage.build(in: scratch.path, size: 10_000)
+            _ = try await admin.publish(file: deb, release: "r1")
+            let promoted = try await admin.promote(
+                "r1",
+                PromoteRequest(
+                    release: nil, targets: "package:openssl < 3.0.13", rings: nil, rate: nil, maxFailureRate: nil))
+            #expect(promoted.total.targets == 1)
+        }
+    }
+
     @Test func unknownAndRevokedAgentsAreRefused() async throws {
         try await withCore { core, scratch, http in
             let admin = try core.admin
@@ -132,7 +167,8 @@ import Testing
                 #expect(error.status == 401)
             }
             let checkIn = CheckIn(
-                name: "pc", segment: "s", addresses: [], attributes: [:], inventory: InventorySnapshot(), cache: [])
+                name: "pc", segment: "s", addresses: [], attributes: [:], inventory: InventorySnapshot(),
+                inventoryDigest: InventorySnapshot().digest, cache: [])
             let agent = HTTPLink(baseURL: core.url, credential: "\(reply.agent):\(reply.secret)", client: http)
             _ = try await agent.post("/v1/agent/checkin", checkIn, as: CheckInReply.self)
             // Wrong secret, unknown agent, no credential.
