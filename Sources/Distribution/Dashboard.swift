@@ -22,7 +22,9 @@ enum Dashboard {
           if (!reports.length) { root.textContent = "no changes promoted yet"; return; }
           root.innerHTML = reports.map(r => {
             const state = r.halted ? `<span class="halted">halted: ${r.halted}</span>`
-              : r.rollbackRequested ? "rolling back" : r.activationRequested ? "activating" : "seeding";
+              : r.rollbackRequested ? "rolling back"
+              : r.activationRequested ? (r.total.activated === r.total.targets ? "activated" : "activating")
+              : (r.total.verified === r.total.targets ? "seeded" : "seeding");
             const rows = r.segments.concat([r.total]).map(s => `<tr><td>${s.segment}</td><td>${s.targets}</td>
               <td>${bar(s.seeded, s.targets)}</td><td>${s.verified}</td><td>${bar(s.activated, s.targets)}</td>
               <td>${s.failed}</td><td>${s.offline}</td><td>${(s.bytesSent / 1048576).toFixed(1)} MiB</td></tr>`).join("");

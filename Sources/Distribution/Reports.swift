@@ -134,9 +134,13 @@ public enum StatusText {
             state = "rolling back"
         } else if let halted = report.halted {
             state = "HALTED: \(halted)"
+        } else if report.activationRequested && report.total.activated == report.total.targets {
+            state = "activated on every target"
         } else if report.activationRequested {
             state =
                 "activating (ring \(report.activeRing + 1)/\(report.rings.count): \(Ring.name(of: report.activeRing, in: report.rings)))"
+        } else if report.total.verified == report.total.targets {
+            state = "seeded on every target; activate with 'changelab activate \(report.change)'"
         } else {
             state = "seeding"
         }
