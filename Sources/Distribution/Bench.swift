@@ -92,7 +92,6 @@ public struct BenchReport: Codable, Sendable {
 public struct TestFleet: Sendable {
     public var options: BenchOptions
     public let coreAddress = "10.77.0.2"
-    public let managementAddress = "10.77.255.2"
     public let port = 7480
 
     public init(options: BenchOptions) {
@@ -131,6 +130,11 @@ public struct TestFleet: Sendable {
             if f.first == "lan", f.count >= 3 { lan += Int64(f[2]) ?? 0 }
         }
         return (wan, lan)
+    }
+
+    /// The core's address on the management link from this host (depends on the prefix).
+    public func managementAddress() async throws -> String {
+        try await fleet(["mgmt"]).stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     public func namespace(segment: Int, host: Int) -> String { "\(options.prefix)-s\(segment)-h\(host)" }
@@ -221,7 +225,7 @@ public enum DistributionBench {
                 log: work + "/core.log"))
         let tokenPath = CoreLayout(directory: coreState).adminToken
         let admin = try await waitForCore(
-            url: "http://\(fleet.managementAddress):\(fleet.port)", tokenPath: tokenPath, http: http)
+            url: "http://\(try await fleet.managementAddress()):\(fleet.port)", tokenPath: tokenPath, http: http)
         let manifest = try await admin.publish(file: deb, release: "bench-1")
         let token = try await admin.createToken(uses: total, lifetime: 3600)
 
