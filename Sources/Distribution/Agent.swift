@@ -30,6 +30,8 @@ public struct AgentConfiguration: Sendable {
     /// Shared by the identities of one process (test fleet): at most so many installers run at
     /// once, since the identities share the host's CPUs. nil: no limit beyond one per agent.
     public var installSlots: Semaphore?
+    /// First back-off between download retries within one seeding attempt (grows linearly).
+    public var downloadRetryDelay: Duration = .milliseconds(500)
     /// Folders (under the root) whose files the inventory records with hashes.
     public var watchedPaths: [String] = InventoryOptions.defaultWatchedPaths
 
@@ -322,7 +324,8 @@ public actor Agent {
 
     func seed(_ job: Job, entry: CacheEntry) async {
         defer { seeding[job.change] = nil }
-        let seeder = Seeder(cache: cache, transport: transport(), bucket: bucket)
+        var seeder = Seeder(cache: cache, transport: transport(), bucket: bucket)
+        seeder.retryDelay = configuration.downloadRetryDelay
         do {
             try await seeder.seed(job, entry: entry) { bytes in await self.progress(job, bytes: bytes) }
             guard try cache.verifyWhole(entry) else {

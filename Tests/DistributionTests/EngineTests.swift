@@ -263,6 +263,29 @@ import Testing
         }
     }
 
+    @Test func anArtifactSourceThatKeepsFailingShowsAsDownloadFailed() async throws {
+        try await withCore { core, scratch, http in
+            let admin = try core.admin
+            let deb = try await TestPackage.build(in: scratch.path, size: 50_000)
+            _ = try await admin.publish(file: deb, release: "r1")
+            let token = try await admin.createToken(uses: 1, lifetime: 600)
+            var configuration = makeAgentConfiguration(
+                core: core, base: scratch.path, name: "pc", token: token.token, key: await core.key,
+                artifactURL: core.url + "/broken-mirror")
+            configuration.downloadRetryDelay = .milliseconds(20)
+            let group = AgentGroup()
+            _ = group.start(configuration, http: http)
+            #expect(try await eventually { try await admin.agents().count == 1 })
+            _ = try await admin.promote(
+                "r1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
+            #expect(try await eventually { try await admin.chase("r1").first?.reason == "download failed" })
+            let entry = try #require(try await admin.chase("r1").first)
+            #expect(entry.detail.contains("HTTP 404"), "\(entry)")
+            #expect(entry.seedAttempts >= 1)
+            await group.stop()
+        }
+    }
+
     @Test func forgedOrUnsignedManifestsAndOrdersAreRefusedAndReported() async throws {
         try await withCore { core, scratch, http in
             let admin = try core.admin
