@@ -86,7 +86,7 @@ let package = Package(
         .testTarget(name: "LibvirtTests", dependencies: ["Libvirt"]),
         .testTarget(name: "ModelTests", dependencies: ["Model", "HostIO"], exclude: ["Fixtures"]),
         .testTarget(name: "HostIOTests", dependencies: ["HostIO"]),
-        .testTarget(name: "LabTests", dependencies: ["Lab", "Libvirt", "Model", "HostIO", "changelab"]),
+        .testTarget(name: "LabTests", dependencies: ["Lab", "Libvirt", "Model", "HostIO", "changelab"], exclude: ["Fixtures"]),
         .testTarget(name: "InventoryTests", dependencies: ["Inventory", "Model", "HostIO"], exclude: ["Fixtures"]),
         .testTarget(name: "CMDBTests", dependencies: ["CMDB", "Model", "HostIO"]),
         .testTarget(

@@ -9,7 +9,7 @@ public struct Changelab: AsyncParsableCommand {
         abstract: "Software change management for Linux fleets: lab, matrix, CMDB, change control, distribution.",
         version: "0.1.0",
         subcommands: [
-            BaselineCommand.self, LabCommand.self, DoctorCommand.self, BenchCommand.self,
+            BaselineCommand.self, LabCommand.self, PackageCommand.self, MatrixCommand.self, DoctorCommand.self, BenchCommand.self,
             CoreCommand.self, AgentCommand.self, PromoteCommand.self, ActivateCommand.self, RollbackCommand.self,
             StatusCommand.self, ChaseCommand.self, PolicyCommand.self,
         ]
@@ -20,7 +20,7 @@ public struct Changelab: AsyncParsableCommand {
     /// Parses the command line and runs it; Ctrl-C or SIGTERM cancels the running command
     /// so scoped resources (VMs, overlays, temp images) are torn down, then exits 130.
     public static func runMain() async {
-        let interrupted = Flag()
+        let interrupted = AtomicFlag()
         let task = Task {
             do {
                 var command = try parseAsRoot()

@@ -84,7 +84,7 @@ public enum HostCommand {
             }
         }
 
-        let timedOut = Flag()
+        let timedOut = AtomicFlag()
         let watchdog: Task<Void, Never>? = timeout.map { limit in
             Task {
                 guard (try? await Task.sleep(for: limit)) != nil else { return }
@@ -402,7 +402,7 @@ public final class OneShot: @unchecked Sendable {
 }
 
 /// A flag set once from any thread.
-public final class Flag: @unchecked Sendable {
+public final class AtomicFlag: @unchecked Sendable {
     // @unchecked: guarded by `lock`.
     private let lock = NSLock()
     private var flag = false

@@ -58,27 +58,47 @@ public struct Baselines: Sendable {
         return try requested.map { try load($0) }
     }
 
-    /// The digest of everything that goes into the image: the builder, the recipe text and
-    /// every file it lays down from disk. Unchanged inputs reuse the cached image.
+    /// The digest of everything that goes into the image: the builder, and of the recipe
+    /// only what shapes the image (base, packages, files with their contents, services,
+    /// resources, the name as hostname). Description, approval and watched paths are left
+    /// out: approving a draft or watching another folder must not rebuild its image.
     public func recipeDigest(_ recipe: BaselineRecipe) throws -> SHA256Digest {
-        var text = Self.builderVersion + "\n"
-        let recipePath = project.baselineRecipe(recipe.name)
-        guard let recipeData = FileManager.default.contents(atPath: recipePath) else {
-            throw ChangelabError("cannot read \(project.display(recipePath))")
+        struct ImageInputs: Encodable {
+            var builder: String
+            var name: String
+            var base: BaselineRecipe.Base
+            var packages: [String]
+            var files: [FileInput]
+            var enable: [String]
+            var disable: [String]
+            var resources: BaselineRecipe.Resources
         }
-        text += "recipe \(SHA256Digest(of: recipeData).hex)\n"
+        struct FileInput: Encodable {
+            var path: String
+            var mode: Int
+            var owner: String
+            var content: SHA256Digest
+        }
+        var files: [FileInput] = []
         for file in recipe.files {
-            if case .source(let relative) = file.body {
+            let content: SHA256Digest
+            switch file.body {
+            case .content(let text): content = SHA256Digest(of: text)
+            case .source(let relative):
                 let path = "\(project.baselinesDirectory)/\(recipe.name)/\(relative)"
                 guard let data = FileManager.default.contents(atPath: path) else {
                     throw ChangelabError(
                         "baseline '\(recipe.name)' lays down \(file.path) from \(project.display(path)), which cannot be read",
                         fix: "create the file or correct 'source' in baselines/\(recipe.name).yaml")
                 }
-                text += "file \(file.path) \(SHA256Digest(of: data).hex)\n"
+                content = SHA256Digest(of: data)
             }
+            files.append(FileInput(path: file.path, mode: file.mode, owner: file.owner, content: content))
         }
-        return SHA256Digest(of: text)
+        let inputs = ImageInputs(
+            builder: Self.builderVersion, name: recipe.name, base: recipe.base, packages: recipe.packages, files: files,
+            enable: recipe.enableServices, disable: recipe.disableServices, resources: recipe.resources)
+        return SHA256Digest(of: try StableJSON.data(inputs))
     }
 
     /// The standing regression suite: executables in baselines/<name>/tests, sorted.

@@ -269,6 +269,25 @@ public struct GuestAgent: Sendable {
         }
     }
 
+    /// Starts a command and returns its pid without waiting for it: for commands that take
+    /// the agent down with them, like a reboot.
+    @discardableResult
+    public func launch(_ argv: [String]) async throws -> Int {
+        guard let program = argv.first else { throw GuestAgentError.commandNotFound(domain: domain.name, command: "") }
+        let launched = try await sendForObject(
+            "guest-exec", ["path": program, "arg": Array(argv.dropFirst()), "capture-output": false])
+        guard let pid = launched["pid"] as? Int else {
+            throw GuestAgentError.unexpectedReply(command: "guest-exec", reply: "\(launched)")
+        }
+        return pid
+    }
+
+    /// The guest's boot id: it changes with every boot, so it tells a reboot really happened.
+    public func bootID() async throws -> String {
+        let result = try await capture(["cat", "/proc/sys/kernel/random/boot_id"])
+        return result.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
     /// Runs a shell script with /bin/sh -c.
     public func shell(
         _ script: String, input: Data? = nil, timeout: Duration? = nil,

@@ -32,3 +32,9 @@ public enum StableJSON {
         try decoder().decode(type, from: data)
     }
 }
+
+extension Date {
+    /// This date without its fraction of a second: what stable JSON's ISO 8601 dates keep,
+    /// so a record read back equals the one written.
+    public var wholeSeconds: Date { Date(timeIntervalSince1970: timeIntervalSince1970.rounded(.down)) }
+}

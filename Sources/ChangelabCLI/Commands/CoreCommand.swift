@@ -1,6 +1,7 @@
 import ArgumentParser
 import Distribution
 import Foundation
+import Lab
 import Model
 
 /// `changelab core …`: the distribution core server and its administration.
@@ -59,10 +60,17 @@ struct CoreServeCommand: AsyncParsableCommand {
 
 struct CorePublishCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "publish", abstract: "Publish a .deb into the core's repository as a signed, chunked release.")
+        commandName: "publish",
+        abstract: "Publish a .deb into the core's repository as a signed, chunked release.",
+        discussion: """
+            Give a .deb file, or --artifact DIGEST for a package that 'changelab package build' stored (it is verified against its build manifest before it is sent).
+            """)
 
-    @Argument(help: ArgumentHelp("The .deb file.", valueName: "file.deb"))
-    var file: String
+    @Argument(help: ArgumentHelp("The .deb file (or use --artifact).", valueName: "file.deb"))
+    var file: String?
+
+    @Option(name: .long, help: ArgumentHelp("A built artifact's digest from 'changelab package build'.", valueName: "sha256"))
+    var artifact: String?
 
     @Option(name: .long, help: "Release name (the change id promote and activate use until change control lands).")
     var release: String
@@ -73,17 +81,28 @@ struct CorePublishCommand: AsyncParsableCommand {
     @OptionGroup var core: CoreOptions
     @OptionGroup var output: OutputOptions
 
+    func validate() throws {
+        guard (file == nil) != (artifact == nil) else {
+            throw ValidationError("give either a .deb file or --artifact DIGEST")
+        }
+    }
+
     func run() async throws {
         let chunk = try chunkSize.map { text -> Int in
-            guard let value = ByteCount.parse(text) else {
-                throw ValidationError("'\(text)' is not a size (e.g. 256K)")
-            }
+            guard let value = ByteCount.parse(text) else { throw ValidationError("'\(text)' is not a size (e.g. 256K)") }
             return Int(value)
         }
-        note("publishing \(file) as \(release)…")
-        let manifest = try await core.withClient {
-            try await $0.publish(file: file, release: release, chunkSize: chunk)
+        var path = file ?? ""
+        if let artifact {
+            guard let digest = SHA256Digest(hex: artifact) else {
+                throw ValidationError("--artifact must be a SHA-256 digest (64 hex digits), see 'changelab package list'")
+            }
+            let store = ArtifactStore(home: LabHome.fromEnvironment())
+            try store.verify(try store.manifest(digest, verify: false))
+            path = store.debPath(digest)
         }
+        note("publishing \(path) as \(release)…")
+        let manifest = try await core.withClient { try await $0.publish(file: path, release: release, chunkSize: chunk) }
         if output.json {
             try printJSON(manifest)
         } else {

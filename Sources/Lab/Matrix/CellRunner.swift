@@ -1,0 +1,368 @@
+import Foundation
+import HostIO
+import Inventory
+import Libvirt
+import Model
+
+/// Everything one cell needs, fixed before it starts.
+struct CellContext: Sendable {
+    let lab: Lab
+    let plan: CellPlan
+    let image: BaselineImage
+    let artifact: ArtifactManifest
+    /// The earlier release the upgrade lane starts from.
+    let previous: ArtifactManifest?
+    let packageTests: [String]
+    let regressionTests: [String]
+    let baselineInventory: InventorySnapshot
+    let watch: [String]
+    let store: ArtifactStore
+    let keepFailed: Bool
+    let logPath: String
+}
+
+/// Runs one cell on a fresh restore; infrastructure failures get one more fresh restore.
+enum CellRunner {
+    static let guestDirectory = "/var/tmp/changelab"
+
+    static func run(_ context: CellContext, onAttempt: @Sendable (Int) -> Void) async throws -> CellResult {
+        let log = TextLog()
+        var lastError: Error?
+        var lastSteps: [StepOutcome] = []
+        let started = Date()
+        for attempt in 1...2 {
+            try Task.checkCancellation()
+            onAttempt(attempt)
+            log.append("==== attempt \(attempt) on a fresh restore of \(context.image.name) ====\n")
+            let cell = CellAttempt(context: context, log: log)
+            do {
+                var result = try await cell.run()
+                result.attempts = attempt
+                result.startedAt = started
+                log.write(to: context.logPath)
+                return result
+            } catch is CancellationError {
+                log.write(to: context.logPath)
+                throw CancellationError()
+            } catch {
+                if Task.isCancelled { throw CancellationError() }
+                lastError = error
+                lastSteps = cell.steps
+                log.append("==== infrastructure failure: \(error) ====\n")
+            }
+        }
+        log.write(to: context.logPath)
+        let message = lastError.map { "\($0)".split(separator: "\n").first.map(String.init) ?? "" } ?? "unknown"
+        return CellResult(
+            id: context.plan.id, baseline: context.plan.baseline, lane: context.plan.lane, host: context.lab.primaryHost.name,
+            verdict: .error, reason: "infrastructure (failed twice on fresh restores): \(message)", attempts: 2,
+            startedAt: started, timings: CellTimings(), steps: lastSteps, delta: nil, residue: nil, violations: [],
+            after: nil, upgradedFrom: nil, keptVM: nil)
+    }
+}
+
+/// One attempt of a cell. Product failures become the verdict; anything thrown is an
+/// infrastructure failure (the VM, the agent, the host) and is retried by `CellRunner`.
+final class CellAttempt: @unchecked Sendable {
+    // @unchecked: used by one task at a time (the cell's); `steps` is read after it ends.
+    let context: CellContext
+    let log: TextLog
+    private(set) var steps: [StepOutcome] = []
+    private var verdict = CellVerdict.pass
+    private var reason = ""
+
+    init(context: CellContext, log: TextLog) {
+        self.context = context
+        self.log = log
+    }
+
+    private var lab: Lab { context.lab }
+    private var recipe: PackageRecipe { context.artifact.recipe }
+
+    private func record(_ outcome: StepOutcome) {
+        steps.append(outcome)
+        log.append("-- \(outcome.phase.rawValue) \(outcome.name): \(outcome.status.rawValue) (\(String(format: "%.1f", outcome.seconds)) s)\n")
+    }
+
+    /// The first failure decides the verdict and the reason.
+    private func fail(_ verdict: CellVerdict, _ reason: String) {
+        guard self.verdict == .pass else { return }
+        self.verdict = verdict
+        self.reason = reason
+    }
+
+    private var failed: Bool { verdict != .pass }
+
+    func run() async throws -> CellResult {
+        let started = ContinuousClock.now
+        var timings = CellTimings()
+        let guest = try await lab.restore(context.image)
+        timings.restore = guest.restoreSeconds
+        record(StepOutcome(phase: .restore, name: "restore \(context.image.name) + set clock", status: .passed, seconds: guest.restoreSeconds))
+        var delta: ConfigurationDelta?
+        var residue: ConfigurationDelta?
+        var violations: [PolicyViolation] = []
+        var after: InventorySnapshot?
+        do {
+            let uploadStarted = ContinuousClock.now
+            _ = try await guest.agent.capture(["mkdir", "-p", CellRunner.guestDirectory])
+            for manifest in [context.artifact] + (context.plan.lane == .upgrade ? [context.previous].compactMap { $0 } : []) {
+                try await guest.agent.upload(
+                    file: context.store.debPath(manifest.digest), to: "\(CellRunner.guestDirectory)/\(manifest.debFileName)",
+                    mode: 0o644)
+            }
+            timings.upload = uploadStarted.secondsSince
+            record(StepOutcome(phase: .upload, name: "upload artifact", status: .passed, seconds: timings.upload))
+
+            if let inspection = try await runLane(guest) {
+                (delta, residue, violations, after) = inspection
+            }
+        } catch {
+            await guest.finish(keep: false)
+            throw error
+        }
+
+        let keep = failed && context.keepFailed
+        let discardStarted = ContinuousClock.now
+        await guest.finish(keep: keep, reason: "cell \(context.plan.id) \(verdict.rawValue): \(reason)")
+        timings.discard = discardStarted.secondsSince
+        record(StepOutcome(phase: .discard, name: keep ? "keep VM for debugging" : "discard VM", status: .passed, seconds: timings.discard))
+        timings.total = started.secondsSince
+        return CellResult(
+            id: context.plan.id, baseline: context.plan.baseline, lane: context.plan.lane, host: lab.primaryHost.name,
+            verdict: verdict, reason: reason, attempts: 1, startedAt: Date(), timings: timings, steps: steps, delta: delta,
+            residue: residue, violations: violations, after: after,
+            upgradedFrom: context.plan.lane == .upgrade ? context.previous?.version : nil, keptVM: keep ? guest.name : nil)
+    }
+
+    typealias Inspection = (ConfigurationDelta?, ConfigurationDelta?, [PolicyViolation], InventorySnapshot?)
+
+    /// The lane's steps. The inventory is taken right after the install (or, in the
+    /// uninstall lane, right after the uninstall), before any test can change the guest:
+    /// the delta is what the package did, not what its tests or the standing suite did.
+    private func runLane(_ guest: RestoredGuest) async throws -> Inspection? {
+        let lane = context.plan.lane
+        let installed = lane == .upgrade ? (context.previous ?? context.artifact) : context.artifact
+        guard try await checkPrerequisites(installed.recipe, guest) else { return nil }
+        switch lane {
+        case .install, .uninstall:
+            guard try await install(context.artifact, phase: .install, guest) else { return nil }
+        case .upgrade:
+            guard let previous = context.previous else { return nil }
+            guard try await install(previous, phase: .upgradeFrom, guest) else { return nil }
+            guard try await install(context.artifact, phase: .install, guest) else { return nil }
+        case .reinstall:
+            guard try await install(context.artifact, phase: .install, guest) else { return nil }
+            guard try await install(context.artifact, phase: .reinstall, guest) else { return nil }
+        }
+        let inspection: Inspection
+        if lane == .uninstall {
+            try await runTests(context.packageTests, phase: .test, guest)
+            guard try await runSteps(recipe.uninstall, of: context.artifact, phase: .uninstall, guest) else { return nil }
+            inspection = try await inspect(guest)
+        } else {
+            inspection = try await inspect(guest)
+            try await runTests(context.packageTests, phase: .test, guest)
+        }
+        try await runTests(context.regressionTests, phase: .regression, guest)
+        return inspection
+    }
+
+    // MARK: Steps
+
+    private func checkPrerequisites(_ recipe: PackageRecipe, _ guest: RestoredGuest) async throws -> Bool {
+        let needs = recipe.prerequisites
+        guard !needs.isEmpty else { return true }
+        var script = "unmet=0\n"
+        for package in needs.packages {
+            script += """
+                [ "$(dpkg-query -W -f='${Status}' '\(package)' 2>/dev/null)" = 'install ok installed' ] || { echo "package \(package) is not installed"; unmet=1; }
+
+                """
+        }
+        if let disk = needs.diskMiB {
+            script += """
+                free=$(df -Pk / | awk 'NR==2 {print int($4/1024)}')
+                [ "$free" -ge \(disk) ] || { echo "free disk on / is ${free} MiB, needs \(disk) MiB"; unmet=1; }
+
+                """
+        }
+        if let memory = needs.memoryMiB {
+            script += """
+                mem=$(awk '/^MemTotal:/ {print int($2/1024)}' /proc/meminfo)
+                [ "$mem" -ge \(memory) ] || { echo "memory is ${mem} MiB, needs \(memory) MiB"; unmet=1; }
+
+                """
+        }
+        if let architecture = needs.architecture {
+            script += """
+                arch=$(dpkg --print-architecture)
+                [ "$arch" = '\(architecture)' ] || { echo "architecture is ${arch}, needs \(architecture)"; unmet=1; }
+
+                """
+        }
+        script += "exit $unmet\n"
+        let result = try await guest.agent.exec(["/bin/sh", "-c", script], timeout: .seconds(60))
+        let unmet = result.stdoutText.split(separator: "\n").map(String.init)
+        log.append(result.stdoutText + result.stderrText)
+        if result.exitCode == 0 {
+            record(StepOutcome(phase: .prerequisites, name: "prerequisites", status: .passed, exitCode: 0, seconds: result.seconds))
+            return true
+        }
+        let detail = unmet.isEmpty ? result.stderrText : unmet.joined(separator: "; ")
+        record(StepOutcome(phase: .prerequisites, name: "prerequisites", status: .failed, exitCode: result.exitCode, seconds: result.seconds, detail: detail))
+        fail(.fail, "prerequisite not met: \(detail)")
+        return false
+    }
+
+    private func install(_ manifest: ArtifactManifest, phase: StepOutcome.Phase, _ guest: RestoredGuest) async throws -> Bool {
+        try await runSteps(manifest.recipe.install, of: manifest, phase: phase, guest)
+    }
+
+    /// Runs steps in order; the first failure ends the list (and decides the verdict).
+    private func runSteps(
+        _ steps: [PackageRecipe.Step], of manifest: ArtifactManifest, phase: StepOutcome.Phase, _ guest: RestoredGuest
+    ) async throws -> Bool {
+        let label: String
+        switch phase {
+        case .upgradeFrom: label = "install of the earlier release \(manifest.version), step"
+        case .reinstall: label = "second install, step"
+        case .uninstall: label = "uninstall step"
+        default: label = "install step"
+        }
+        for step in steps {
+            let outcome: StepOutcome
+            switch step.action {
+            case .run(let script):
+                let environment = """
+                    export ARTIFACT='\(CellRunner.guestDirectory)/\(manifest.debFileName)' PACKAGE='\(manifest.name)' \
+                    VERSION='\(manifest.version)' DEBIAN_FRONTEND=noninteractive DEBCONF_NONINTERACTIVE_SEEN=true
+                    cd '\(CellRunner.guestDirectory)'
+
+                    """
+                let result = try await guest.agent.exec(
+                    ["/bin/sh", "-c", environment + script], timeout: .seconds(step.timeoutSeconds)
+                ) { [log] _, data in log.append(String(decoding: data, as: UTF8.self)) }
+                let tail = CommandResult.tail(of: result.stdoutText + result.stderrText, lines: 15)
+                if result.timedOut {
+                    outcome = StepOutcome(phase: phase, name: step.name, status: .timedOut, seconds: result.seconds, detail: tail)
+                    fail(.timeout, "\(label) '\(step.name)' timed out after \(step.timeoutSeconds) s")
+                } else if result.exitCode != 0 {
+                    outcome = StepOutcome(phase: phase, name: step.name, status: .failed, exitCode: result.exitCode, seconds: result.seconds, detail: tail)
+                    let last = tail.split(separator: "\n").last.map(String.init) ?? ""
+                    fail(.fail, "\(label) '\(step.name)' failed (exit \(result.exitCode))\(last.isEmpty ? "" : ": \(last)")")
+                } else {
+                    outcome = StepOutcome(phase: phase, name: step.name, status: .passed, exitCode: 0, seconds: result.seconds, detail: tail)
+                }
+            case .reboot:
+                outcome = try await reboot(step, phase: phase, guest)
+                if outcome.status != .passed {
+                    fail(.timeout, "\(label) '\(step.name)': the guest did not come back from the reboot within \(step.timeoutSeconds) s")
+                }
+            }
+            record(outcome)
+            if outcome.status != .passed { return false }
+        }
+        return true
+    }
+
+    /// Reboots the guest, waits for its agent to go away and come back on a new boot, and
+    /// sets the clock again.
+    private func reboot(_ step: PackageRecipe.Step, phase: StepOutcome.Phase, _ guest: RestoredGuest) async throws -> StepOutcome {
+        let agent = guest.agent
+        let started = ContinuousClock.now
+        let before = try await agent.bootID()
+        log.append("rebooting (boot \(before))\n")
+        try await agent.launch(["systemctl", "reboot"])
+        let deadline = started + .seconds(step.timeoutSeconds)
+        while ContinuousClock.now < deadline {
+            try await Task.sleep(for: .seconds(1))
+            guard (try? await agent.ping(timeoutSeconds: 2)) != nil,
+                let now = try? await agent.bootID(), !now.isEmpty, now != before
+            else {
+                let state = try await guest.domain.state()
+                if !state.isActive {
+                    return StepOutcome(
+                        phase: phase, name: step.name, status: .timedOut, seconds: started.secondsSince,
+                        detail: "the VM stopped (\(state.rawValue)) during the reboot\n" + consoleTail(guest))
+                }
+                continue
+            }
+            try await agent.setTime()
+            log.append("back on boot \(now) after \(String(format: "%.1f", started.secondsSince)) s\n")
+            return StepOutcome(phase: phase, name: step.name, status: .passed, seconds: started.secondsSince)
+        }
+        return StepOutcome(
+            phase: phase, name: step.name, status: .timedOut, seconds: started.secondsSince,
+            detail: "no answer from a new boot within \(step.timeoutSeconds) s\n" + consoleTail(guest))
+    }
+
+    private func consoleTail(_ guest: RestoredGuest) -> String {
+        let text = (try? String(contentsOfFile: guest.console, encoding: .utf8)) ?? ""
+        return "serial console (last lines):\n" + CommandResult.tail(of: text, lines: 15)
+    }
+
+    private func runTests(_ tests: [String], phase: StepOutcome.Phase, _ guest: RestoredGuest) async throws {
+        guard !tests.isEmpty else { return }
+        let outcomes = try await StandingSuite.run(
+            tests, in: guest, timeout: .seconds(recipe.defaultTimeoutSeconds), progress: { _ in })
+        for outcome in outcomes {
+            log.append("-- \(phase.rawValue) \(outcome.name) output:\n\(outcome.outputTail)\n")
+            record(
+                StepOutcome(
+                    phase: phase, name: outcome.name, status: outcome.passed ? .passed : (outcome.timedOut ? .timedOut : .failed),
+                    exitCode: outcome.exitCode, seconds: outcome.seconds, detail: outcome.outputTail))
+            guard !outcome.passed else { continue }
+            let first = outcome.outputTail.split(separator: "\n").first.map(String.init) ?? ""
+            let what = phase == .regression
+                ? "regression: \(context.plan.baseline)'s standing test \(outcome.name)"
+                : "package test \(outcome.name)"
+            if outcome.timedOut {
+                fail(.timeout, "\(what) timed out")
+            } else {
+                fail(.fail, "\(what) failed (exit \(outcome.exitCode))\(first.isEmpty ? "" : ": \(first)")")
+            }
+        }
+    }
+
+    /// Collects the inventory, computes the delta from the baseline, and checks it against
+    /// the recipe's expected-delta policy (or, for the uninstall lane, for residue).
+    private func inspect(_ guest: RestoredGuest) async throws -> Inspection {
+        let started = ContinuousClock.now
+        let collected = try await lab.collector(for: guest, watching: context.watch).collect()
+        let delta = ConfigurationDelta(from: context.baselineInventory, to: collected.snapshot)
+        record(
+            StepOutcome(
+                phase: .inventory, name: "inventory and delta", status: .passed, seconds: started.secondsSince,
+                detail: delta.isEmpty ? "no change" : delta.summary()))
+        log.append("-- delta from the baseline:\n\(delta.isEmpty ? "no change\n" : delta.summary())\n")
+        if context.plan.lane == .uninstall {
+            let items = Self.describe(delta)
+            record(
+                StepOutcome(
+                    phase: .residue, name: "configuration back to the baseline", status: delta.isEmpty ? .passed : .failed,
+                    seconds: 0, detail: items.joined(separator: "\n")))
+            if !delta.isEmpty {
+                fail(.fail, "uninstall left residue: \(items.prefix(4).joined(separator: "; "))\(items.count > 4 ? "; …" : "")")
+            }
+            return (nil, delta, [], collected.snapshot)
+        }
+        let violations = recipe.expectedDelta.isEmpty ? [] : delta.violations(of: recipe.expectedDelta)
+        if !recipe.expectedDelta.isEmpty {
+            let listed = violations.map(\.description)
+            record(
+                StepOutcome(
+                    phase: .policy, name: "changes within the expected-delta policy", status: violations.isEmpty ? .passed : .failed,
+                    seconds: 0, detail: listed.joined(separator: "\n")))
+            if !violations.isEmpty {
+                fail(.fail, "unexpected configuration change: \(listed.prefix(4).joined(separator: "; "))\(listed.count > 4 ? "; …" : "")")
+            }
+        }
+        return (delta, nil, violations, collected.snapshot)
+    }
+
+    /// "files /etc/greeterd.conf added", one per changed item.
+    static func describe(_ delta: ConfigurationDelta) -> [String] {
+        delta.entries.map { "\($0.category.rawValue) \($0.entry.key) \($0.kind.rawValue)" }
+    }
+}

@@ -1,0 +1,71 @@
+import CMDB
+import Foundation
+import Model
+
+/// Records a finished run in the CMDB: the baselines it tested (as CMDB versions, with
+/// their inventories), the artifact, the run, and every cell with its delta, residue and
+/// inventory after install. This is the evidence release approval asks for.
+struct MatrixRecorder {
+    let lab: Lab
+    let cmdb: String
+
+    func record(_ run: MatrixRun, artifact: ArtifactManifest, inventories: [String: InventorySnapshot]) async throws
+        -> MatrixRun
+    {
+        var run = run
+        let writer = try await CMDBWriter(path: cmdb, actor: CMDBWriter.defaultActor)
+        var refs: [String: BaselineRef] = [:]
+        var before: [String: SHA256Digest] = [:]
+        for (index, baseline) in run.baselines.enumerated() {
+            let inventory: InventorySnapshot
+            if let known = inventories[baseline.name] {
+                inventory = known
+            } else {
+                inventory = try await lab.baselineInventory(try lab.readyImage(baseline.name))
+            }
+            let version = try await writer.recordBuiltBaseline(
+                name: baseline.name, inventory: inventory, recipeDigest: baseline.recipeDigest,
+                imageDigest: baseline.imageDigest)
+            run.baselines[index].cmdbVersion = version.version
+            refs[baseline.name] = version.ref
+            before[baseline.name] = version.inventory
+        }
+        try await writer.record(
+            artifact: ArtifactRecord(
+                digest: artifact.digest, package: artifact.name, version: artifact.version, size: artifact.size,
+                recipeDigest: artifact.recipeDigest, recordedAt: artifact.builtAt))
+        try await writer.record(
+            run: RunRecord(
+                id: run.id, artifact: artifact.digest, baselines: run.baselines.compactMap { refs[$0.name] },
+                startedAt: run.startedAt, finishedAt: run.finishedAt, status: run.allPassed ? .passed : .failed,
+                actor: writer.actor))
+        for plan in run.cells {
+            guard let result = run.results[plan.id], let ref = refs[plan.baseline], let base = before[plan.baseline] else {
+                continue
+            }
+            let afterPath = MatrixRun.afterInventoryPath(lab.home, run.id, plan.id)
+            let after = FileManager.default.contents(atPath: afterPath).flatMap { try? StableJSON.decode(InventorySnapshot.self, from: $0) }
+            let failure: CellRecord.FailureClass? =
+                switch result.verdict {
+                case .pass: nil
+                case .fail: .product
+                case .error: .infrastructure
+                case .timeout: .timeout
+                }
+            let tests = result.steps.filter { $0.phase == .test || $0.phase == .regression }.map {
+                CellRecord.TestResult(
+                    name: "\($0.phase.rawValue)/\($0.name)", passed: $0.status == .passed, seconds: $0.seconds,
+                    detail: $0.status == .passed ? nil : $0.detail)
+            }
+            let cell = CellRecord(
+                run: run.id, name: plan.id, baseline: ref, artifact: artifact.digest,
+                verdict: result.passed ? .passed : .failed, failure: failure, reason: result.reason.isEmpty ? nil : result.reason,
+                attempts: result.attempts, startedAt: result.startedAt, seconds: result.timings.total, before: base,
+                installDelta: result.delta ?? ConfigurationDelta(), residue: result.residue, violations: result.violations,
+                tests: tests)
+            try await writer.record(cell: cell, after: after)
+        }
+        await writer.close()
+        return run
+    }
+}

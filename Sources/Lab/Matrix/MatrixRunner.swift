@@ -1,0 +1,225 @@
+import CMDB
+import Foundation
+import HostIO
+import Model
+
+/// What the matrix tells whoever watches it.
+public enum MatrixEvent: Sendable {
+    case planned(MatrixRun)
+    case cellStarted(CellPlan, attempt: Int)
+    case cellFinished(CellResult)
+    case note(String)
+}
+
+/// `changelab matrix run`: the package on every approved baseline, one cell per lane, each
+/// from a pristine restore, cells of different baselines in parallel.
+public struct MatrixRunner: Sendable {
+    public struct Options: Sendable {
+        public var baselines: [String] = []
+        public var lanes: [MatrixLane] = MatrixLane.allCases
+        /// Cells at once (default: every slot of every lab host).
+        public var parallel: Int?
+        public var keepFailed = false
+        /// Where to record the run (nil: do not record).
+        public var cmdb: String?
+
+        public init() {}
+    }
+
+    public let lab: Lab
+    public let packages: Packages
+    public let store: ArtifactStore
+    public let events: @Sendable (MatrixEvent) -> Void
+
+    public init(lab: Lab, events: @escaping @Sendable (MatrixEvent) -> Void = { _ in }) {
+        self.lab = lab
+        packages = Packages(project: lab.project)
+        store = ArtifactStore(home: lab.home)
+        self.events = events
+    }
+
+    /// Plans and runs the matrix for `package` (building its artifact first when needed).
+    public func run(package: String, options: Options) async throws -> MatrixRun {
+        let recipe = try packages.load(package)
+        let baselineRecipes = try selectBaselines(options.baselines)
+        let built = try await PackageBuilder(lab: lab).build(package)
+        let artifact = built.manifest
+        try store.verify(artifact)
+        _ = recipe
+
+        var notes: [String] = []
+        var lanes = Array(Set(options.lanes)).sorted()
+        var previous: ArtifactManifest?
+        if lanes.contains(.upgrade) {
+            previous = try store.previousRelease(of: artifact.name, before: artifact.version)
+            if previous == nil {
+                lanes.removeAll { $0 == .upgrade }
+                notes.append(
+                    "upgrade lane left out: no released version of \(artifact.name) older than \(artifact.version) "
+                        + "(mark one with: changelab package release \(artifact.name)@VERSION)")
+            }
+        }
+        guard !lanes.isEmpty else {
+            throw ChangelabError("no lane left to run", why: notes.joined(separator: "; "), fix: "add --lanes install")
+        }
+        var under: [MatrixRun.BaselineUnderTest] = []
+        for baseline in baselineRecipes {
+            let image = try await readyImage(baseline)
+            under.append(.init(name: baseline.name, imageDigest: image.imageDigest, recipeDigest: image.recipeDigest, cmdbVersion: nil))
+        }
+        // Round-robin over baselines, so parallel cells are of different baselines first.
+        var cells: [CellPlan] = []
+        for lane in lanes {
+            for baseline in under { cells.append(CellPlan(baseline: baseline.name, lane: lane)) }
+        }
+        let id = Self.newID(package: artifact.name, version: artifact.version)
+        var run = MatrixRun(
+            format: MatrixRun.formatVersion, id: id, package: artifact.name, version: artifact.version,
+            artifact: artifact.digest, baselines: under, lanes: lanes, cells: cells, notes: notes, results: [:],
+            startedAt: Date(), finishedAt: nil, status: .running, wallSeconds: 0)
+        try FileManager.default.createDirectory(
+            atPath: MatrixRun.directory(lab.home, id) + "/cells", withIntermediateDirectories: true)
+        try run.save(home: lab.home)
+        for note in notes { events(.note(note)) }
+        events(.planned(run))
+        run = try await execute(run, artifact: artifact, previous: previous, options: options)
+        return run
+    }
+
+    /// Runs the cells of an earlier run that did not finish (it was interrupted or killed).
+    public func resume(_ id: String, options: Options) async throws -> MatrixRun {
+        var run = try MatrixRun.load(home: lab.home, id: id)
+        let artifact = try store.manifest(run.artifact)
+        for baseline in run.baselines {
+            let image = try lab.readyImage(baseline.name)
+            guard image.imageDigest == baseline.imageDigest else {
+                throw ChangelabError(
+                    "cannot resume run \(id): baseline \(baseline.name) was rebuilt since (image \(image.imageDigest.short), "
+                        + "the run tested \(baseline.imageDigest.short))",
+                    fix: "start a new run: changelab matrix run \(run.package)")
+            }
+        }
+        let previous = run.lanes.contains(.upgrade) ? try store.previousRelease(of: run.package, before: run.version) : nil
+        run.status = .running
+        run.finishedAt = nil
+        events(.note("resuming run \(id): \(run.unfinished.count) of \(run.cells.count) cells left"))
+        events(.planned(run))
+        return try await execute(run, artifact: artifact, previous: previous, options: options)
+    }
+
+    private func selectBaselines(_ names: [String]) throws -> [BaselineRecipe] {
+        if names.isEmpty {
+            let approved = try lab.baselines.loadAll().filter(\.approved)
+            guard !approved.isEmpty else {
+                throw ChangelabError("there is no approved baseline to test on", fix: "approve one in baselines/NAME.yaml")
+            }
+            return approved
+        }
+        return try names.map { name in
+            let recipe = try lab.baselines.load(name)
+            guard recipe.approved else {
+                throw ChangelabError(
+                    "baseline '\(name)' is not approved (it is a draft)",
+                    fix: "the matrix tests approved configurations only: approve it in baselines/\(name).yaml, or leave it out of --baselines")
+            }
+            return recipe
+        }
+    }
+
+    /// The ready image of a baseline, building it first when it is missing or stale.
+    private func readyImage(_ recipe: BaselineRecipe) async throws -> BaselineImage {
+        if let image = try? lab.readyImage(recipe.name) { return image }
+        events(.note("baseline \(recipe.name) is not built (or changed): building it first"))
+        let outcome = try await lab.build(recipe)
+        guard outcome.status == .ready else {
+            throw ChangelabError(
+                "baseline \(recipe.name) is not usable (\(outcome.status.rawValue))", fix: "changelab baseline build \(recipe.name)")
+        }
+        return outcome.image
+    }
+
+    private func execute(
+        _ initial: MatrixRun, artifact: ArtifactManifest, previous: ArtifactManifest?, options: Options
+    ) async throws -> MatrixRun {
+        let started = ContinuousClock.now
+        let reaped = try await lab.reapStale()
+        for domain in reaped { events(.note("destroyed \(domain), left running by an interrupted run")) }
+
+        var contexts: [String: CellContext] = [:]
+        var inventories: [String: InventorySnapshot] = [:]
+        for baseline in initial.baselines where initial.unfinished.contains(where: { $0.baseline == baseline.name }) {
+            let image = try lab.readyImage(baseline.name)
+            inventories[baseline.name] = try await lab.baselineInventory(image)
+        }
+        for plan in initial.unfinished {
+            let image = try lab.readyImage(plan.baseline)
+            let recipe = try lab.baselines.load(plan.baseline)
+            contexts[plan.id] = CellContext(
+                lab: lab, plan: plan, image: image, artifact: artifact, previous: previous,
+                packageTests: packages.tests(of: artifact.recipe), regressionTests: lab.baselines.tests(of: plan.baseline),
+                baselineInventory: inventories[plan.baseline] ?? InventorySnapshot(), watch: recipe.watch, store: store,
+                keepFailed: options.keepFailed,
+                logPath: MatrixRun.cellLogPath(lab.home, initial.id, plan.id))
+        }
+
+        let state = RunState(initial, home: lab.home)
+        let parallel = max(1, options.parallel ?? lab.hosts.totalSlots)
+        let events = self.events
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            var queue = initial.unfinished[...]
+            func startNext() {
+                guard let plan = queue.popFirst(), let context = contexts[plan.id] else { return }
+                group.addTask {
+                    let result = try await CellRunner.run(context) { attempt in
+                        events(.cellStarted(plan, attempt: attempt))
+                    }
+                    try await state.finish(result)
+                    events(.cellFinished(result))
+                }
+            }
+            for _ in 0..<parallel { startNext() }
+            while try await group.next() != nil { startNext() }
+        }
+        var run = await state.run
+        run.status = .finished
+        run.finishedAt = Date()
+        run.wallSeconds += started.secondsSince
+        try run.save(home: lab.home)
+        if let cmdb = options.cmdb {
+            run = try await MatrixRecorder(lab: lab, cmdb: cmdb).record(run, artifact: artifact, inventories: inventories)
+            try run.save(home: lab.home)
+        }
+        return run
+    }
+
+    static func newID(package: String, version: String) -> String {
+        let formatter = DateFormatter()
+        formatter.dateFormat = "yyyyMMdd-HHmmss"
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        let suffix = String(UUID().uuidString.prefix(4)).lowercased()
+        return "\(package)-\(version.replacingOccurrences(of: ":", with: "_"))-\(formatter.string(from: Date()))-\(suffix)"
+    }
+}
+
+/// The run being executed: results land here as cells finish, and the run file is saved
+/// after each one, so a killed harness loses at most the cells that were running.
+actor RunState {
+    private(set) var run: MatrixRun
+    let home: LabHome
+
+    init(_ run: MatrixRun, home: LabHome) {
+        self.run = run
+        self.home = home
+    }
+
+    func finish(_ result: CellResult) throws {
+        var stored = result
+        // The inventory after install goes beside the cell's log; the run file stays small.
+        if let after = result.after {
+            try AtomicFile.write(try StableJSON.data(after), to: MatrixRun.afterInventoryPath(home, run.id, result.id))
+        }
+        stored.after = nil
+        run.results[result.id] = stored
+        try run.save(home: home)
+    }
+}

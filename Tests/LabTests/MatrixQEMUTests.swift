@@ -1,0 +1,283 @@
+import CMDB
+import Foundation
+import HostIO
+@testable import Lab
+import Model
+import Testing
+
+/// A project in a temporary folder that shares this repository's baselines (so their
+/// images are reused) and has packages of its own, for builds and installs meant to fail.
+struct ScratchProject {
+    let root: String
+
+    init(packages: [String: [String: String]]) throws {
+        root = NSTemporaryDirectory() + "changelab-scratch-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: root + "/packages", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: root + "/baselines", withDestinationPath: SharedLab.repository + "/baselines")
+        for (name, files) in packages {
+            for (path, text) in files {
+                let full = "\(root)/packages/\(name)/\(path)"
+                try FileManager.default.createDirectory(
+                    atPath: (full as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+                try text.write(toFile: full, atomically: true, encoding: .utf8)
+                if path.hasPrefix("tests/") || path.hasPrefix("debian/") {
+                    try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: full)
+                }
+            }
+        }
+    }
+
+    func lab() throws -> Lab { try Lab(project: Project(root: root)) { print("[\($0.subject)] \($0.message)") } }
+
+    func remove() { try? FileManager.default.removeItem(atPath: root) }
+}
+
+extension LabQEMUTests {
+    static func options(_ lanes: [MatrixLane], baselines: [String] = [], cmdb: String? = nil) -> MatrixRunner.Options {
+        var options = MatrixRunner.Options()
+        options.lanes = lanes
+        options.baselines = baselines
+        options.cmdb = cmdb
+        return options
+    }
+
+    @Test func theServicePackagePassesOnEveryApprovedBaselineAndIsRecorded() async throws {
+        let (lab, _) = try await SharedLab.shared.lab()
+        let cmdb = NSTemporaryDirectory() + "changelab-matrix-cmdb-\(UUID().uuidString.prefix(8))"
+        defer { try? FileManager.default.removeItem(atPath: cmdb) }
+        let run = try await MatrixRunner(lab: lab).run(
+            package: "greeterd", options: Self.options([.install, .uninstall], cmdb: cmdb))
+        let failures = run.results.values.filter { !$0.passed }.map { "\($0.id): \($0.reason)" }
+        #expect(failures.isEmpty, "\(failures)")
+        #expect(Set(run.baselines.map(\.name)) == ["minimal", "web", "db"])
+        #expect(run.cells.count == 6 && run.results.count == 6)
+
+        // The install delta names what greeterd brought, and nothing outside its policy.
+        let install = try #require(run.results["web.install"])
+        let delta = try #require(install.delta)
+        let added = CellAttempt.describe(delta)
+        #expect(added.contains { $0.hasPrefix("packages greeterd") && $0.hasSuffix("added") }, "\(added)")
+        #expect(added.contains { $0.contains("greeterd.service") })
+        #expect(install.violations.isEmpty)
+        // Uninstalling leaves the configuration exactly as the baseline had it.
+        let uninstall = try #require(run.results["web.uninstall"])
+        #expect(uninstall.residue?.isEmpty == true, "residue: \(uninstall.residue.map(CellAttempt.describe) ?? [])")
+
+        // Every cell is evidence in the CMDB, tied to the artifact and the baseline versions.
+        let store = try CMDBStore.open(cmdb)
+        let cells = try store.cells(ofRun: run.id)
+        #expect(cells.count == 6)
+        #expect(cells.allSatisfy { $0.artifact == run.artifact && $0.verdict == .passed })
+        #expect(Set(cells.map(\.baseline.name)) == ["minimal", "web", "db"])
+
+        // The JUnit file of the real run parses, with a testcase per step.
+        let counts = try JUnitCounts(MatrixReport.junit(run))
+        #expect(counts.suites == 6)
+        #expect(counts.testcases == run.results.values.reduce(0) { $0 + $1.steps.count })
+        #expect(counts.failures == 0 && counts.errors == 0)
+    }
+
+    @Test func theBreakingPackageTurnsExactlyTheDbCellRedNamingItsRegressionTest() async throws {
+        let (lab, _) = try await SharedLab.shared.lab()
+        let run = try await MatrixRunner(lab: lab).run(package: "session-store", options: Self.options([.install]))
+        let red = run.results.values.filter { !$0.passed }
+        #expect(red.map(\.id) == ["db.install"])
+        let cell = try #require(run.results["db.install"])
+        #expect(cell.verdict == .fail)
+        #expect(cell.reason.contains("regression"))
+        #expect(cell.reason.contains("30-cache-policy"), "reason: \(cell.reason)")
+        // Its own test passed there: only the standing regression test caught it.
+        #expect(cell.steps.first { $0.phase == .test }?.status == .passed)
+        #expect(run.results["minimal.install"]?.passed == true)
+        #expect(run.results["web.install"]?.passed == true)
+    }
+
+    @Test func theRebootPackageRebootsInTheMiddleAndComesBack() async throws {
+        let (lab, _) = try await SharedLab.shared.lab()
+        let run = try await MatrixRunner(lab: lab).run(
+            package: "kernel-tuning", options: Self.options([.install], baselines: ["minimal"]))
+        let cell = try #require(run.results["minimal.install"])
+        #expect(cell.passed, "\(cell.reason)")
+        #expect(cell.steps.filter { $0.phase == .install }.map(\.name) == ["install", "reboot", "confirm"])
+        #expect(cell.steps.contains { $0.name == "10-profile-active" && $0.status == .passed })
+    }
+
+    @Test func theUpgradeLaneInstallsTheEarlierReleaseFirst() async throws {
+        let (lab, _) = try await SharedLab.shared.lab()
+        // Release 1.0.0 of a package, then test 1.1.0 with the upgrade lane.
+        func files(_ version: String) -> [String: String] {
+            [
+                "package.yaml": """
+                    name: cl-upgrade-probe
+                    version: \(version)
+                    sources: [src]
+                    build:
+                      - run: install -D -m 0644 src/version "$DESTDIR/etc/cl-upgrade-probe/version"
+                    expected-delta: {paths: [/etc/cl-upgrade-probe], packages: [cl-upgrade-probe]}
+                    """,
+                "src/version": version + "\n",
+                "tests/10-version": "#!/bin/sh\ngrep -qx '1.1.0' /etc/cl-upgrade-probe/version\n",
+            ]
+        }
+        let old = try ScratchProject(packages: ["cl-upgrade-probe": files("1.0.0")])
+        let new = try ScratchProject(packages: ["cl-upgrade-probe": files("1.1.0")])
+        defer {
+            old.remove()
+            new.remove()
+        }
+        let released = try await PackageBuilder(lab: try old.lab()).build("cl-upgrade-probe").manifest
+        try ArtifactStore(home: lab.home).markReleased(released)
+        let run = try await MatrixRunner(lab: try new.lab()).run(
+            package: "cl-upgrade-probe", options: Self.options([.upgrade], baselines: ["minimal"]))
+        let cell = try #require(run.results["minimal.upgrade"])
+        #expect(cell.passed, "\(cell.reason)")
+        #expect(cell.upgradedFrom == "1.0.0")
+        #expect(cell.steps.contains { $0.phase == .upgradeFrom && $0.status == .passed })
+    }
+
+    @Test func aHangingInstallAndARebootThatNeverComesBackAreTimeouts() async throws {
+        _ = try await SharedLab.shared.lab()
+        let project = try ScratchProject(packages: [
+            "cl-hang-probe": [
+                "package.yaml": """
+                    name: cl-hang-probe
+                    version: 1.0
+                    sources: [src]
+                    build: [{run: mkdir -p "$DESTDIR/usr/share/doc/cl-hang-probe"}]
+                    install:
+                      - {name: install, run: dpkg -i "$ARTIFACT"}
+                      - {name: hang, run: sleep 600, timeout: 5}
+                    """,
+                "src/README": "hangs\n",
+            ],
+            "cl-noreboot-probe": [
+                "package.yaml": """
+                    name: cl-noreboot-probe
+                    version: 1.0
+                    sources: [src]
+                    build: [{run: mkdir -p "$DESTDIR/usr/share/doc/cl-noreboot-probe"}]
+                    install:
+                      - {name: block reboots, run: systemctl mask reboot.target}
+                      - {name: reboot, reboot: true, timeout: 20}
+                    """,
+                "src/README": "never reboots\n",
+            ],
+        ])
+        defer { project.remove() }
+        let lab = try project.lab()
+        let hang = try await MatrixRunner(lab: lab).run(
+            package: "cl-hang-probe", options: Self.options([.install], baselines: ["minimal"]))
+        let hung = try #require(hang.results["minimal.install"])
+        #expect(hung.verdict == .timeout)
+        #expect(hung.reason == "install step 'hang' timed out after 5 s")
+
+        let noReboot = try await MatrixRunner(lab: lab).run(
+            package: "cl-noreboot-probe", options: Self.options([.install], baselines: ["minimal"]))
+        let stuck = try #require(noReboot.results["minimal.install"])
+        #expect(stuck.verdict == .timeout)
+        #expect(stuck.reason.contains("did not come back from the reboot within 20 s"), "\(stuck.reason)")
+        // Nothing is left running after either.
+        let connection = try await lab.connection()
+        for domain in try await connection.domains() where domain.name.hasPrefix("cl-minimal-") {
+            #expect(try await domain.state().isActive == false || lab.isKept(domain.name) == false)
+        }
+    }
+
+    @Test func aFailingBuildStepIsNamedWithTheTailOfItsLog() async throws {
+        _ = try await SharedLab.shared.lab()
+        let project = try ScratchProject(packages: [
+            "cl-broken-build": [
+                "package.yaml": """
+                    name: cl-broken-build
+                    version: 1.0
+                    sources: [src]
+                    build:
+                      - {name: configure, run: echo checking for a compiler}
+                      - {name: compile, run: "echo 'error: missing.h: no such file' >&2; exit 3"}
+                    """,
+                "src/main.c": "int main(void) { return 0; }\n",
+            ]
+        ])
+        defer { project.remove() }
+        do {
+            _ = try await PackageBuilder(lab: try project.lab()).build("cl-broken-build")
+            Issue.record("a failing build step must fail the build")
+        } catch let error as PackageBuildError {
+            #expect(error.step == "compile")
+            #expect(error.status == "exit 3")
+            #expect(error.logTail.contains("error: missing.h: no such file"))
+            #expect("\(error)".contains("failed at step 'compile' (exit 3)"))
+        }
+    }
+
+    @Test func resumeAfterKillingTheHarnessRunsOnlyTheUnfinishedCells() async throws {
+        let (lab, _) = try await SharedLab.shared.lab()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: SharedLab.binary)
+        process.arguments = [
+            "matrix", "run", "--root", SharedLab.repository, "greeterd", "--lanes", "install,uninstall",
+            "--baselines", "minimal,web", "--parallel", "1", "--no-record",
+        ]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        let exited = ExitWaiter(process)
+        let started = Date()
+        try process.run()
+        // Wait for the first finished cell, then kill the harness without warning.
+        var runID: String?
+        var first: CellResult?
+        for _ in 0..<1200 where first == nil {
+            try await Task.sleep(for: .milliseconds(250))
+            let runs = (try? FileManager.default.contentsOfDirectory(atPath: lab.home.root + "/runs")) ?? []
+            for id in runs where id.hasPrefix("greeterd-") {
+                guard let run = try? MatrixRun.load(home: lab.home, id: id), run.startedAt >= started.wholeSeconds else { continue }
+                runID = id
+                first = run.results.values.first
+            }
+        }
+        let id = try #require(runID)
+        let finished = try #require(first)
+        kill(process.processIdentifier, SIGKILL)
+        _ = await exited.status()
+        let interrupted = try MatrixRun.load(home: lab.home, id: id)
+        #expect(interrupted.status == .running)
+        #expect(interrupted.unfinished.count == 3)
+
+        let resumed = try await HostCommand.run(
+            SharedLab.binary,
+            ["matrix", "run", "--root", SharedLab.repository, "greeterd", "--resume", id, "--no-record", "--json"],
+            timeout: .seconds(1800))
+        #expect(resumed.status == 0, "\(resumed.stderrText.suffix(2000))")
+        #expect(resumed.stderrText.contains("3 of 4 cells left"))
+        let done = try MatrixRun.load(home: lab.home, id: id)
+        #expect(done.status == .finished)
+        #expect(done.results.count == 4)
+        #expect(done.results[finished.id] == finished, "the cell finished before the kill is not run again")
+        // Nothing of the killed harness is left running.
+        let connection = try await lab.connection()
+        let stale = try await connection.domains().filter { $0.name.hasPrefix("cl-") && !lab.isKept($0.name) }
+        for domain in stale { #expect(try await domain.state().isActive == false, "\(domain.name) still running") }
+    }
+}
+
+/// Matrix input errors that need no VM.
+extension LabCLITests {
+    @Test func anUnknownPackageIsNamedWithTheKnownOnes() async throws {
+        let result = try await changelab(["matrix", "run", "no-such-package", "--no-record"])
+        #expect(result.status != 0)
+        #expect(result.stderrText.contains("unknown package 'no-such-package'"))
+        #expect(result.stderrText.contains("greeterd"))
+    }
+
+    @Test func aDraftBaselineIsRefusedForTheMatrix() async throws {
+        let result = try await changelab(["matrix", "run", "greeterd", "--baselines", "mailrelay", "--no-record"])
+        #expect(result.status != 0)
+        #expect(result.stderrText.contains("baseline 'mailrelay' is not approved (it is a draft)"))
+    }
+
+    @Test func anUnknownLaneIsNamed() async throws {
+        let result = try await changelab(["matrix", "run", "greeterd", "--lanes", "install,sideways", "--no-record"])
+        #expect(result.status != 0)
+        #expect(result.stderrText.contains("unknown lane 'sideways'"))
+    }
+}
