@@ -70,6 +70,9 @@ public actor Agent {
     private var identity: AgentIdentity?
     private var seeding: [String: Task<Void, Never>] = [:]
     private var installing = false
+    /// Orders being carried out now: the same order can arrive on the stream and at a
+    /// check-in, or again at every check-in while a slow installer runs; it runs once.
+    private var ordersInFlight: Set<String> = []
     private var installQueue: [CheckedContinuation<Void, Never>] = []
     private var pendingEvents: [AgentEvent] = []
     private var lastProgress: [String: ContinuousClock.Instant] = [:]
@@ -360,6 +363,8 @@ public actor Agent {
 
     /// Runs an activation or rollback order once, from the verified cache only.
     func carryOut(_ order: ActivationOrder, job: Job) async {
+        guard ordersInFlight.insert(order.id).inserted else { return }
+        defer { ordersInFlight.remove(order.id) }
         await waitForInstaller()
         defer { releaseInstaller() }
         guard var entry = cache.entry(job.change), entry.manifest.digest == order.digest else {

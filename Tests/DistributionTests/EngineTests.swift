@@ -412,6 +412,36 @@ import Testing
         }
     }
 
+    @Test func aSlowInstallerRunsOncePerAttemptWhateverCheckInsRepeat() async throws {
+        try await withCore { core, scratch, http in
+            let admin = try core.admin
+            let runs = scratch.path + "/runs"
+            let deb = try await TestPackage.build(
+                in: scratch.path, name: "slow", size: 10_000, postinst: "echo run >> '\(runs)'; sleep 60")
+            _ = try await admin.publish(file: deb, release: "slow-1")
+            let token = try await admin.createToken(uses: 1, lifetime: 600)
+            let group = AgentGroup()
+            _ = group.start(
+                makeAgentConfiguration(
+                    core: core, base: scratch.path, name: "pc", token: token.token, key: await core.key,
+                    installTimeout: .milliseconds(2500)), http: http)
+            #expect(try await eventually { try await admin.agents().count == 1 })
+            _ = try await admin.promote(
+                "slow-1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
+            #expect(try await eventually { try await admin.status("slow-1").total.verified == 1 })
+            _ = try await admin.activate("slow-1")
+            // The job is repeated at every check-in (each second) while the installer hangs.
+            #expect(try await eventually(.seconds(40)) { try await admin.chase("slow-1").first?.gaveUp == true })
+            try await Task.sleep(for: .seconds(2))
+            let entry = try #require(try await admin.chase("slow-1").first)
+            #expect(entry.reason == "installer timed out")
+            let lines = (try? String(contentsOfFile: runs, encoding: .utf8))?.split(separator: "\n").count ?? 0
+            #expect(lines == entry.activationAttempts)
+            #expect(entry.activationAttempts == 3)
+            await group.stop()
+        }
+    }
+
     @Test func theHealthGateStopsActivationAfterAFailingCanaryRing() async throws {
         try await withCore { core, scratch, http in
             let admin = try core.admin
