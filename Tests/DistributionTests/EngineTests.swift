@@ -528,7 +528,7 @@ import Testing
                 http: http)
             #expect(try await eventually { installed("agentd", in: scratch.path + "/roots/late") == "2.1" })
             #expect(installed("agentd", in: scratch.path + "/roots/other") == nil)
-            #expect(try await admin.status(policy.change).total.activated == 2)
+            #expect(try await eventually { try await admin.status(policy.change).total.activated == 2 })
             #expect(try await admin.policies().map(\.name) == ["finance-agentd"])
             await group.stop()
         }
