@@ -285,11 +285,20 @@ public enum DistributionBench {
         let activateStart = ContinuousClock.now
         _ = try await admin.activate("bench-1")
         var final = try await admin.status("bench-1")
+        var shownResults = 0
         _ = try await poll(
             o.timeout,
             {
                 final = try await admin.status("bench-1")
-                return final.total.activated + final.total.failed >= final.total.targets
+                let results = final.total.activated + final.total.failed
+                if results >= shownResults + max(1, total / 10) || results == total && shownResults < total {
+                    shownResults = results
+                    progress(
+                        String(
+                            format: "  %d/%d results after %.2f s", results, total,
+                            seconds(ContinuousClock.now - activateStart)))
+                }
+                return results >= final.total.targets
             }, every: .milliseconds(50))
         let activation = seconds(ContinuousClock.now - activateStart)
         let wan = after.wan - before.wan
