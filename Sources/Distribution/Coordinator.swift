@@ -211,14 +211,20 @@ public actor Coordinator {
 
     public func record(events: [AgentEvent], from agent: String) async throws {
         state.agents[agent]?.lastSeen = clock()
-        for event in events where event.kind != .inventory { apply(event, from: agent) }
-        for change in Set(events.map(\.change)) { advanceRings(change) }
+        let changing = events.filter { $0.kind != .inventory }
+        for event in changing { apply(event, from: agent) }
+        for change in Set(changing.map(\.change)) { advanceRings(change) }
         if let inventory = events.compactMap(\.inventory).last {
             inventories[agent] = inventory
             inventoryDigests[agent] = inventory.digest
             try await store.saveInventory(inventory, agent: agent)
         }
-        try await commit()
+        if changing.isEmpty {
+            // Only an inventory (saved above) and a last-seen time: the next save carries it.
+            dirty = true
+        } else {
+            try await commit()
+        }
     }
 
     private func apply(_ event: AgentEvent, from agent: String) {
