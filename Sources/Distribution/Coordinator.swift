@@ -219,8 +219,9 @@ public actor Coordinator {
             inventoryDigests[agent] = inventory.digest
             try await store.saveInventory(inventory, agent: agent)
         }
-        if changing.isEmpty {
-            // Only an inventory (saved above) and a last-seen time: the next save carries it.
+        if changing.allSatisfy({ $0.kind == .progress }) {
+            // Only progress counts, an inventory (saved above) and a last-seen time: nothing
+            // an agent could not tell again; the next save (at most a second away) carries it.
             dirty = true
         } else {
             try await commit()
