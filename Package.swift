@@ -88,7 +88,7 @@ let package = Package(
         .testTarget(name: "HostIOTests", dependencies: ["HostIO"]),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Libvirt", "Model", "HostIO", "changelab"], exclude: ["Fixtures"]),
         .testTarget(name: "InventoryTests", dependencies: ["Inventory", "Model", "HostIO"], exclude: ["Fixtures"]),
-        .testTarget(name: "CMDBTests", dependencies: ["CMDB", "Model", "HostIO"]),
+        .testTarget(name: "CMDBTests", dependencies: ["CMDB", "Model", "HostIO", "changelab"]),
         .testTarget(
             name: "DistributionTests",
             dependencies: [

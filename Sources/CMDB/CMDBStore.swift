@@ -10,11 +10,14 @@ import Model
 ///     README.md                           what this folder is
 ///     baselines/NAME/VERSION.json         BaselineVersionRecord
 ///     inventories/AB/ABCDEF….json         InventorySnapshot, named by its SHA-256
-///     artifacts/DIGEST.json               ArtifactRecord
-///     runs/RUN.json                       RunRecord
-///     cells/RUN/CELL.json                 CellRecord
-///     targets/NAME.json                   TargetRecord
-///     changes/ID.json                     change records (a later issue defines them)
+///     artifacts/AB/ABCDEF….json           ArtifactRecord, by digest
+///     runs/XY/RUN.json                    RunRecord
+///     cells/XY/RUN/CELL.json              CellRecord
+///     targets/XY/NAME.json                TargetRecord
+///     changes/XY/ID.json                  change records (a later issue defines them)
+///
+/// XY is the first two hex digits of the SHA-256 of the run, target or change name
+/// (`CMDBRecordKind.shard`), so no folder a transaction rewrites grows without bound.
 ///     .git/changelab/                     lock, journal of an unfinished transaction,
 ///                                         query index: not part of the history
 ///
@@ -163,7 +166,10 @@ public struct CMDBStore: Sendable {
 
     /// The cells of one run, by cell name.
     public func cells(ofRun run: String) throws -> [CellRecord] {
-        try ids(of: .cell).filter { $0.hasPrefix(run + "/") }.map { try read(CellRecord.self, $0) }
+        let folder = "\(path)/\(TreeCache.split(CMDBReference(.cell, "\(run)/x").path).folder)"
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
+        return try files.filter { $0.hasSuffix(".json") }.sorted()
+            .map { try read(CellRecord.self, "\(run)/\($0.dropLast(5))") }
     }
 
     /// The transaction a writer left unfinished, if any.

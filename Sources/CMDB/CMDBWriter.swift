@@ -183,11 +183,14 @@ public actor CMDBWriter {
 
             baselines/NAME/VERSION.json   approved baseline versions (built or adopted)
             inventories/AB/DIGEST.json    inventories, named by the SHA-256 of their content
-            artifacts/DIGEST.json         release artifacts
-            runs/RUN.json                 matrix runs
-            cells/RUN/CELL.json           matrix cells: verdict, install delta, residue
-            targets/NAME.json             fleet targets and their reported inventories
-            changes/ID.json               change records
+            artifacts/AB/DIGEST.json      release artifacts
+            runs/XY/RUN.json              matrix runs
+            cells/XY/RUN/CELL.json        matrix cells: verdict, install delta, residue
+            targets/XY/NAME.json          fleet targets and their reported inventories
+            changes/XY/ID.json            change records
+
+        AB: the digest's first two hex digits; XY: those of the SHA-256 of the name, which
+        keeps every folder small. `changelab cmdb show KIND:ID` finds a record by its id.
 
         """
 
@@ -290,6 +293,7 @@ public actor CMDBWriter {
             for path in blobs.keys.sorted() {
                 try AtomicFile.write(writes[path] ?? Data(), to: "\(store.path)/\(path)")
             }
+            if let pause = crashTestPause { usleep(pause) }
             try writer.updateBranch(CMDBStore.branch, to: commit)
             unlink(store.journalPath)
             cache.commit = commit
@@ -307,6 +311,7 @@ public actor CMDBWriter {
         }
         let head = store.head
         let paths = journal.writes.keys.sorted()
+        removeTemporaryFiles(store, beside: paths)
         if head == journal.parent || head == journal.commit {
             if head == journal.parent {
                 try GitObjectWriter(gitDirectory: store.gitDirectory).updateBranch(
@@ -329,6 +334,24 @@ public actor CMDBWriter {
         return .rolledBack(message: journal.message)
     }
 }
+
+/// Removes the temporary files (`.NAME.tmp-PID-N`, from `AtomicFile`) a killed writer left
+/// beside the records it was writing.
+func removeTemporaryFiles(_ store: CMDBStore, beside paths: [String]) {
+    let folders = Set(paths.map { TreeCache.split($0).folder })
+    for folder in folders {
+        let directory = folder.isEmpty ? store.path : "\(store.path)/\(folder)"
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        where name.hasPrefix(".") && name.contains(".tmp-") {
+            unlink("\(directory)/\(name)")
+        }
+    }
+}
+
+/// `CHANGELAB_CMDB_TEST_PAUSE_MS`: a pause between writing the record files and moving the
+/// branch, so crash tests can SIGKILL a writer inside that window every time.
+let crashTestPause: UInt32? = ProcessInfo.processInfo.environment["CHANGELAB_CMDB_TEST_PAUSE_MS"]
+    .flatMap { UInt32($0) }.map { min($0, 10_000) * 1000 }
 
 extension CMDBTransaction {
     /// Sets a file that is not a record (format.json, README.md).

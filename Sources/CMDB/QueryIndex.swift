@@ -95,6 +95,16 @@ final class QueryIndex: @unchecked Sendable {
         return states.count - 1
     }
 
+    /// Artifacts read while building, by digest: many cells share one.
+    private var artifacts: [String: ArtifactRecord?] = [:]
+
+    func artifact(_ digest: SHA256Digest, store: CMDBStore) -> ArtifactRecord? {
+        if let known = artifacts[digest.hex] { return known }
+        let record = try? store.read(ArtifactRecord.self, digest.hex)
+        artifacts[digest.hex] = record
+        return record
+    }
+
     /// Reads (or forgets) the subject stored at `path`.
     func update(path: String, store: CMDBStore) throws {
         guard let reference = CMDBRecordKind.record(at: path) else { return }
@@ -126,7 +136,7 @@ final class QueryIndex: @unchecked Sendable {
             attributes["verdict"] = cell.verdict.rawValue
             attributes["violations"] = String(cell.violations.count)
             if let failure = cell.failure { attributes["failure"] = failure.rawValue }
-            if let artifact = try? store.read(ArtifactRecord.self, cell.artifact.hex) {
+            if let artifact = artifact(cell.artifact, store: store) {
                 attributes["package"] = artifact.package
                 attributes["package.version"] = artifact.version
             }

@@ -9,7 +9,8 @@ public struct Changelab: AsyncParsableCommand {
         abstract: "Software change management for Linux fleets: lab, matrix, CMDB, change control, distribution.",
         version: "0.1.0",
         subcommands: [
-            BaselineCommand.self, LabCommand.self, PackageCommand.self, MatrixCommand.self, DoctorCommand.self, BenchCommand.self,
+            BaselineCommand.self, LabCommand.self, PackageCommand.self, MatrixCommand.self, DoctorCommand.self,
+            BenchCommand.self, CMDBCommand.self, InventoryCommand.self,
             CoreCommand.self, AgentCommand.self, PromoteCommand.self, ActivateCommand.self, RollbackCommand.self,
             StatusCommand.self, ChaseCommand.self, PolicyCommand.self,
         ]

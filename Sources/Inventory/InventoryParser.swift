@@ -239,9 +239,11 @@ public enum InventoryParser {
             var text = Substring(line)
             let escaped = text.hasPrefix("\\")
             if escaped { text = text.dropFirst() }
-            guard text.count > 66, let space = text.firstIndex(of: " ") else { continue }
+            guard text.count > 66, let space = text.firstIndex(of: " "),
+                let start = text.index(space, offsetBy: 2, limitedBy: text.endIndex)
+            else { continue }
             let hash = String(text[..<space])
-            var name = String(text[text.index(space, offsetBy: 2)...])
+            var name = String(text[start...])
             if escaped {
                 name = name.replacingOccurrences(of: "\\n", with: "\n").replacingOccurrences(of: "\\\\", with: "\\")
             }

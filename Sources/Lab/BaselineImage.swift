@@ -22,6 +22,9 @@ public struct BaselineImage: Codable, Sendable, Equatable {
         public var savedAt: Date
         /// Units that failed to start while the slot booted (empty on a healthy image).
         public var failedUnits: [String]
+        /// The lab host (by name in lab/hosts.yaml) whose libvirtd saved it; nil means the
+        /// first host. A memory image restores only where it was saved.
+        public var host: String?
     }
 
     /// The standing regression suite's run on a fresh restore, right after the build.

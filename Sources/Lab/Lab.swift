@@ -34,7 +34,15 @@ public struct Lab: Sendable {
     public var primaryHost: LabHosts.Host { hosts.hosts.first ?? LabHosts.localDefault().hosts[0] }
 
     public func connection(to host: LabHosts.Host? = nil) async throws -> Connection {
-        let uri = (host ?? primaryHost).uri
+        try await connection(uri: (host ?? primaryHost).uri)
+    }
+
+    /// The host a slot or kept VM belongs to (a slot without a host is the first host's).
+    func host(named name: String?) -> LabHosts.Host {
+        hosts.hosts.first { $0.name == name } ?? primaryHost
+    }
+
+    func connection(uri: String) async throws -> Connection {
         do {
             return try await ConnectionPool.shared.connection(uri)
         } catch let error as LibvirtError {
@@ -111,7 +119,7 @@ public struct Lab: Sendable {
         try QEMUAccess.require(reading: image.disk)
 
         if image.slots.isEmpty {
-            image = try await warmSlot(0, of: image, lockHeld: true)
+            image = try await warmSlot(0, of: image, on: primaryHost, lockHeld: true)
         }
         let testsDigest = baselines.testsDigest(of: recipe.name)
         if image.validation?.testsDigest != testsDigest {
@@ -157,8 +165,8 @@ public struct Lab: Sendable {
     /// Deletes one built version, destroying its slot domains first.
     func removeImage(at directory: String) async throws {
         if let image = try? BaselineImage.load(from: directory) {
-            let connection = try await connection()
             for slot in image.slots {
+                let connection = try await connection(to: host(named: slot.host))
                 if let domain = try? await connection.domain(named: slot.domain) { try? await domain.destroy() }
                 try? await ImageBuilder.removeTree(home.runDirectory(domain: slot.domain))
             }
@@ -168,10 +176,13 @@ public struct Lab: Sendable {
 
     /// Cold-boots slot `index` on its own overlay, waits for the guest to settle, and saves
     /// its memory: from then on the slot restores in about a second.
-    func warmSlot(_ index: Int, of image: BaselineImage, lockHeld: Bool) async throws -> BaselineImage {
-        let domainName = Self.domainName(image, slot: index)
-        let overlay = "\(image.directory)/slot\(index).qcow2"
-        let saveFile = "\(image.directory)/slot\(index).save"
+    func warmSlot(_ index: Int, of image: BaselineImage, on host: LabHosts.Host, lockHeld: Bool) async throws
+        -> BaselineImage
+    {
+        let domainName = domainName(image, slot: index, host: host)
+        let stem = host == primaryHost ? "slot\(index)" : "slot-\(host.name)-\(index)"
+        let overlay = "\(image.directory)/\(stem).qcow2"
+        let saveFile = "\(image.directory)/\(stem).save"
         let runDirectory = home.runDirectory(domain: domainName)
         let console = runDirectory + "/boot.log"
         try FileManager.default.createDirectory(
@@ -182,9 +193,9 @@ public struct Lab: Sendable {
         let definition = GuestDomain(
             name: domainName, type: image.domainType, memoryMiB: image.memoryMiB, vcpus: image.vcpus,
             kernel: image.kernel, initrd: image.initrd, disk: overlay, consoleLog: console)
-        let connection = try await connection()
+        let connection = try await connection(to: host)
         if let stale = try await connection.domain(named: domainName) { try await stale.destroy() }
-        say(image.name, "booting slot \(index) (\(image.domainType == "kvm" ? "KVM" : "TCG, no KVM here"))")
+        say(image.name, "booting slot \(index) on \(host.name) (\(image.domainType == "kvm" ? "KVM" : "TCG, no KVM here"))")
         let started = ContinuousClock.now
         let domain = try await connection.createTransient(xml: definition.xml)
         let failedUnits: [String]
@@ -218,10 +229,10 @@ public struct Lab: Sendable {
 
         let slot = BaselineImage.Slot(
             index: index, domain: domainName, disk: overlay, console: console, saveFile: saveFile,
-            bootSeconds: bootSeconds, savedAt: Date(), failedUnits: failedUnits)
+            bootSeconds: bootSeconds, savedAt: Date(), failedUnits: failedUnits, host: host.name)
         let update = {
             var current = try BaselineImage.load(from: image.directory) ?? image
-            current.slots.removeAll { $0.index == index }
+            current.slots.removeAll { $0.domain == domainName }
             current.slots.append(slot)
             current.slots.sort { $0.index < $1.index }
             try current.save()
@@ -243,62 +254,74 @@ public struct Lab: Sendable {
         return BaselineImage.Validation(testsDigest: baselines.testsDigest(of: image.name), results: results, at: Date())
     }
 
-    static func domainName(_ image: BaselineImage, slot: Int) -> String {
-        "cl-\(image.name)-\(image.recipeDigest.short.prefix(8))-s\(slot)"
+    /// `cl-web-1a2b3c4d-s0` on the first host, `cl-web-1a2b3c4d-lab2-s0` on host lab2:
+    /// unique across hosts, so locks and run folders (on a shared path) never collide.
+    func domainName(_ image: BaselineImage, slot: Int, host: LabHosts.Host) -> String {
+        let stem = "cl-\(image.name)-\(image.recipeDigest.short.prefix(8))"
+        return host == primaryHost ? "\(stem)-s\(slot)" : "\(stem)-\(host.name)-s\(slot)"
+    }
+
+    /// Slot domains (not bench or test VMs): what a killed run can leave behind.
+    static func isSlotDomain(_ name: String) -> Bool {
+        guard name.hasPrefix("cl-"), let suffix = name.split(separator: "-").last, suffix.hasPrefix("s") else { return false }
+        return suffix.dropFirst().allSatisfy(\.isNumber) && suffix.count > 1
     }
 
     // MARK: Restore
 
     /// Restores a pristine guest of `image` on a free slot (warming a new slot when all are
     /// busy and the host has room), sets its clock and waits for its agent.
-    public func restore(_ image: BaselineImage) async throws -> RestoredGuest {
+    public func restore(_ image: BaselineImage, on chosen: LabHosts.Host? = nil) async throws -> RestoredGuest {
         try home.prepare()
-        let host = primaryHost
+        let host = chosen ?? primaryHost
         var waitingSaid = false
         while true {
             try Task.checkCancellation()
             let current = try BaselineImage.load(from: image.directory) ?? image
-            for slot in current.slots where !isKept(slot.domain) {
+            let mine = current.slots.filter { self.host(named: $0.host) == host }
+            for slot in mine where !isKept(slot.domain) {
                 if let lock = try FileLock.tryAcquire(home.slotLock(domain: slot.domain)) {
-                    return try await restore(slot, of: current, lock: lock)
+                    return try await restore(slot, of: current, lock: lock, host: host)
                 }
             }
-            let used = Set(current.slots.map(\.index))
+            let used = Set(mine.map(\.index))
             if let index = (0..<host.slots).first(where: { !used.contains($0) }) {
-                let domain = Self.domainName(current, slot: index)
+                let domain = domainName(current, slot: index, host: host)
                 if let lock = try FileLock.tryAcquire(home.slotLock(domain: domain)) {
                     let warmed: BaselineImage
                     do {
-                        warmed = try await warmSlot(index, of: current, lockHeld: false)
+                        warmed = try await warmSlot(index, of: current, on: host, lockHeld: false)
                     } catch {
                         lock.release()
                         throw error
                     }
-                    guard let slot = warmed.slots.first(where: { $0.index == index }) else {
+                    guard let slot = warmed.slots.first(where: { $0.domain == domain }) else {
                         lock.release()
                         throw ChangelabError("internal: slot \(index) of \(image.name) missing after warming")
                     }
-                    return try await restore(slot, of: warmed, lock: lock)
+                    return try await restore(slot, of: warmed, lock: lock, host: host)
                 }
             }
             if !waitingSaid {
-                say(image.name, "all \(host.slots) slots busy; waiting for one")
+                say(image.name, "all \(host.slots) slots on \(host.name) busy; waiting for one")
                 waitingSaid = true
             }
             try await Task.sleep(for: .milliseconds(200))
         }
     }
 
-    private func restore(_ slot: BaselineImage.Slot, of image: BaselineImage, lock: FileLock) async throws
-        -> RestoredGuest
+    private func restore(_ slot: BaselineImage.Slot, of image: BaselineImage, lock: FileLock, host: LabHosts.Host)
+        async throws -> RestoredGuest
     {
         let started = ContinuousClock.now
         lock.note("pid \(getpid())\n")
         let connection: Connection
         do {
-            connection = try await self.connection()
+            connection = try await self.connection(to: host)
             try await reap(slot.domain, connection: connection)
-            for path in [image.disk, slot.disk, image.kernel, image.initrd] { try QEMUAccess.require(reading: path) }
+            if host.isLocal {
+                for path in [image.disk, slot.disk, image.kernel, image.initrd] { try QEMUAccess.require(reading: path) }
+            }
         } catch {
             lock.release()
             throw error
@@ -321,8 +344,8 @@ public struct Lab: Sendable {
             try await awaitAgent(agent, console: console, within: .seconds(60), what: "restore of \(image.name)")
             try await agent.setTime()
             return RestoredGuest(
-                lab: self, image: image, slot: slot, domain: domain, overlay: overlay, console: console, lock: lock,
-                restoreSeconds: started.secondsSince)
+                lab: self, image: image, slot: slot, host: host, domain: domain, overlay: overlay, console: console,
+                lock: lock, restoreSeconds: started.secondsSince)
         } catch {
             let leftover = domain
             let cleanup = Task.detached {
@@ -382,20 +405,19 @@ public struct Lab: Sendable {
         }
     }
 
-    /// Reaps every slot no living process holds and that is not kept: what a killed run
-    /// left behind. Returns the domains destroyed.
+    /// Reaps every slot domain that no living process holds and that is not kept, on every
+    /// lab host: what a killed run left behind. Returns the domains destroyed.
     @discardableResult
     public func reapStale() async throws -> [String] {
         var reaped: [String] = []
-        let entries = (try? FileManager.default.contentsOfDirectory(atPath: home.run)) ?? []
-        let connection = try await connection()
-        for entry in entries where entry.hasPrefix("cl-") && !entry.hasSuffix(".lock") && !isKept(entry) {
-            guard let lock = try FileLock.tryAcquire(home.slotLock(domain: entry)) else { continue }
-            defer { lock.release() }
-            if let domain = try await connection.domain(named: entry), try await domain.state().isActive {
-                reaped.append(entry)
+        for host in hosts.hosts {
+            let connection = try await connection(to: host)
+            for domain in try await connection.domains() where Self.isSlotDomain(domain.name) && !isKept(domain.name) {
+                guard let lock = try FileLock.tryAcquire(home.slotLock(domain: domain.name)) else { continue }
+                defer { lock.release() }
+                if try await domain.state().isActive { reaped.append(domain.name) }
+                try await reap(domain.name, connection: connection)
             }
-            try await reap(entry, connection: connection)
         }
         return reaped
     }
@@ -421,7 +443,8 @@ public struct Lab: Sendable {
 
     /// The live domain of a kept VM, to run commands or copy files in it.
     public func attach(_ kept: KeptGuest) async throws -> Domain {
-        guard let domain = try await connection().domain(named: kept.domain), try await domain.state().isActive else {
+        guard let domain = try await connection(uri: kept.uri).domain(named: kept.domain), try await domain.state().isActive
+        else {
             try? FileManager.default.removeItem(atPath: keptMarker(kept.domain))
             throw ChangelabError(
                 "the kept VM \(kept.domain) is no longer running", fix: "restore a fresh one: changelab lab exec \(kept.baseline) --keep -- true")
@@ -434,7 +457,7 @@ public struct Lab: Sendable {
         let lock = try await acquire(home.slotLock(domain: kept.domain), waiting: "the slot \(kept.domain)")
         defer { lock.release() }
         try? FileManager.default.removeItem(atPath: keptMarker(kept.domain))
-        try await reap(kept.domain, connection: try await connection())
+        try await reap(kept.domain, connection: try await connection(uri: kept.uri))
     }
 
     private func acquire(_ path: String, waiting what: String) async throws -> FileLock {
@@ -471,6 +494,8 @@ public final class RestoredGuest: Sendable {
     public let lab: Lab
     public let image: BaselineImage
     public let slot: BaselineImage.Slot
+    /// The lab host the guest runs on.
+    public let host: LabHosts.Host
     public let domain: Domain
     public let overlay: String
     public let console: String
@@ -479,12 +504,13 @@ public final class RestoredGuest: Sendable {
     public let restoreSeconds: Double
 
     init(
-        lab: Lab, image: BaselineImage, slot: BaselineImage.Slot, domain: Domain, overlay: String, console: String,
-        lock: FileLock, restoreSeconds: Double
+        lab: Lab, image: BaselineImage, slot: BaselineImage.Slot, host: LabHosts.Host, domain: Domain, overlay: String,
+        console: String, lock: FileLock, restoreSeconds: Double
     ) {
         self.lab = lab
         self.image = image
         self.slot = slot
+        self.host = host
         self.domain = domain
         self.overlay = overlay
         self.console = console

@@ -48,12 +48,13 @@ public final class Domain: @unchecked Sendable {
         try await check("start domain \(name)") { virDomainCreate($0) }
     }
 
-    /// Stops the domain at once (pulls the plug); a domain that is not running is fine.
+    /// Stops the domain at once (pulls the plug). A domain that is not running, or that is
+    /// already gone (a transient domain that stopped meanwhile), is what was asked for.
     public func destroy() async throws {
         try await LibvirtThreads.run { [self] in
             if virDomainDestroy(handle) < 0 {
                 let error = LibvirtError.last("destroy domain \(name)")
-                if !error.isOperationInvalid { throw error }
+                if !error.isOperationInvalid && !error.isNoDomain { throw error }
             }
         }
     }

@@ -17,20 +17,29 @@ public enum CMDBRecordKind: String, Codable, Sendable, CaseIterable {
         }
     }
 
-    /// The file of the record `id` relative to the CMDB root. Ids with a `/` (`RUN/CELL`)
-    /// or `@` (`NAME@VERSION`) become subfolders; inventories are sharded by digest.
+    /// The file of the record `id` relative to the CMDB root.
+    ///
+    /// Folders that grow with use are sharded by two hex digits (of the digest itself, or
+    /// of the SHA-256 of the name), so no tree a transaction rewrites grows past a few
+    /// hundred entries: `cells/3f/run-7/web.json`, `targets/a1/paris-1.json`. Baselines are
+    /// few and stay `baselines/NAME/VERSION.json`.
     public func path(of id: String) -> String {
         switch self {
         case .baseline:
             let parts = id.split(separator: "@", maxSplits: 1)
-            return "\(folder)/\(parts.first ?? "")/\(parts.count > 1 ? parts[1] : "")"
-                + ".json"
-        case .inventory:
+            return "\(folder)/\(parts.first ?? "")/\(parts.count > 1 ? parts[1] : "").json"
+        case .inventory, .artifact:
             return "\(folder)/\(id.prefix(2))/\(id).json"
-        default:
-            return "\(folder)/\(id).json"
+        case .cell:
+            let run = id.split(separator: "/", maxSplits: 1).first.map(String.init) ?? id
+            return "\(folder)/\(Self.shard(run))/\(id).json"
+        case .run, .target, .change:
+            return "\(folder)/\(Self.shard(id))/\(id).json"
         }
     }
+
+    /// Two hex digits that spread names evenly over 256 folders.
+    public static func shard(_ name: String) -> String { String(SHA256Digest(of: name).hex.prefix(2)) }
 
     /// The kind and id of the record stored at `path`, nil for a path outside the layout.
     public static func record(at path: String) -> CMDBReference? {
@@ -42,9 +51,8 @@ public enum CMDBRecordKind: String, Codable, Sendable, CaseIterable {
         let id: String
         switch (kind, parts.count) {
         case (.baseline, 3): id = "\(parts[1])@\(stem)"
-        case (.inventory, 3) where stem.hasPrefix(parts[1]): id = stem
-        case (.cell, 3): id = "\(parts[1])/\(stem)"
-        case (.artifact, 2), (.run, 2), (.target, 2), (.change, 2): id = stem
+        case (.cell, 4): id = "\(parts[2])/\(stem)"
+        case (.inventory, 3), (.artifact, 3), (.run, 3), (.target, 3), (.change, 3): id = stem
         default: return nil
         }
         let reference = CMDBReference(kind, id)

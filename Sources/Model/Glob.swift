@@ -3,16 +3,26 @@
 public struct Glob: Sendable, Hashable, CustomStringConvertible, Codable {
     public let pattern: String
     private let bytes: [UInt8]
+    /// True when the pattern has no wildcard, so it matches only its own text.
+    public let isLiteral: Bool
+    /// For `/a/b` and `/a/b/**`: `/a/b`, which covers a path by a plain prefix test.
+    private let folder: String?
 
     public init(_ pattern: String) {
         self.pattern = pattern
         self.bytes = Array(pattern.utf8)
+        let literal = !pattern.contains { $0 == "*" || $0 == "?" }
+        self.isLiteral = literal
+        if literal {
+            folder = pattern
+        } else if pattern.hasSuffix("/**"), !pattern.dropLast(3).contains(where: { $0 == "*" || $0 == "?" }) {
+            folder = String(pattern.dropLast(3))
+        } else {
+            folder = nil
+        }
     }
 
     public var description: String { pattern }
-
-    /// True when the pattern has no wildcard, so it matches only its own text.
-    public var isLiteral: Bool { !bytes.contains { $0 == UInt8(ascii: "*") || $0 == UInt8(ascii: "?") } }
 
     public func matches(_ text: String) -> Bool {
         if isLiteral { return text == pattern }
@@ -23,6 +33,9 @@ public struct Glob: Sendable, Hashable, CustomStringConvertible, Codable {
     /// Matches the path itself or any folder above it, so `/var/log` and `/var/log/**`
     /// both cover `/var/log/syslog`.
     public func matchesPathOrAncestor(_ path: String) -> Bool {
+        if let folder {
+            return path == folder || (path.hasPrefix(folder) && path.dropFirst(folder.count).first == "/")
+        }
         if matches(path) { return true }
         if pattern.hasSuffix("/**"), path == String(pattern.dropLast(3)) { return true }
         var current = Substring(path)

@@ -97,6 +97,9 @@ public struct ItemPatterns: Codable, Sendable, Equatable {
             "/var/lib/systemd/timers", "/var/lib/systemd/catalog", "/var/lib/apt/lists",
             "/var/lib/dpkg/*-old", "/var/lib/dpkg/lock*", "/var/lib/dpkg/triggers/Lock", "/var/lib/logrotate",
             "/etc/ld.so.cache", "/etc/adjtime", "**/__pycache__",
+            // The backups useradd, userdel and friends rotate on every change of the user
+            // database: the real files (/etc/passwd, …) carry the change itself.
+            "/etc/passwd-", "/etc/group-", "/etc/shadow-", "/etc/gshadow-", "/etc/subuid-", "/etc/subgid-",
         ],
         units: [
             "*.device", "*.scope", "*.slice", "*.swap", "user@*.service", "user-runtime-dir@*.service",

@@ -13,6 +13,11 @@ enum Fixture {
         NSTemporaryDirectory() + "changelab-\(name)-\(UUID().uuidString)"
     }
 
+    /// Removes a test's CMDB and what the crash tests put beside it.
+    static func remove(_ path: String) {
+        for suffix in ["", ".acks", ".acks.err"] { try? FileManager.default.removeItem(atPath: path + suffix) }
+    }
+
     static var web: InventorySnapshot {
         InventorySnapshot(
             hostname: "web",

@@ -16,6 +16,7 @@ import Testing
 
     @Test func answersWhichBaselinesCellsAndTargetsMatch() async throws {
         let path = Fixture.temporaryFolder()
+        defer { Fixture.remove(path) }
         try await Fixture.make(at: path)
         let store = try CMDBStore.open(path)
         #expect(
@@ -42,6 +43,7 @@ import Testing
 
     @Test func theIndexIsRebuiltWhenMissingOrBrokenAndFollowsNewRecords() async throws {
         let path = Fixture.temporaryFolder()
+        defer { Fixture.remove(path) }
         let writer = try await Fixture.make(at: path)
         let store = try CMDBStore.open(path)
         let query = try Query("site = lyon")
@@ -62,10 +64,12 @@ import Testing
 @Suite struct IntegrityTests {
     @Test func handEditedTruncatedAndStrayRecordsAreReportedByName() async throws {
         let path = Fixture.temporaryFolder()
+        defer { Fixture.remove(path) }
         try await Fixture.make(at: path)
         let store = try CMDBStore.open(path)
         // A hand edit that still parses.
-        let cellPath = path + "/cells/run-1/web.json"
+        let cellFile = CMDBReference(.cell, "run-1/web").path
+        let cellPath = path + "/" + cellFile
         let cell = try String(contentsOfFile: cellPath, encoding: .utf8)
         try cell.replacingOccurrences(of: "\"passed\"", with: "\"failed\"").write(
             toFile: cellPath, atomically: true, encoding: .utf8)
@@ -75,12 +79,12 @@ import Testing
         let data = try Data(contentsOf: URL(fileURLWithPath: inventoryPath))
         try data.prefix(data.count / 2).write(to: URL(fileURLWithPath: inventoryPath))
         // A file no record owns.
-        try "x".write(toFile: path + "/runs/notes.txt", atomically: true, encoding: .utf8)
+        try "x".write(toFile: path + "/runs/notes.txt", atomically: true, encoding: .utf8)  // not in a shard
         let report = try await store.verify()
         #expect(!report.passed)
         let messages = report.problems.map(\.description)
-        #expect(messages.contains("cells/run-1/web.json: differs from its last commit (edited by hand?)"))
-        #expect(messages.contains("cells/run-1/web.json: a failed cell has no failure class"))
+        #expect(messages.contains("\(cellFile): differs from its last commit (edited by hand?)"))
+        #expect(messages.contains("\(cellFile): a failed cell has no failure class"))
         #expect(
             messages.contains { $0.hasPrefix("inventories/\(inventory.prefix(2))/\(inventory).json: does not parse:") })
         #expect(
@@ -92,6 +96,7 @@ import Testing
 
     @Test func aHandMadeCommitAndAHandEditedInventoryAreCaught() async throws {
         let path = Fixture.temporaryFolder()
+        defer { Fixture.remove(path) }
         try await Fixture.make(at: path).close()
         let store = try CMDBStore.open(path)
         let id = store.ids(of: .inventory)[0]
@@ -110,6 +115,7 @@ import Testing
 
     @Test func aTornTransactionBlocksReadersAndTheNextWriterFinishesIt() async throws {
         let path = Fixture.temporaryFolder()
+        defer { Fixture.remove(path) }
         let writer = try await Fixture.make(at: path)
         let store = try CMDBStore.open(path)
         let parent = try #require(store.head)
@@ -118,10 +124,11 @@ import Testing
         // Put the repository back to the moment after the record file was written and before
         // the branch moved: the journal names the commit, the branch still names its parent.
         let tree = try await TreeCache.load(repository: path, commit: commit)
+        let torn = CMDBReference(.target, "torn").path
         let journal = Journal(
             message: "record target torn", operation: "record-target", actor: "tester", pid: 1, startedAt: Date(),
             parent: parent, commit: commit,
-            writes: ["targets/torn.json": try #require(tree.blob(at: "targets/torn.json"))])
+            writes: [torn: try #require(tree.blob(at: torn))])
         try AtomicFile.write(try StableJSON.data(journal), to: store.journalPath)
         try GitObjectWriter(gitDirectory: store.gitDirectory).updateBranch("main", to: parent)
 
@@ -138,19 +145,23 @@ import Testing
 
     @Test func aTornTransactionWhoseBranchMovedOnIsRolledBack() async throws {
         let path = Fixture.temporaryFolder()
+        defer { Fixture.remove(path) }
         try await Fixture.make(at: path)
         let store = try CMDBStore.open(path)
         let head = try #require(store.head)
         // A journal for a commit that never happened, with its file half in place.
-        try "{ \"half\"".write(toFile: path + "/targets/ghost.json", atomically: true, encoding: .utf8)
+        let ghost = CMDBReference(.target, "ghost").path
+        try FileManager.default.createDirectory(
+            atPath: path + "/" + TreeCache.split(ghost).folder, withIntermediateDirectories: true)
+        try "{ \"half\"".write(toFile: path + "/" + ghost, atomically: true, encoding: .utf8)
         let journal = Journal(
             message: "record target ghost", operation: "record-target", actor: "tester", pid: 1, startedAt: Date(),
             parent: String(repeating: "0", count: 40), commit: String(repeating: "1", count: 40),
-            writes: ["targets/ghost.json": String(repeating: "2", count: 40)])
+            writes: [ghost: String(repeating: "2", count: 40)])
         try AtomicFile.write(try StableJSON.data(journal), to: store.journalPath)
         let writer = try await CMDBWriter(path: path, actor: "t")
         #expect(try await writer.recover() == .rolledBack(message: "record target ghost"))
-        #expect(!FileManager.default.fileExists(atPath: path + "/targets/ghost.json"))
+        #expect(!FileManager.default.fileExists(atPath: path + "/" + ghost))
         #expect(store.head == head)
         #expect(try await store.verify().problems == [])
     }
@@ -159,6 +170,7 @@ import Testing
 @Suite struct HistoryTests {
     @Test func adoptingAPassedCellRecordsANewBaselineVersionLinkedToItsEvidence() async throws {
         let path = Fixture.temporaryFolder()
+        defer { Fixture.remove(path) }
         let writer = try await Fixture.make(at: path)
         let store = try CMDBStore.open(path)
         let adopted = try await writer.adoptBaseline("web", from: "run-1", change: nil, notes: "nginx is standard now")
@@ -185,6 +197,7 @@ import Testing
 
     @Test func theLogListsTransactionsAndTheOnesThatTouchedAnItem() async throws {
         let path = Fixture.temporaryFolder()
+        defer { Fixture.remove(path) }
         let writer = try await Fixture.make(at: path, actor: "carol")
         try await writer.record(
             target: TargetRecord(name: "paris-1", attributes: ["site": "paris", "department": "it"]))
@@ -200,6 +213,7 @@ import Testing
 
     @Test func itemsResolveFromWhatPeopleType() async throws {
         let path = Fixture.temporaryFolder()
+        defer { Fixture.remove(path) }
         try await Fixture.make(at: path)
         let store = try CMDBStore.open(path)
         #expect(try store.resolve("web@1") == CMDBReference(.baseline, "web@1"))

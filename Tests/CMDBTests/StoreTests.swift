@@ -8,10 +8,11 @@ import Testing
 @Suite struct StoreTests {
     @Test func recordsAreStableJSONFilesEachTransactionOneCommitNamingOperationAndActor() async throws {
         let path = Fixture.temporaryFolder()
+        defer { Fixture.remove(path) }
         let writer = try await Fixture.make(at: path, actor: "alice")
         await writer.close()
         let store = try CMDBStore.open(path)
-        let cellText = try String(contentsOfFile: path + "/cells/run-1/web.json", encoding: .utf8)
+        let cellText = try String(contentsOfFile: path + "/" + CMDBReference(.cell, "run-1/web").path, encoding: .utf8)
         #expect(cellText == (try StableJSON.string(try store.read(CellRecord.self, "run-1/web"))))
         #expect(cellText.contains("\n  \"artifact\" : "))
         let subjects = try await git(
@@ -33,6 +34,7 @@ import Testing
 
     @Test func anInventoryIsStoredOnceAndAnUnchangedTransactionMakesNoCommit() async throws {
         let path = Fixture.temporaryFolder()
+        defer { Fixture.remove(path) }
         let writer = try await CMDBWriter(path: path, actor: "bob")
         let first = try await writer.record(inventory: Fixture.web)
         let head = try CMDBStore.open(path).head
@@ -48,6 +50,7 @@ import Testing
 
     @Test func invalidRecordsAndDanglingReferencesAreRefusedAndNothingIsWritten() async throws {
         let path = Fixture.temporaryFolder()
+        defer { Fixture.remove(path) }
         let writer = try await CMDBWriter(path: path, actor: "bob")
         let head = try CMDBStore.open(path).head
         let cell = Fixture.cell(
@@ -69,6 +72,7 @@ import Testing
 
     @Test func aNewerFormatIsRefusedAndNothingChanges() async throws {
         let path = Fixture.temporaryFolder()
+        defer { Fixture.remove(path) }
         _ = try await CMDBWriter(path: path, actor: "t")
         try "{\n  \"format\" : \"changelab-cmdb\",\n  \"version\" : 2\n}\n".write(
             toFile: path + "/format.json", atomically: true, encoding: .utf8)
@@ -85,6 +89,7 @@ import Testing
 
     @Test func aFolderThatIsNotACMDBIsRefusedAndLeftAlone() async throws {
         let path = Fixture.temporaryFolder()
+        defer { Fixture.remove(path) }
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         try "hello".write(toFile: path + "/notes.txt", atomically: true, encoding: .utf8)
         do {
@@ -104,6 +109,7 @@ import Testing
 
     @Test func twoConcurrentWritersBothLandEveryRecordInOneLinearHistory() async throws {
         let path = Fixture.temporaryFolder()
+        defer { Fixture.remove(path) }
         try await Fixture.make(at: path)
         let a = try await CMDBWriter(path: path, actor: "writer-a")
         let b = try await CMDBWriter(path: path, actor: "writer-b")

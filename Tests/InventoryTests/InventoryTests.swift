@@ -286,3 +286,20 @@ final class Listeners {
         #expect(result.status == 0, "dash -n: \(result.stderrText)")
     }
 }
+
+@Suite struct InventoryParserRobustnessTests {
+    @Test func anyPrefixOrMangledLineOfTheOutputParsesWithoutCrashing() throws {
+        let output = try Golden.text("collector-output.txt")
+        let bytes = Array(output.utf8)
+        for cut in stride(from: 0, to: bytes.count, by: 37) {
+            let (snapshot, _) = InventoryParser.parse(
+                String(decoding: bytes[..<cut], as: UTF8.self), options: InventoryOptions())
+            #expect(snapshot.files.count <= 12)
+        }
+        var lines = output.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        for index in lines.indices where !lines[index].hasPrefix("@@") {
+            lines[index] = String(lines[index].reversed()) + "\t:\t \\"
+        }
+        _ = InventoryParser.parse(lines.joined(separator: "\n"), options: InventoryOptions())
+    }
+}

@@ -160,7 +160,7 @@ actor SharedLab {
         let domain = try await lab.connection().createTransient(xml: definition.xml)
         defer { Task.detached { try? await domain.destroy() } }
         do {
-            try await lab.awaitAgent(domain.agent, console: definition.consoleLog, within: .seconds(40), what: "test boot")
+            try await lab.awaitAgent(domain.agent, console: definition.consoleLog, within: .seconds(20), what: "test boot")
             Issue.record("the agent of a guest without a root file system must not answer")
         } catch let error as ChangelabError {
             #expect(error.what.contains("did not answer"))

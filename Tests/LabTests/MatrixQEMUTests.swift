@@ -10,10 +10,23 @@ import Testing
 struct ScratchProject {
     let root: String
 
-    init(packages: [String: [String: String]]) throws {
+    /// - Parameters:
+    ///   - packages: package folders to create (file path → text), or none to share the
+    ///     repository's packages.
+    ///   - hosts: the text of lab/hosts.yaml, if any.
+    init(packages: [String: [String: String]], hosts: String? = nil) throws {
         root = NSTemporaryDirectory() + "changelab-scratch-\(UUID().uuidString.prefix(8))"
-        try FileManager.default.createDirectory(atPath: root + "/packages", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         try FileManager.default.createSymbolicLink(atPath: root + "/baselines", withDestinationPath: SharedLab.repository + "/baselines")
+        if packages.isEmpty {
+            try FileManager.default.createSymbolicLink(atPath: root + "/packages", withDestinationPath: SharedLab.repository + "/packages")
+        } else {
+            try FileManager.default.createDirectory(atPath: root + "/packages", withIntermediateDirectories: true)
+        }
+        if let hosts {
+            try FileManager.default.createDirectory(atPath: root + "/lab", withIntermediateDirectories: true)
+            try hosts.write(toFile: root + "/lab/hosts.yaml", atomically: true, encoding: .utf8)
+        }
         for (name, files) in packages {
             for (path, text) in files {
                 let full = "\(root)/packages/\(name)/\(path)"
@@ -208,6 +221,30 @@ extension LabQEMUTests {
             #expect(error.logTail.contains("error: missing.h: no such file"))
             #expect("\(error)".contains("failed at step 'compile' (exit 3)"))
         }
+    }
+
+    /// A second lab host reached over qemu+ssh (this machine, through lab/setup
+    /// --ssh-loopback, with CHANGELAB_HOME as the shared path): cells spread over both hosts
+    /// and each host restores slots saved by its own libvirtd.
+    @Test func cellsSpreadOverSeveralLabHostsIncludingOneReachedOverSSH() async throws {
+        _ = try await SharedLab.shared.lab()
+        let project = try ScratchProject(
+            packages: [:],
+            hosts: """
+                hosts:
+                  - {name: local, uri: 'qemu:///system', slots: 1}
+                  - {name: loop, uri: 'qemu+ssh://root@127.0.0.1/system?keyfile=/root/.ssh/changelab_loopback&no_verify=1', slots: 1}
+                """)
+        defer { project.remove() }
+        let lab = try project.lab()
+        #expect(lab.hosts.totalSlots == 2)
+        let run = try await MatrixRunner(lab: lab).run(
+            package: "greeterd", options: Self.options([.install], baselines: ["minimal", "web"]))
+        for result in run.results.values { #expect(result.passed, "\(result.id): \(result.reason)") }
+        #expect(Set(run.results.values.map(\.host)) == ["local", "loop"])
+        // The ssh host restored a slot its own libvirtd saved.
+        let slots = try lab.readyImage("minimal").slots + lab.readyImage("web").slots
+        #expect(slots.contains { $0.host == "loop" && $0.domain.contains("-loop-s") })
     }
 
     @Test func resumeAfterKillingTheHarnessRunsOnlyTheUnfinishedCells() async throws {

@@ -112,3 +112,24 @@ import Testing
         }
     }
 }
+
+@Suite struct QueryRobustnessTests {
+    @Test func everyPrefixOfAQueryParsesOrSaysWhereItStopped() {
+        let queries = [
+            "(package:openssl < 1:3.0.13-1~deb12u1 or not file:\"/etc/a b\" mode = 0600) and site != \"New York\"",
+            "service:nginx enabled and port:tcp/80 open or os.version >= 12 and kernel > 6",
+        ]
+        for query in queries {
+            for length in 0...query.count {
+                let text = String(query.prefix(length))
+                do {
+                    _ = try Query(text)
+                } catch let error as QuerySyntaxError {
+                    #expect(error.column >= 1 && error.column <= text.count + 1, "\(text): \(error)")
+                } catch {
+                    Issue.record("\(text): unexpected \(error)")
+                }
+            }
+        }
+    }
+}

@@ -5,22 +5,32 @@ import Testing
 @Suite struct RecordTests {
     @Test(arguments: [
         (CMDBReference(.baseline, "web@3"), "baselines/web/3.json"),
-        (CMDBReference(.cell, "run-7/web-1"), "cells/run-7/web-1.json"),
+        (CMDBReference(.cell, "run-7/web-1"), "cells/\(CMDBRecordKind.shard("run-7"))/run-7/web-1.json"),
         (
             CMDBReference(.inventory, String(repeating: "ab", count: 32)),
             "inventories/ab/\(String(repeating: "ab", count: 32)).json"
         ),
-        (CMDBReference(.target, "host-1"), "targets/host-1.json"),
-        (CMDBReference(.run, "run-7"), "runs/run-7.json"),
-        (CMDBReference(.change, "CHG-1"), "changes/CHG-1.json"),
+        (
+            CMDBReference(.artifact, String(repeating: "cd", count: 32)),
+            "artifacts/cd/\(String(repeating: "cd", count: 32)).json"
+        ),
+        (CMDBReference(.target, "host-1"), "targets/\(CMDBRecordKind.shard("host-1"))/host-1.json"),
+        (CMDBReference(.run, "run-7"), "runs/\(CMDBRecordKind.shard("run-7"))/run-7.json"),
+        (CMDBReference(.change, "CHG-1"), "changes/\(CMDBRecordKind.shard("CHG-1"))/CHG-1.json"),
     ])
     func eachRecordHasOneFileAndTheFileNamesTheRecord(_ reference: CMDBReference, _ path: String) {
         #expect(reference.path == path)
         #expect(CMDBRecordKind.record(at: path) == reference)
     }
 
+    @Test func shardsSpreadNamesAndComeFromTheirSHA256() {
+        #expect(CMDBRecordKind.shard("run-7") == String(SHA256Digest(of: "run-7").hex.prefix(2)))
+        #expect(Set((0..<1000).map { CMDBRecordKind.shard("run-\($0)") }).count > 200)
+    }
+
     @Test(arguments: [
-        "baselines/web.json", "cells/x.json", "inventories/cd/ab.json", "notes/x.json", "runs/a/b.json", "runs/x.txt",
+        "baselines/web.json", "cells/run-7/x.json", "inventories/cd/ab.json", "notes/x.json", "runs/run-7.json",
+        "runs/00/run-7.json", "runs/x.txt", "targets/zz/host-1.json",
     ])
     func pathsOutsideTheLayoutAreNotRecords(_ path: String) {
         #expect(CMDBRecordKind.record(at: path) == nil)

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CMDB
 import Foundation
 import Lab
 import Model
@@ -72,9 +73,9 @@ struct BaselineCommand: AsyncParsableCommand {
             discussion: """
                 debootstrap → customize → ext4 (mke2fs -d) → qcow2 → boot under libvirt → save the \
                 booted state → run the baseline's own standing suite on a fresh restore. An unchanged \
-                recipe reuses its cached image; --force rebuilds.
+                recipe reuses its cached image; --force rebuilds. Built baselines are recorded in the CMDB.
                 """)
-        @OptionGroup var projectOptions: ProjectOptions
+        @OptionGroup var cmdbOptions: CMDBOptions
         @OptionGroup var output: OutputOptions
         @Argument(help: "Baselines to build (default: all approved ones; drafts only when named).")
         var names: [String] = []
@@ -82,6 +83,8 @@ struct BaselineCommand: AsyncParsableCommand {
         var force = false
         @Option(help: "How many baselines to build at once.")
         var parallel = 2
+        @Flag(help: "Do not record the built baselines in the CMDB.")
+        var noRecord = false
 
         struct Row: Codable {
             var name: String
@@ -90,11 +93,12 @@ struct BaselineCommand: AsyncParsableCommand {
             var imageDigest: String
             var seconds: Double
             var failedTests: [String]
+            var cmdbVersion: String?
         }
 
         func run() async throws {
             guard parallel >= 1 else { throw ValidationError("--parallel must be at least 1") }
-            let lab = try Lab(project: try projectOptions.project(), progress: ConsoleProgress.handler())
+            let lab = try Lab(project: try cmdbOptions.projectOptions.project(), progress: ConsoleProgress.handler())
             let recipes = try lab.baselines.select(names)
             guard !recipes.isEmpty else {
                 throw ChangelabError(
@@ -102,6 +106,7 @@ struct BaselineCommand: AsyncParsableCommand {
             }
             let force = self.force
             var rows: [Row] = []
+            var outcomes: [Lab.BuildOutcome] = []
             var failures: [String: String] = [:]
             try await withThrowingTaskGroup(of: (String, Result<Lab.BuildOutcome, Error>).self) { group in
                 var pending = recipes[...]
@@ -118,6 +123,7 @@ struct BaselineCommand: AsyncParsableCommand {
                 while let (name, result) = try await group.next() {
                     switch result {
                     case .success(let outcome):
+                        outcomes.append(outcome)
                         rows.append(
                             Row(
                                 name: name, status: outcome.status.rawValue, reused: outcome.reusedImage,
@@ -131,14 +137,24 @@ struct BaselineCommand: AsyncParsableCommand {
                 }
             }
             rows.sort { $0.name < $1.name }
+            if !noRecord {
+                let path = try cmdbOptions.path()
+                let writer = try await CMDBWriter(path: path, actor: CMDBWriter.defaultActor)
+                for outcome in outcomes where outcome.status == .ready {
+                    let version = try await lab.record(outcome.image, writer: writer)
+                    if let index = rows.firstIndex(where: { $0.name == outcome.image.name }) { rows[index].cmdbVersion = version.ref.description }
+                }
+                await writer.close()
+                note("recorded in the CMDB at \(path)")
+            }
             if output.json {
                 try printJSON(rows)
             } else {
-                var table = Table("BASELINE", "STATUS", "IMAGE", "CACHED", "SECONDS", "FAILED TESTS")
+                var table = Table("BASELINE", "STATUS", "IMAGE", "CACHED", "SECONDS", "CMDB", "FAILED TESTS")
                 for row in rows {
                     table.add(
                         row.name, row.status, SHA256Digest(hex: row.imageDigest)?.short ?? "-", row.reused ? "yes" : "no",
-                        String(format: "%.0f", row.seconds), row.failedTests.joined(separator: ", "))
+                        String(format: "%.0f", row.seconds), row.cmdbVersion ?? "-", row.failedTests.joined(separator: ", "))
                 }
                 table.print()
             }

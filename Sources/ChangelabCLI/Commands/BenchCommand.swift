@@ -6,7 +6,7 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks whose figures the README quotes (run them on a quiet machine).",
-        subcommands: [LabBench.self, BenchDistributionCommand.self]
+        subcommands: [LabBench.self, MatrixBench.self, CMDBBench.self, BenchDistributionCommand.self]
     )
 
     struct LabBench: AsyncParsableCommand {
@@ -49,6 +49,46 @@ struct BenchCommand: AsyncParsableCommand {
             print(
                 "targets: restore median <= \(Int(report.targets.restoreMedianAtMostSeconds)) s and >= \(Int(report.targets.speedupAtLeast))x faster: \(report.targets.met ? "met" : "NOT met")"
             )
+        }
+    }
+
+    struct MatrixBench: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "matrix",
+            abstract: "Per-cell harness overhead and parallel speed-up, measured on one real matrix run.")
+        @OptionGroup var projectOptions: ProjectOptions
+        @OptionGroup var output: OutputOptions
+        @Option(help: "The package to run.")
+        var package = "greeterd"
+        @Option(help: "Lanes, comma-separated.")
+        var lanes = "install,reinstall,uninstall"
+        @Option(help: "Baselines, comma-separated (default: every approved one).")
+        var baselines: String?
+
+        func run() async throws {
+            let lab = try Lab(project: try projectOptions.project(), progress: ConsoleProgress.handler())
+            let progress = MatrixProgress(quiet: false)
+            let report = try await MatrixBenchmark(lab: lab).run(
+                package: package, lanes: try MatrixLane.parseList(lanes),
+                baselines: baselines.map { $0.split(separator: ",").map(String.init) } ?? []
+            ) { progress.handle($0) }
+            if output.json { return try printJSON(report) }
+            func row(_ name: String, _ timings: Timings, percent: Bool = false) -> [String] {
+                let format = percent ? "%.1f%%" : "%.2f"
+                let scale = percent ? 100.0 : 1.0
+                return [name, String(format: format, timings.median * scale), String(format: format, timings.min * scale),
+                        String(format: format, timings.max * scale)]
+            }
+            var table = Table("PER CELL (\(report.cells) cells)", "MEDIAN", "MIN", "MAX")
+            table.add(row("harness overhead share", report.overheadShare, percent: true))
+            table.add(row("restore + clock (s)", report.restoreSeconds))
+            table.add(row("upload (s)", report.uploadSeconds))
+            table.add(row("discard (s)", report.discardSeconds))
+            table.add(row("cell (s)", report.cellSeconds))
+            table.print()
+            print(String(format: "wall %.0f s for %.0f s of cells: speed-up %.2f on %d slots, %d cores", report.wallSeconds, report.sumOfCellSeconds, report.speedup, report.slots, report.cores))
+            print(String(format: "targets: overhead <= 15%% of every cell, speed-up >= %.1f: %@", report.targets.speedupAtLeast, report.targets.met ? "met" : "NOT met"))
+            if !report.allPassed { note("note: not every cell passed (see: changelab matrix show \(report.run))") }
         }
     }
 }

@@ -11,11 +11,6 @@ struct MatrixCommand: AsyncParsableCommand {
         subcommands: [Run.self, Show.self, List.self]
     )
 
-    /// Where runs are recorded: --cmdb, else CHANGELAB_CMDB, else cmdb/ in the project.
-    static func cmdbPath(_ option: String?, project: Project) -> String {
-        option ?? ProcessInfo.processInfo.environment["CHANGELAB_CMDB"] ?? project.defaultCMDB
-    }
-
     /// `--junit FILE` and `--html FILE`.
     struct ReportFiles: ParsableArguments {
         @Option(help: "Write JUnit XML here.")
@@ -47,12 +42,13 @@ struct MatrixCommand: AsyncParsableCommand {
             abstract: "Test a package on every approved baseline (install, upgrade, reinstall, uninstall lanes).",
             discussion: """
                 Each cell: restore → set the clock → upload the artifact → prerequisites → install steps \
-                → the package's tests → the baseline's standing regression suite → inventory and delta \
-                → discard. Verdicts: PASS, FAIL (product), ERROR (infrastructure, after one retry on a \
+                → inventory and delta (checked against the recipe's expected-delta policy) → the \
+                package's tests → the baseline's standing regression suite → discard. The uninstall lane \
+                uninstalls after the tests and reports any residue. Verdicts: PASS, FAIL (product), ERROR (infrastructure, after one retry on a \
                 fresh restore), TIMEOUT. The run is recorded in the CMDB with its artifact digest and \
                 the baselines' image digests. Exit status 0 only when every cell passed.
                 """)
-        @OptionGroup var projectOptions: ProjectOptions
+        @OptionGroup var cmdbOptions: CMDBOptions
         @OptionGroup var output: OutputOptions
         @Argument(help: "The package (a folder under packages/).")
         var name: String
@@ -67,8 +63,6 @@ struct MatrixCommand: AsyncParsableCommand {
         @Option(help: "Run only the unfinished cells of this earlier run.")
         var resume: String?
         @OptionGroup var reports: MatrixCommand.ReportFiles
-        @Option(help: "The CMDB to record the run in (default: $CHANGELAB_CMDB, else cmdb/ in the project).")
-        var cmdb: String?
         @Flag(help: "Do not record the run in the CMDB.")
         var noRecord = false
 
@@ -77,7 +71,7 @@ struct MatrixCommand: AsyncParsableCommand {
         }
 
         func run() async throws {
-            let project = try projectOptions.project()
+            let project = try cmdbOptions.projectOptions.project()
             let progress = MatrixProgress(quiet: false)
             let lab = try Lab(project: project, progress: ConsoleProgress.handler())
             let runner = MatrixRunner(lab: lab) { progress.handle($0) }
@@ -86,7 +80,7 @@ struct MatrixCommand: AsyncParsableCommand {
             options.lanes = try MatrixLane.parseList(lanes)
             options.parallel = parallel
             options.keepFailed = keepFailed
-            options.cmdb = noRecord ? nil : MatrixCommand.cmdbPath(cmdb, project: project)
+            options.cmdb = noRecord ? nil : try cmdbOptions.path()
             let result: MatrixRun
             if let resume {
                 let earlier = try MatrixRun.load(home: lab.home, id: resume)

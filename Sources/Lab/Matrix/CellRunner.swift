@@ -25,7 +25,9 @@ struct CellContext: Sendable {
 enum CellRunner {
     static let guestDirectory = "/var/tmp/changelab"
 
-    static func run(_ context: CellContext, onAttempt: @Sendable (Int) -> Void) async throws -> CellResult {
+    static func run(_ context: CellContext, on host: LabHosts.Host, onAttempt: @Sendable (Int) -> Void) async throws
+        -> CellResult
+    {
         let log = TextLog()
         var lastError: Error?
         var lastSteps: [StepOutcome] = []
@@ -34,7 +36,7 @@ enum CellRunner {
             try Task.checkCancellation()
             onAttempt(attempt)
             log.append("==== attempt \(attempt) on a fresh restore of \(context.image.name) ====\n")
-            let cell = CellAttempt(context: context, log: log)
+            let cell = CellAttempt(context: context, host: host, log: log)
             do {
                 var result = try await cell.run()
                 result.attempts = attempt
@@ -54,7 +56,7 @@ enum CellRunner {
         log.write(to: context.logPath)
         let message = lastError.map { "\($0)".split(separator: "\n").first.map(String.init) ?? "" } ?? "unknown"
         return CellResult(
-            id: context.plan.id, baseline: context.plan.baseline, lane: context.plan.lane, host: context.lab.primaryHost.name,
+            id: context.plan.id, baseline: context.plan.baseline, lane: context.plan.lane, host: host.name,
             verdict: .error, reason: "infrastructure (failed twice on fresh restores): \(message)", attempts: 2,
             startedAt: started, timings: CellTimings(), steps: lastSteps, delta: nil, residue: nil, violations: [],
             after: nil, upgradedFrom: nil, keptVM: nil)
@@ -66,13 +68,15 @@ enum CellRunner {
 final class CellAttempt: @unchecked Sendable {
     // @unchecked: used by one task at a time (the cell's); `steps` is read after it ends.
     let context: CellContext
+    let host: LabHosts.Host
     let log: TextLog
     private(set) var steps: [StepOutcome] = []
     private var verdict = CellVerdict.pass
     private var reason = ""
 
-    init(context: CellContext, log: TextLog) {
+    init(context: CellContext, host: LabHosts.Host, log: TextLog) {
         self.context = context
+        self.host = host
         self.log = log
     }
 
@@ -96,7 +100,7 @@ final class CellAttempt: @unchecked Sendable {
     func run() async throws -> CellResult {
         let started = ContinuousClock.now
         var timings = CellTimings()
-        let guest = try await lab.restore(context.image)
+        let guest = try await lab.restore(context.image, on: host)
         timings.restore = guest.restoreSeconds
         record(StepOutcome(phase: .restore, name: "restore \(context.image.name) + set clock", status: .passed, seconds: guest.restoreSeconds))
         var delta: ConfigurationDelta?
@@ -129,7 +133,7 @@ final class CellAttempt: @unchecked Sendable {
         record(StepOutcome(phase: .discard, name: keep ? "keep VM for debugging" : "discard VM", status: .passed, seconds: timings.discard))
         timings.total = started.secondsSince
         return CellResult(
-            id: context.plan.id, baseline: context.plan.baseline, lane: context.plan.lane, host: lab.primaryHost.name,
+            id: context.plan.id, baseline: context.plan.baseline, lane: context.plan.lane, host: host.name,
             verdict: verdict, reason: reason, attempts: 1, startedAt: Date(), timings: timings, steps: steps, delta: delta,
             residue: residue, violations: violations, after: after,
             upgradedFrom: context.plan.lane == .upgrade ? context.previous?.version : nil, keptVM: keep ? guest.name : nil)

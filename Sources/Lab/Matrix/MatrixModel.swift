@@ -158,7 +158,7 @@ public struct MatrixRun: Codable, Sendable, Equatable {
     public var startedAt: Date
     public var finishedAt: Date?
     public var status: Status
-    /// Wall-clock seconds of the run (all sessions when resumed).
+    /// Wall-clock seconds from the first cell to the last (summed over sessions when resumed).
     public var wallSeconds: Double
 
     /// Cells with no final result yet: what `--resume` runs.

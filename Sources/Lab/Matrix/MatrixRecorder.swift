@@ -9,23 +9,19 @@ struct MatrixRecorder {
     let lab: Lab
     let cmdb: String
 
-    func record(_ run: MatrixRun, artifact: ArtifactManifest, inventories: [String: InventorySnapshot]) async throws
-        -> MatrixRun
-    {
+    func record(_ run: MatrixRun, artifact: ArtifactManifest) async throws -> MatrixRun {
         var run = run
         let writer = try await CMDBWriter(path: cmdb, actor: CMDBWriter.defaultActor)
         var refs: [String: BaselineRef] = [:]
         var before: [String: SHA256Digest] = [:]
         for (index, baseline) in run.baselines.enumerated() {
-            let inventory: InventorySnapshot
-            if let known = inventories[baseline.name] {
-                inventory = known
-            } else {
-                inventory = try await lab.baselineInventory(try lab.readyImage(baseline.name))
+            // The image this run tested, even if the baseline was rebuilt since.
+            let directory = lab.home.imageDirectory(baseline.name, recipeDigest: baseline.recipeDigest)
+            guard let image = try BaselineImage.load(from: directory), image.imageDigest == baseline.imageDigest else {
+                throw ChangelabError(
+                    "cannot record run \(run.id): the image of \(baseline.name) it tested (\(baseline.imageDigest.short)) is gone")
             }
-            let version = try await writer.recordBuiltBaseline(
-                name: baseline.name, inventory: inventory, recipeDigest: baseline.recipeDigest,
-                imageDigest: baseline.imageDigest)
+            let version = try await lab.record(image, writer: writer)
             run.baselines[index].cmdbVersion = version.version
             refs[baseline.name] = version.ref
             before[baseline.name] = version.inventory
@@ -67,5 +63,15 @@ struct MatrixRecorder {
         }
         await writer.close()
         return run
+    }
+}
+
+extension Lab {
+    /// Records a built baseline image in the CMDB with the inventory of a pristine restore:
+    /// a new version when anything differs from the newest, else that version unchanged.
+    public func record(_ image: BaselineImage, writer: CMDBWriter) async throws -> BaselineVersionRecord {
+        let inventory = try await baselineInventory(image)
+        return try await writer.recordBuiltBaseline(
+            name: image.name, inventory: inventory, recipeDigest: image.recipeDigest, imageDigest: image.imageDigest)
     }
 }

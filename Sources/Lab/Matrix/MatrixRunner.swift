@@ -141,7 +141,6 @@ public struct MatrixRunner: Sendable {
     private func execute(
         _ initial: MatrixRun, artifact: ArtifactManifest, previous: ArtifactManifest?, options: Options
     ) async throws -> MatrixRun {
-        let started = ContinuousClock.now
         let reaped = try await lab.reapStale()
         for domain in reaped { events(.note("destroyed \(domain), left running by an interrupted run")) }
 
@@ -162,17 +161,26 @@ public struct MatrixRunner: Sendable {
                 logPath: MatrixRun.cellLogPath(lab.home, initial.id, plan.id))
         }
 
+        // Wall time counts from the first cell: preparation (inventories) is not the matrix.
+        let started = ContinuousClock.now
         let state = RunState(initial, home: lab.home)
-        let parallel = max(1, options.parallel ?? lab.hosts.totalSlots)
+        let parallel = max(1, min(options.parallel ?? lab.hosts.totalSlots, lab.hosts.totalSlots))
+        let pool = HostPool(lab.hosts)
         let events = self.events
         try await withThrowingTaskGroup(of: Void.self) { group in
             var queue = initial.unfinished[...]
             func startNext() {
                 guard let plan = queue.popFirst(), let context = contexts[plan.id] else { return }
                 group.addTask {
-                    let result = try await CellRunner.run(context) { attempt in
-                        events(.cellStarted(plan, attempt: attempt))
+                    let host = await pool.acquire()
+                    let result: CellResult
+                    do {
+                        result = try await CellRunner.run(context, on: host) { events(.cellStarted(plan, attempt: $0)) }
+                    } catch {
+                        await pool.release(host)
+                        throw error
                     }
+                    await pool.release(host)
                     try await state.finish(result)
                     events(.cellFinished(result))
                 }
@@ -186,7 +194,7 @@ public struct MatrixRunner: Sendable {
         run.wallSeconds += started.secondsSince
         try run.save(home: lab.home)
         if let cmdb = options.cmdb {
-            run = try await MatrixRecorder(lab: lab, cmdb: cmdb).record(run, artifact: artifact, inventories: inventories)
+            run = try await MatrixRecorder(lab: lab, cmdb: cmdb).record(run, artifact: artifact)
             try run.save(home: lab.home)
         }
         return run
@@ -198,6 +206,37 @@ public struct MatrixRunner: Sendable {
         formatter.timeZone = TimeZone(identifier: "UTC")
         let suffix = String(UUID().uuidString.prefix(4)).lowercased()
         return "\(package)-\(version.replacingOccurrences(of: ":", with: "_"))-\(formatter.string(from: Date()))-\(suffix)"
+    }
+}
+
+/// Hands each cell a lab host with a free slot: the host with the most free slots, so
+/// cells spread over the hosts.
+actor HostPool {
+    private var free: [String: Int]
+    private let hosts: [LabHosts.Host]
+    private var waiters: [CheckedContinuation<LabHosts.Host, Never>] = []
+
+    init(_ hosts: LabHosts) {
+        self.hosts = hosts.hosts
+        free = Dictionary(uniqueKeysWithValues: hosts.hosts.map { ($0.name, $0.slots) })
+    }
+
+    func acquire() async -> LabHosts.Host {
+        if let host = take() { return host }
+        return await withCheckedContinuation { waiters.append($0) }
+    }
+
+    func release(_ host: LabHosts.Host) {
+        free[host.name, default: 0] += 1
+        if !waiters.isEmpty, let next = take() { waiters.removeFirst().resume(returning: next) }
+    }
+
+    private func take() -> LabHosts.Host? {
+        guard let best = hosts.max(by: { (free[$0.name] ?? 0) < (free[$1.name] ?? 0) }), (free[best.name] ?? 0) > 0 else {
+            return nil
+        }
+        free[best.name, default: 0] -= 1
+        return best
     }
 }
 
