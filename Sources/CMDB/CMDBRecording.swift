@@ -14,19 +14,24 @@ extension CMDBWriter {
     }
 
     /// Records a built baseline: a new version when the inventory, image or recipe differs
-    /// from the newest version, else the newest version unchanged.
+    /// from the newest *built* version, else that built version unchanged.
+    ///
+    /// Comparing with the newest built version (not the newest version) matters after an
+    /// adoption: the lab image has not changed, and recording it again must not add a
+    /// version that silently drops the adopted change from the standard configuration.
     @discardableResult
     public func recordBuiltBaseline(
         name: String, inventory snapshot: InventorySnapshot, recipeDigest: SHA256Digest? = nil,
         imageDigest: SHA256Digest? = nil, notes: String? = nil, at date: Date = Date()
     ) async throws -> BaselineVersionRecord {
         let date = wholeSeconds(date)
-        let latest = try? store.latestBaseline(name)
+        let versions = (try? store.baselineVersions(name)) ?? []
+        let latest = versions.last
         let digest = InventoryRecord(snapshot).digest
-        if let latest, latest.inventory == digest, latest.imageDigest == imageDigest,
-            latest.recipeDigest == recipeDigest
+        if let built = versions.last(where: { $0.origin == .built }), built.inventory == digest,
+            built.imageDigest == imageDigest, built.recipeDigest == recipeDigest
         {
-            return latest
+            return built
         }
         let version = (latest?.version ?? 0) + 1
         let record = BaselineVersionRecord(
@@ -146,7 +151,9 @@ extension CMDBStore {
                     fix: "name a run (RUN) or a cell (RUN/CELL); 'changelab cmdb log' lists recent ones")
             }
             let candidates = try cells(ofRun: from).filter { $0.baseline.name == name }
-            let passed = candidates.filter { $0.verdict == .passed }
+            var passed = candidates.filter { $0.verdict == .passed }
+            // A matrix run has a cell per lane; the install lane's is the new configuration.
+            if passed.count > 1, let install = passed.first(where: { $0.name == "\(name).install" }) { passed = [install] }
             guard passed.count == 1, let only = passed.first else {
                 throw ChangelabError(
                     "run \(from) has \(passed.count) passed cells on baseline \(name)"

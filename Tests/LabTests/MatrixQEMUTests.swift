@@ -83,6 +83,24 @@ extension LabQEMUTests {
         #expect(cells.allSatisfy { $0.artifact == run.artifact && $0.verdict == .passed })
         #expect(Set(cells.map(\.baseline.name)) == ["minimal", "web", "db"])
 
+        // The tested change becomes web's new standard configuration (issue: adopt), and the
+        // adopted version's delta from the built one is greeterd's install.
+        let adopt = try await HostCommand.run(
+            SharedLab.binary,
+            ["baseline", "adopt", "--root", SharedLab.repository, "--cmdb", cmdb, "web", "--from", run.id, "--json"])
+        #expect(adopt.status == 0, "\(adopt.stderrText)")
+        let adopted = try StableJSON.decode(BaselineVersionRecord.self, from: adopt.stdout)
+        #expect(adopted.origin == .adopted)
+        #expect(adopted.adoption?.cell == "web.install")
+        #expect(adopted.adoption.map { CellAttempt.describe($0.delta).contains { $0.hasPrefix("packages greeterd") } } == true)
+        // Recording the unchanged lab image again keeps the built version: it must not add a
+        // version that drops the adopted change.
+        let writer = try await CMDBWriter(path: cmdb, actor: "test")
+        let again = try await lab.record(try lab.readyImage("web"), writer: writer)
+        await writer.close()
+        #expect(again.origin == .built && again.version == adopted.version - 1)
+        #expect(try CMDBStore.open(cmdb).latestBaseline("web") == adopted)
+
         // The JUnit file of the real run parses, with a testcase per step.
         let counts = try JUnitCounts(MatrixReport.junit(run))
         #expect(counts.suites == 6)

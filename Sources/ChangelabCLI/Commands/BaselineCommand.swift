@@ -8,14 +8,21 @@ struct BaselineCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "baseline",
         abstract: "Build, list and restore the approved baseline configurations (baselines/*.yaml).",
-        subcommands: [List.self, Build.self, Restore.self]
+        subcommands: [List.self, Build.self, Restore.self, Adopt.self]
     )
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "List baselines: approved or draft, built or not, image digest and age.")
-        @OptionGroup var projectOptions: ProjectOptions
+            abstract: "List baselines: approved or draft, built or not, image digest, age and CMDB versions.")
+        @OptionGroup var cmdbOptions: CMDBOptions
         @OptionGroup var output: OutputOptions
+
+        struct Version: Codable {
+            var version: Int
+            var origin: String
+            var recordedAt: Date
+            var adoptedFrom: String?
+        }
 
         struct Row: Codable {
             var name: String
@@ -29,10 +36,13 @@ struct BaselineCommand: AsyncParsableCommand {
             var imageSeconds: Double?
             var slots: Int
             var problem: String?
+            var versions: [Version] = []
         }
 
         func run() async throws {
-            let lab = try Lab(project: try projectOptions.project())
+            let lab = try Lab(project: try cmdbOptions.projectOptions.project())
+            // Versions come from the CMDB when there is one; a lab without one still lists.
+            let store = try? CMDBStore.open(try cmdbOptions.path())
             var rows: [Row] = []
             for name in try lab.baselines.names() {
                 do {
@@ -44,7 +54,12 @@ struct BaselineCommand: AsyncParsableCommand {
                             name: name, approved: recipe.approved, description: recipe.description, status: status,
                             built: image != nil, imageDigest: image?.imageDigest.description,
                             recipeDigest: try lab.baselines.recipeDigest(recipe).description, builtAt: image?.builtAt,
-                            imageSeconds: image?.imageSeconds, slots: image?.slots.count ?? 0, problem: nil))
+                            imageSeconds: image?.imageSeconds, slots: image?.slots.count ?? 0, problem: nil,
+                            versions: ((try? store?.baselineVersions(name)) ?? []).map {
+                                Version(
+                                    version: $0.version, origin: $0.origin.rawValue, recordedAt: $0.recordedAt,
+                                    adoptedFrom: $0.adoption.map { "\($0.run)/\($0.cell)" })
+                            }))
                 } catch {
                     rows.append(
                         Row(
@@ -54,13 +69,16 @@ struct BaselineCommand: AsyncParsableCommand {
                 }
             }
             if output.json { return try printJSON(rows) }
-            var table = Table("NAME", "APPROVED", "STATUS", "IMAGE", "AGE", "BUILD", "SLOTS", "DESCRIPTION")
+            var table = Table("NAME", "APPROVED", "STATUS", "IMAGE", "AGE", "BUILD", "SLOTS", "CMDB", "DESCRIPTION")
             for row in rows {
+                let versions = row.versions.last.map { latest in
+                    "\(row.name)@\(latest.version) (\(row.versions.count) version\(row.versions.count == 1 ? "" : "s"), \(latest.origin))"
+                } ?? "-"
                 table.add(
                     row.name, row.approved ? "yes" : "draft", row.status,
                     row.imageDigest.flatMap { SHA256Digest(hex: $0)?.short } ?? "-",
                     row.builtAt.map { age(since: $0) } ?? "-", row.imageSeconds.map { "\(Int($0)) s" } ?? "-",
-                    "\(row.slots)", row.description)
+                    "\(row.slots)", versions, row.description)
             }
             table.print()
             for row in rows where row.problem != nil { note("\(row.name): \(row.problem ?? "")") }
@@ -195,6 +213,50 @@ struct BaselineCommand: AsyncParsableCommand {
             if output.json { return try printJSON(report) }
             print(String(format: "restored %@ in %.2f s (agent answering, clock set)", report.baseline, report.seconds))
             if keep { print("kept as \(report.domain): changelab lab exec \(report.domain) -- CMD, then changelab lab discard \(report.domain)") }
+        }
+    }
+
+    struct Adopt: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Record a new version of an approved baseline that includes a tested change.",
+            discussion: """
+                The new standard configuration is the one a passed matrix cell had after installing its \
+                artifact, linked to that cell, the artifact and the delta from the previous version. \
+                --from names a run (its passed install cell on this baseline) or a cell (RUN/CELL). \
+                See the versions with: changelab baseline list, changelab cmdb log baseline:NAME.
+                """)
+        @OptionGroup var cmdbOptions: CMDBOptions
+        @OptionGroup var actor: ActorOptions
+        @OptionGroup var output: OutputOptions
+        @Argument(help: "The approved baseline.")
+        var name: String
+        @Option(name: .long, help: "The run or cell (RUN/CELL) whose tested configuration to adopt.")
+        var from: String
+        @Option(help: "The change record that approved this change, if any.")
+        var change: String?
+        @Option(help: "A note for the record.")
+        var notes: String?
+
+        func run() async throws {
+            let lab = try Lab(project: try cmdbOptions.projectOptions.project())
+            let recipe = try lab.baselines.load(name)
+            guard recipe.approved else {
+                throw ChangelabError(
+                    "baseline '\(name)' is a draft", fix: "only approved baselines have a standard configuration to adopt into")
+            }
+            let writer = try await CMDBWriter(path: try cmdbOptions.path(), actor: actor.name)
+            let record: BaselineVersionRecord
+            do {
+                record = try await writer.adoptBaseline(name, from: from, change: change, notes: notes)
+            } catch {
+                await writer.close()
+                throw error
+            }
+            await writer.close()
+            if output.json { return try printJSON(record) }
+            guard let adoption = record.adoption else { return }
+            print("recorded \(record.ref) (adopted from cell \(adoption.run)/\(adoption.cell), artifact \(adoption.artifact.short))")
+            print(adoption.delta.isEmpty ? "no configuration change" : adoption.delta.summary(), terminator: "")
         }
     }
 }
