@@ -79,8 +79,7 @@ import Testing
             #expect(try await eventually { try await admin.agents().count == 1 })
             try await Task.sleep(for: .milliseconds(500))
             // The next check-in is ten minutes away: only the stream can bring these jobs.
-            _ = try await admin.promote(
-                "r1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
+            _ = try await admin.promote("r1", .everyone())
             #expect(try await eventually(.seconds(10)) { try await admin.status("r1").total.verified == 1 })
             _ = try await admin.activate("r1")
             #expect(try await eventually(.seconds(10)) { try await admin.status("r1").total.activated == 1 })
@@ -103,8 +102,7 @@ import Testing
                 http: http)
             #expect(try await eventually { try await admin.agents().first?.online == true })
             await group.stop()
-            _ = try await admin.promote(
-                "r1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
+            _ = try await admin.promote("r1", .everyone())
             #expect(try await eventually { try await admin.chase("r1").first?.reason == "offline" })
             #expect(try await admin.status("r1").total.offline == 1)
             #expect(try await admin.agents().first?.online == false)
@@ -211,15 +209,10 @@ import Testing
                 upstream: core.url, http: http,
                 faults: [.corrupt(at: 3 * 65536 + 100), .truncate(after: 3 * 65536)])
             defer { proxy.stop() }
-            let token = try await admin.createToken(uses: 1, lifetime: 600)
-            let group = AgentGroup()
-            _ = group.start(
-                makeAgentConfiguration(
-                    core: core, base: scratch.path, name: "pc", token: token.token, key: await core.key,
-                    artifactURL: proxy.url), http: http)
-            #expect(try await eventually { try await admin.agents().count == 1 })
-            _ = try await admin.promote(
-                "r1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
+            let group = try await startAgents(["pc"], core: core, scratch: scratch, http: http) {
+                $0.artifactURL = proxy.url
+            }
+            _ = try await admin.promote("r1", .everyone())
             #expect(try await eventually { try await admin.status("r1").total.verified == 1 })
             await group.stop()
             // Verified whole, within the first attempt, after three requests.
@@ -243,15 +236,10 @@ import Testing
             let proxy = try await FaultyMirror.start(
                 upstream: core.url, http: http, faults: Array(repeating: .corrupt(at: 70_000), count: 100))
             defer { proxy.stop() }
-            let token = try await admin.createToken(uses: 1, lifetime: 600)
-            let group = AgentGroup()
-            _ = group.start(
-                makeAgentConfiguration(
-                    core: core, base: scratch.path, name: "pc", token: token.token, key: await core.key,
-                    artifactURL: proxy.url), http: http)
-            #expect(try await eventually { try await admin.agents().count == 1 })
-            _ = try await admin.promote(
-                "r1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
+            let group = try await startAgents(["pc"], core: core, scratch: scratch, http: http) {
+                $0.artifactURL = proxy.url
+            }
+            _ = try await admin.promote("r1", .everyone())
             #expect(try await eventually { try await admin.chase("r1").first?.reason == "hash mismatch" })
             // Redeployed with back-off until the attempts ran out.
             #expect(try await eventually { try await admin.chase("r1").first?.gaveUp == true })
@@ -276,8 +264,7 @@ import Testing
             let group = AgentGroup()
             _ = group.start(configuration, http: http)
             #expect(try await eventually { try await admin.agents().count == 1 })
-            _ = try await admin.promote(
-                "r1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
+            _ = try await admin.promote("r1", .everyone())
             #expect(try await eventually { try await admin.chase("r1").first?.reason == "download failed" })
             let entry = try #require(try await admin.chase("r1").first)
             #expect(entry.detail.contains("HTTP 404"), "\(entry)")
@@ -298,8 +285,7 @@ import Testing
                     core: core, base: scratch.path, name: "pc", token: token.token, key: await core.key),
                 http: http)
             #expect(try await eventually { try await admin.agents().count == 1 })
-            _ = try await admin.promote(
-                "r1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
+            _ = try await admin.promote("r1", .everyone())
             #expect(try await eventually { try await admin.status("r1").total.verified == 1 })
 
             let attacker = ReleaseKey()
@@ -342,15 +328,8 @@ import Testing
             let admin = try core.admin
             let deb = try await TestPackage.build(in: scratch.path, size: 200_000)
             let manifest = try await admin.publish(file: deb, release: "r1", chunkSize: 64 * 1024)
-            let token = try await admin.createToken(uses: 1, lifetime: 600)
-            let group = AgentGroup()
-            _ = group.start(
-                makeAgentConfiguration(
-                    core: core, base: scratch.path, name: "pc", token: token.token, key: await core.key),
-                http: http)
-            #expect(try await eventually { try await admin.agents().count == 1 })
-            _ = try await admin.promote(
-                "r1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
+            let group = try await startAgents(["pc"], core: core, scratch: scratch, http: http)
+            _ = try await admin.promote("r1", .everyone())
             #expect(try await eventually { try await admin.status("r1").total.verified == 1 })
             // Someone rewrites a byte of the cached package (same size).
             let path = "\(scratch.path)/agents/pc/cache/r1/package.deb"
@@ -382,19 +361,15 @@ import Testing
                 ("hangs", nil, "sleep 60", "installer timed out"),
                 ("needs", "libchangelab-missing (>= 2)", nil, "prerequisite not met"),
             ]
-            let token = try await admin.createToken(uses: 1, lifetime: 600)
-            let group = AgentGroup()
-            _ = group.start(
-                makeAgentConfiguration(
-                    core: core, base: scratch.path, name: "pc", token: token.token, key: await core.key,
-                    installTimeout: .seconds(2)), http: http)
-            #expect(try await eventually { try await admin.agents().count == 1 })
+            let group = try await startAgents(["pc"], core: core, scratch: scratch, http: http) {
+                $0.installTimeout = .seconds(2)
+            }
             for (name, depends, postinst, _) in cases {
                 let deb = try await TestPackage.build(
                     in: scratch.path, name: name, size: 20_000, depends: depends, postinst: postinst)
                 _ = try await admin.publish(file: deb, release: name)
                 _ = try await admin.promote(
-                    name, PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
+                    name, .everyone())
                 _ = try await admin.activate(name)
             }
             for (name, _, _, reason) in cases {
@@ -419,15 +394,10 @@ import Testing
             let deb = try await TestPackage.build(
                 in: scratch.path, name: "slow", size: 10_000, postinst: "echo run >> '\(runs)'; sleep 60")
             _ = try await admin.publish(file: deb, release: "slow-1")
-            let token = try await admin.createToken(uses: 1, lifetime: 600)
-            let group = AgentGroup()
-            _ = group.start(
-                makeAgentConfiguration(
-                    core: core, base: scratch.path, name: "pc", token: token.token, key: await core.key,
-                    installTimeout: .milliseconds(2500)), http: http)
-            #expect(try await eventually { try await admin.agents().count == 1 })
-            _ = try await admin.promote(
-                "slow-1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
+            let group = try await startAgents(["pc"], core: core, scratch: scratch, http: http) {
+                $0.installTimeout = .milliseconds(2500)
+            }
+            _ = try await admin.promote("slow-1", .everyone())
             #expect(try await eventually { try await admin.status("slow-1").total.verified == 1 })
             _ = try await admin.activate("slow-1")
             // The job is repeated at every check-in (each second) while the installer hangs.
@@ -447,15 +417,7 @@ import Testing
             let admin = try core.admin
             let deb = try await TestPackage.build(in: scratch.path, name: "bad", size: 20_000, postinst: "exit 7")
             _ = try await admin.publish(file: deb, release: "bad-1")
-            let token = try await admin.createToken(uses: 5, lifetime: 600)
-            let group = AgentGroup()
-            for i in 0..<5 {
-                _ = group.start(
-                    makeAgentConfiguration(
-                        core: core, base: scratch.path, name: "pc\(i)", token: token.token, key: await core.key),
-                    http: http)
-            }
-            #expect(try await eventually { try await admin.agents().count == 5 })
+            let group = try await startAgents((0..<5).map { "pc\($0)" }, core: core, scratch: scratch, http: http)
             _ = try await admin.promote(
                 "bad-1",
                 PromoteRequest(release: nil, targets: "all", rings: "canary:20%,all", rate: nil, maxFailureRate: 0.1))
@@ -478,15 +440,7 @@ import Testing
             let admin = try core.admin
             let deb = try await TestPackage.build(in: scratch.path, size: 20_000)
             _ = try await admin.publish(file: deb, release: "good-1")
-            let token = try await admin.createToken(uses: 4, lifetime: 600)
-            let group = AgentGroup()
-            for i in 0..<4 {
-                _ = group.start(
-                    makeAgentConfiguration(
-                        core: core, base: scratch.path, name: "pc\(i)", token: token.token, key: await core.key),
-                    http: http)
-            }
-            #expect(try await eventually { try await admin.agents().count == 4 })
+            let group = try await startAgents((0..<4).map { "pc\($0)" }, core: core, scratch: scratch, http: http)
             _ = try await admin.promote(
                 "good-1",
                 PromoteRequest(release: nil, targets: "all", rings: "canary:25%,all", rate: nil, maxFailureRate: 0.1))
@@ -541,14 +495,8 @@ import Testing
             let v2 = try await TestPackage.build(in: scratch.path, name: "app", version: "2.0", size: 20_000)
             _ = try await admin.publish(file: v1, release: "app-1")
             _ = try await admin.publish(file: v2, release: "app-2")
-            let token = try await admin.createToken(uses: 1, lifetime: 600)
-            let group = AgentGroup()
-            _ = group.start(
-                makeAgentConfiguration(
-                    core: core, base: scratch.path, name: "pc", token: token.token, key: await core.key),
-                http: http)
-            #expect(try await eventually { try await admin.agents().count == 1 })
-            let all = PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil)
+            let group = try await startAgents(["pc"], core: core, scratch: scratch, http: http)
+            let all = PromoteRequest.everyone()
             for change in ["app-1", "app-2"] {
                 _ = try await admin.promote(change, all)
                 #expect(try await eventually { try await admin.status(change).total.verified == 1 })
@@ -571,8 +519,7 @@ import Testing
             let admin = try core.admin
             let deb = try await TestPackage.build(in: scratch.path, size: 20_000)
             _ = try await admin.publish(file: deb, release: "r1")
-            _ = try await admin.promote(
-                "r1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
+            _ = try await admin.promote("r1", .everyone())
             let seen = Locked<[StatusReport]>([])
             let watcher = Task {
                 try await admin.watch("r1") { report in seen.mutate { $0.append(report) } }

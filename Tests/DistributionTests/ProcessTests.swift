@@ -131,7 +131,7 @@ import Testing
                 http: http)
             #expect(try await eventually { try await admin.agents().count == 1 })
             _ = try await admin.promote(
-                "huge", PromoteRequest(release: nil, targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
+                "huge", .everyone())
             #expect(try await eventually { try await admin.chase("huge").first?.reason == "disk full" })
             let entry = try #require(try await admin.chase("huge").first)
             #expect(entry.detail.contains("No space left"))

@@ -194,3 +194,34 @@ func withCore<T>(
 func installed(_ package: String, in root: String) -> String? {
     DpkgStatus.installedVersion(of: package, root: root)
 }
+
+/// Enrols `names` as agents of `core` (each with its own state and root under `scratch`),
+/// starts them and waits until the core lists them.
+func startAgents(
+    _ names: [String], core: TestCore, scratch: Scratch, http: HTTPClient, attributes: [String: String] = [:],
+    configure: (inout AgentConfiguration) -> Void = { _ in }
+) async throws -> AgentGroup {
+    let admin = try core.admin
+    let before = try await admin.agents().count
+    let token = try await admin.createToken(uses: names.count, lifetime: 600)
+    let key = await core.key
+    let group = AgentGroup()
+    for name in names {
+        var configuration = makeAgentConfiguration(
+            core: core, base: scratch.path, name: name, attributes: attributes, token: token.token, key: key)
+        configure(&configuration)
+        _ = group.start(configuration, http: http)
+    }
+    let expected = before + names.count
+    guard try await eventually(.seconds(30), { try await admin.agents().count == expected }) else {
+        throw ChangelabError("only \(try await admin.agents().count - before) of \(names.count) agents enrolled")
+    }
+    return group
+}
+
+extension PromoteRequest {
+    /// Every agent, in the given rings.
+    static func everyone(rings: String? = nil, maxFailureRate: Double? = nil, rate: Int64? = nil) -> PromoteRequest {
+        PromoteRequest(release: nil, targets: "all", rings: rings, rate: rate, maxFailureRate: maxFailureRate)
+    }
+}
