@@ -18,6 +18,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.5.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.20.0"),
+        // Already pulled in by Hummingbird; named so the core can shut down gracefully.
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.0.0"),
     ],
     targets: [
         // C enters only here: libvirt's client library from Debian's libvirt-dev.
@@ -68,6 +70,7 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         // Command-line front end: one file per command under Commands/.
@@ -86,6 +89,14 @@ let package = Package(
         .testTarget(name: "LabTests", dependencies: ["Lab", "Libvirt", "Model", "HostIO", "changelab"], exclude: ["Fixtures"]),
         .testTarget(name: "InventoryTests", dependencies: ["Inventory", "Model", "HostIO"], exclude: ["Fixtures"]),
         .testTarget(name: "CMDBTests", dependencies: ["CMDB", "Model", "HostIO", "changelab"]),
+        .testTarget(
+            name: "DistributionTests",
+            dependencies: [
+                "Distribution", "Model", "HostIO", "changelab",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            ]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

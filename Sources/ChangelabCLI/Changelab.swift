@@ -11,6 +11,8 @@ public struct Changelab: AsyncParsableCommand {
         subcommands: [
             BaselineCommand.self, LabCommand.self, PackageCommand.self, MatrixCommand.self, DoctorCommand.self,
             BenchCommand.self, CMDBCommand.self, InventoryCommand.self,
+            CoreCommand.self, AgentCommand.self, PromoteCommand.self, ActivateCommand.self, RollbackCommand.self,
+            StatusCommand.self, ChaseCommand.self, PolicyCommand.self,
         ]
     )
 

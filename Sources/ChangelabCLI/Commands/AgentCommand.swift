@@ -1,0 +1,110 @@
+import ArgumentParser
+import Distribution
+import Foundation
+import Model
+
+/// `changelab agent run`: one or several agent identities in this process.
+struct AgentCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "agent", abstract: "Run the endpoint agent.", subcommands: [AgentRunCommand.self])
+}
+
+struct AgentRunCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Enrol (first time), check in, seed the cache in the background and activate on command.")
+
+    @Option(name: .long, help: ArgumentHelp("The core's URL.", valueName: "url"))
+    var core: String
+
+    @Option(name: .long, help: ArgumentHelp("Where packages are fetched from (default: the core).", valueName: "url"))
+    var artifacts: String?
+
+    @Option(
+        name: .long, help: ArgumentHelp("The core's release key (hex), from 'changelab core token'.", valueName: "hex"))
+    var coreKey: String
+
+    @Option(name: .long, help: "Enrolment token (needed only the first time).")
+    var enrolToken: String?
+
+    @Option(name: .long, help: ArgumentHelp("State directory (identity, cache).", valueName: "dir"))
+    var state: String = "/var/lib/changelab/agent"
+
+    @Option(name: .long, help: ArgumentHelp("Root to install into ('/' on a real endpoint).", valueName: "dir"))
+    var root: String = "/"
+
+    @Option(name: .long, help: "Agent name (default: the host name).")
+    var name: String?
+
+    @Option(name: .long, help: "Network segment this agent is on.")
+    var segment: String = "default"
+
+    @Option(
+        name: .long, parsing: .singleValue,
+        help: ArgumentHelp("An attribute such as site=paris (repeatable).", valueName: "key=value"))
+    var attribute: [String] = []
+
+    @Option(
+        name: .long,
+        help: "Run this many agent identities (NAME-01…), each with its own state and root under --state and --root.")
+    var count: Int = 1
+
+    @Option(name: .long, help: "Seconds before an installer is killed and reported as timed out.")
+    var installTimeout: Double = 600
+
+    @Option(
+        name: .long, help: "With --count: how many identities may run an installer at the same time (default: all).")
+    var parallelInstalls: Int?
+
+    @Option(name: .long, help: "Check in at least this often (seconds), whatever the core asks.")
+    var maxCheckIn: Double?
+
+    @Option(
+        name: .long, parsing: .singleValue,
+        help: ArgumentHelp(
+            "A folder (under the root) whose files the inventory records with hashes (repeatable; default /etc /usr/local /opt /srv).",
+            valueName: "path"))
+    var watch: [String] = []
+
+    func run() async throws {
+        guard let key = ReleasePublicKey(hex: coreKey) else {
+            throw ValidationError("--core-key must be the core's 64-hex-digit release key (see 'changelab core token')")
+        }
+        guard count >= 1 else { throw ValidationError("--count must be at least 1") }
+        if count > 1 && root == "/" {
+            throw ValidationError("several identities cannot share root '/'; pass --root DIR (each gets DIR/NAME-NN)")
+        }
+        var attributes: [String: String] = [:]
+        for pair in attribute {
+            let parts = pair.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, !parts[0].isEmpty else {
+                throw ValidationError("--attribute '\(pair)' must be KEY=VALUE, for example site=paris")
+            }
+            attributes[parts[0]] = parts[1]
+        }
+        let slots = parallelInstalls.map { Semaphore($0) }
+        let base = name ?? ProcessInfo.processInfo.hostName
+        let configurations = (1...count).map { i -> AgentConfiguration in
+            let id = count == 1 ? base : String(format: "%@-%02d", base, i)
+            var c = AgentConfiguration(
+                name: id, coreURL: core, stateDirectory: count == 1 ? state : "\(state)/\(id)",
+                root: count == 1 ? root : "\(root)/\(id)", segment: segment, attributes: attributes, coreKey: key,
+                enrolmentToken: enrolToken)
+            c.artifactURL = artifacts
+            c.installTimeout = .milliseconds(Int(installTimeout * 1000))
+            c.maxCheckInInterval = maxCheckIn
+            if !watch.isEmpty { c.watchedPaths = watch }
+            c.installSlots = slots
+            return c
+        }
+        note("changelab agent: \(count) identit\(count == 1 ? "y" : "ies") on segment \(segment), core \(core)")
+        try await withHTTPClient { client in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for configuration in configurations {
+                    group.addTask { try await Agent(configuration: configuration, client: client).run() }
+                }
+                try await group.waitForAll()
+            }
+        }
+    }
+}

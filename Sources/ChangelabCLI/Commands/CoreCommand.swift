@@ -1,0 +1,175 @@
+import ArgumentParser
+import Distribution
+import Foundation
+import Lab
+import Model
+
+/// `changelab core …`: the distribution core server and its administration.
+struct CoreCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "core",
+        abstract: "Run and administer the distribution core (artifact repository, agents, rollouts).",
+        subcommands: [
+            CoreServeCommand.self, CorePublishCommand.self, CoreTokenCommand.self, CoreAgentsCommand.self,
+            CoreRevokeCommand.self,
+        ])
+}
+
+struct CoreServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve", abstract: "Serve the core: artifacts, enrolment, check-in, jobs, status, dashboard.")
+    static let defaultState = "/var/lib/changelab/core"
+
+    @Option(name: .long, help: ArgumentHelp("State directory (created if missing).", valueName: "dir"))
+    var state: String = CoreServeCommand.defaultState
+
+    @Option(name: .long, help: ArgumentHelp("Address and port to listen on.", valueName: "host:port"))
+    var listen: String = "127.0.0.1:7480"
+
+    @Option(name: .long, help: "Seconds between agent check-ins.")
+    var checkIn: Double = 30
+
+    @Option(name: .long, help: "Seconds without contact after which an agent counts as offline.")
+    var offlineAfter: Double = 90
+
+    @Option(name: .long, help: "Seconds before the first redeploy to a failed target (doubles each time).")
+    var retryBase: Double = 30
+
+    @Option(name: .long, help: "Tries per target and step before it is left to the chase list.")
+    var maxAttempts: Int = 4
+
+    func run() async throws {
+        let parts = listen.split(separator: ":")
+        guard parts.count == 2, let port = Int(parts[1]), (0...65535).contains(port) else {
+            throw ValidationError("--listen must be HOST:PORT, for example 0.0.0.0:7480")
+        }
+        var settings = CoreSettings()
+        settings.checkInInterval = checkIn
+        settings.offlineAfter = offlineAfter
+        settings.retryBase = retryBase
+        settings.maxAttempts = maxAttempts
+        let server = try CoreServer(directory: state, settings: settings)
+        let key = await server.coordinator.publicKey.hex
+        try await server.run(host: String(parts[0]), port: port) { bound in
+            note("changelab core: serving on http://\(parts[0]):\(bound)  state \(state)")
+            note("  release key: \(key)   (agents need it: --core-key \(key))")
+            note("  dashboard:   http://\(parts[0]):\(bound)/?token=$(cat \(CoreLayout(directory: state).adminToken))")
+        }
+    }
+}
+
+struct CorePublishCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "publish",
+        abstract: "Publish a .deb into the core's repository as a signed, chunked release.",
+        discussion: """
+            Give a .deb file, or --artifact DIGEST for a package that 'changelab package build' stored (it is verified against its build manifest before it is sent).
+            """)
+
+    @Argument(help: ArgumentHelp("The .deb file (or use --artifact).", valueName: "file.deb"))
+    var file: String?
+
+    @Option(name: .long, help: ArgumentHelp("A built artifact's digest from 'changelab package build'.", valueName: "sha256"))
+    var artifact: String?
+
+    @Option(name: .long, help: "Release name (the change id promote and activate use until change control lands).")
+    var release: String
+
+    @Option(name: .long, help: "Chunk size for verification and resume (default 256K).")
+    var chunkSize: String?
+
+    @OptionGroup var core: CoreOptions
+    @OptionGroup var output: OutputOptions
+
+    func validate() throws {
+        guard (file == nil) != (artifact == nil) else {
+            throw ValidationError("give either a .deb file or --artifact DIGEST")
+        }
+    }
+
+    func run() async throws {
+        let chunk = try chunkSize.map { text -> Int in
+            guard let value = ByteCount.parse(text) else { throw ValidationError("'\(text)' is not a size (e.g. 256K)") }
+            return Int(value)
+        }
+        var path = file ?? ""
+        if let artifact {
+            guard let digest = SHA256Digest(hex: artifact) else {
+                throw ValidationError("--artifact must be a SHA-256 digest (64 hex digits), see 'changelab package list'")
+            }
+            let store = ArtifactStore(home: LabHome.fromEnvironment())
+            try store.verify(try store.manifest(digest, verify: false))
+            path = store.debPath(digest)
+        }
+        note("publishing \(path) as \(release)…")
+        let manifest = try await core.withClient { try await $0.publish(file: path, release: release, chunkSize: chunk) }
+        if output.json {
+            try printJSON(manifest)
+        } else {
+            print(
+                "published \(manifest.release): \(manifest.package) \(manifest.packageVersion), \(StatusText.bytes(manifest.size)), \(manifest.chunkCount) chunks, \(manifest.digest)"
+            )
+        }
+    }
+}
+
+struct CoreTokenCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "token", abstract: "Create an enrolment token for new agents.")
+
+    @Option(name: .long, help: "How many agents may enrol with it.")
+    var uses: Int = 1
+
+    @Option(name: .long, help: "Hours it stays valid.")
+    var hours: Double = 24
+
+    @OptionGroup var core: CoreOptions
+    @OptionGroup var output: OutputOptions
+
+    func run() async throws {
+        guard uses >= 1 else { throw ValidationError("--uses must be at least 1") }
+        let reply = try await core.withClient { try await $0.createToken(uses: uses, lifetime: hours * 3600) }
+        if output.json {
+            try printJSON(reply)
+        } else {
+            print("token:    \(reply.token)")
+            print("core key: \(reply.coreKey)")
+            print(
+                "enrol with: changelab agent run --core \(core.url) --enrol-token \(reply.token) --core-key \(reply.coreKey) …"
+            )
+        }
+    }
+}
+
+struct CoreAgentsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "agents", abstract: "List enrolled agents.")
+
+    @OptionGroup var core: CoreOptions
+    @OptionGroup var output: OutputOptions
+
+    func run() async throws {
+        let agents = try await core.withClient { try await $0.agents() }
+        if output.json { return try printJSON(agents) }
+        for a in agents {
+            let state = a.revoked ? "revoked" : a.online ? "online" : "offline"
+            let attributes = a.attributes.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(
+                separator: " ")
+            print("\(a.id)  \(a.name)  \(a.segment)  \(state)  \(attributes)")
+        }
+    }
+}
+
+struct CoreRevokeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "revoke", abstract: "Revoke an agent's credential: the core refuses it from now on.")
+
+    @Argument(help: "The agent id (see 'changelab core agents').")
+    var agent: String
+
+    @OptionGroup var core: CoreOptions
+
+    func run() async throws {
+        try await core.withClient { try await $0.revoke(agent: agent) }
+        print("revoked \(agent)")
+    }
+}

@@ -1,0 +1,155 @@
+import Crypto
+import Foundation
+import HostIO
+import Model
+
+/// One change in an agent's cache: the signed manifest, the package bytes and where they stand.
+public struct CacheEntry: Codable, Sendable, Equatable {
+    public static let formatVersion = 1
+
+    public var version: Int = CacheEntry.formatVersion
+    public var change: String
+    public var release: String
+    public var manifest: ReleaseManifest
+    public var signedManifest: SignedEnvelope
+    public var phase: TargetPhase
+    /// Pinned entries never expire: every entry is pinned until it has been activated.
+    public var pinned: Bool
+    public var expiresAt: Date
+    /// Orders (activation, rollback) this agent has carried out, so each runs once.
+    public var ordersDone: [String]
+    /// The package's version before activation (nil: it was not installed), for rollback.
+    public var previousVersion: String?
+    public var installedVersion: Bool
+    public var lastResult: InstallResult?
+    /// The package file as it was when its whole digest last verified.
+    public var verifiedStamp: FileStamp?
+}
+
+/// Identity of a file's content as the file system tracks it: if none of these changed, the
+/// bytes were not rewritten, so a whole-file check made then still holds.
+public struct FileStamp: Codable, Sendable, Equatable {
+    public var size: Int64
+    public var inode: UInt64
+    public var modified: Int64
+    public var changed: Int64
+
+    public init?(path: String) {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        size = Int64(st.st_size)
+        inode = UInt64(st.st_ino)
+        modified = Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec)
+        changed = Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec)
+    }
+}
+
+/// What running an installer step produced.
+public struct InstallResult: Codable, Sendable, Equatable {
+    public var exitCode: Int32
+    public var outputTail: String
+    public var failure: Failure?
+}
+
+/// The agent's package cache: `cache/<change>/{entry.json,package.deb}`.
+///
+/// Package bytes are only ever written a whole verified chunk at a time, so after any
+/// interruption the file is a prefix of verified chunks (re-checked on resume) and at most
+/// the chunk that was in flight is fetched again.
+public struct AgentCache: Sendable {
+    public let directory: String
+    public let lifetime: TimeInterval
+
+    public init(directory: String, lifetime: TimeInterval = 60 * 24 * 3600) {
+        self.directory = directory
+        self.lifetime = lifetime
+    }
+
+    func folder(_ change: String) -> String { "\(directory)/\(change)" }
+    public func packagePath(_ change: String) -> String { folder(change) + "/package.deb" }
+    func entryPath(_ change: String) -> String { folder(change) + "/entry.json" }
+
+    public func entry(_ change: String) -> CacheEntry? {
+        guard let data = FileManager.default.contents(atPath: entryPath(change)),
+            let entry = try? StableJSON.decode(CacheEntry.self, from: data), entry.version == CacheEntry.formatVersion
+        else { return nil }
+        return entry
+    }
+
+    public func save(_ entry: CacheEntry) throws {
+        try AtomicFile.write(try StableJSON.data(entry), to: entryPath(entry.change))
+    }
+
+    public func entries() -> [CacheEntry] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        return names.sorted().compactMap { entry($0) }
+    }
+
+    /// Opens (or starts) the entry for a job's release.
+    public func open(change: String, manifest: ReleaseManifest, signed: SignedEnvelope, now: Date = Date()) throws
+        -> CacheEntry
+    {
+        if let existing = entry(change), existing.manifest.digest == manifest.digest { return existing }
+        try? FileManager.default.removeItem(atPath: folder(change))
+        try FileManager.default.createDirectory(atPath: folder(change), withIntermediateDirectories: true)
+        let entry = CacheEntry(
+            change: change, release: manifest.release, manifest: manifest, signedManifest: signed, phase: .seeding,
+            pinned: true, expiresAt: now.addingTimeInterval(lifetime), ordersDone: [], previousVersion: nil,
+            installedVersion: false, lastResult: nil, verifiedStamp: nil)
+        try save(entry)
+        return entry
+    }
+
+    /// Removes entries past their expiry that are not pinned; returns the changes removed.
+    @discardableResult
+    public func expire(now: Date = Date()) -> [String] {
+        var removed: [String] = []
+        for entry in entries() where !entry.pinned && entry.expiresAt < now {
+            try? FileManager.default.removeItem(atPath: folder(entry.change))
+            removed.append(entry.change)
+        }
+        return removed
+    }
+
+    /// How many leading chunks of the package file verify against the manifest; the file
+    /// is cut back to them, dropping any damaged or partial tail.
+    public func verifiedPrefix(_ entry: CacheEntry) throws -> Int {
+        let path = packagePath(entry.change)
+        guard let handle = FileHandle(forUpdatingAtPath: path) else { return 0 }
+        defer { try? handle.close() }
+        var good = 0
+        for index in 0..<entry.manifest.chunkCount {
+            let range = entry.manifest.range(ofChunk: index)
+            try handle.seek(toOffset: UInt64(range.lowerBound))
+            let data = try handle.read(upToCount: Int(range.count)) ?? Data()
+            guard data.count == range.count, SHA256.hash(data: data).hexString == entry.manifest.chunks[index] else {
+                break
+            }
+            good += 1
+        }
+        let keep =
+            good == entry.manifest.chunkCount ? entry.manifest.size : Int64(good) * Int64(entry.manifest.chunkSize)
+        try handle.truncate(atOffset: UInt64(keep))
+        return good
+    }
+
+    /// Whether the package still holds the bytes that verified: unchanged since the last whole
+    /// check (same size, inode, modification and change times), or verifying again now.
+    public func stillVerified(_ entry: CacheEntry) -> Bool {
+        if let stamp = entry.verifiedStamp, stamp == FileStamp(path: packagePath(entry.change)) { return true }
+        return (try? verifyWhole(entry)) == true
+    }
+
+    /// Checks the whole file against the manifest's digest.
+    public func verifyWhole(_ entry: CacheEntry) throws -> Bool {
+        guard let handle = FileHandle(forReadingAtPath: packagePath(entry.change)) else { return false }
+        defer { try? handle.close() }
+        var hash = SHA256()
+        var size: Int64 = 0
+        while let data = try handle.read(upToCount: 1 << 20), !data.isEmpty {
+            hash.update(data: data)
+            size += Int64(data.count)
+        }
+        return size == entry.manifest.size && hash.finalize().hexString == entry.manifest.digest.hex
+    }
+}

@@ -1,0 +1,684 @@
+import Crypto
+import Foundation
+import Model
+
+/// Tunables of the core's rollout engine.
+public struct CoreSettings: Sendable {
+    /// How often agents check in when nothing is pushed to them.
+    public var checkInInterval: Double = 30
+    /// An agent not seen for this long (and without an open stream) counts as offline.
+    public var offlineAfter: Double = 90
+    /// Back-off before redeploying to a failed target: base × 2^(attempt−1), capped.
+    public var retryBase: Double = 30
+    public var retryMax: Double = 3600
+    /// Tries per target and step (seeding, activation) before the target is left to the chase list.
+    public var maxAttempts: Int = 4
+    /// Default health gate: stop before the next ring when more than this share failed.
+    public var maxFailureRate: Double = 0.1
+
+    public init() {}
+}
+
+/// The core's shared state and rollout logic: enrolment, check-in, jobs, rings and
+/// health gates, redeploys, policies, status and the chase list.
+///
+/// One actor owns the state; every change is saved through the store before the call
+/// that made it returns, so a core restarted at any moment resumes where it was.
+public actor Coordinator {
+    public let settings: CoreSettings
+    let store: any CoreStore
+    let key: ReleaseKey
+    let clock: @Sendable () -> Date
+    let gate: any ChangeGate
+    private var state: CoreSnapshot
+    private var inventories: [String: InventorySnapshot]
+    private var inventoryDigests: [String: String]
+    private var streams: [String: (id: UUID, continuation: AsyncStream<[Job]>.Continuation)] = [:]
+    private var watchers: [UUID: AsyncStream<Void>.Continuation] = [:]
+    /// Bytes-served counts not yet saved: they are saved with the next change or tick.
+    private var dirty = false
+
+    public init(
+        store: any CoreStore, key: ReleaseKey, settings: CoreSettings = CoreSettings(),
+        gate: any ChangeGate = OpenGate(), clock: @escaping @Sendable () -> Date = { Date() }
+    ) throws {
+        self.store = store
+        self.gate = gate
+        self.key = key
+        self.settings = settings
+        self.clock = clock
+        self.state = try store.load() ?? CoreSnapshot()
+        self.inventories = try store.loadInventories()
+        self.inventoryDigests = inventories.mapValues(\.digest)
+    }
+
+    public var publicKey: ReleasePublicKey { key.publicKey }
+
+    // MARK: Persistence and notification
+
+    private func commit() async throws {
+        dirty = false
+        try await store.save(state)
+        for watcher in watchers.values { watcher.yield() }
+    }
+
+    /// Called once a second: redeploys whose back-off ended, ring gates, deferred saves.
+    public func tick() async {
+        let now = clock()
+        var due: Set<String> = []
+        for deployment in state.deployments.values {
+            for target in deployment.targets.values {
+                if let retry = target.retryAt, retry <= now, !target.gaveUp { due.insert(target.agent) }
+            }
+        }
+        for change in state.deployments.keys { advanceRings(change) }
+        for agent in due where streams[agent] != nil { push(to: agent) }
+        if dirty || !due.isEmpty { try? await commit() }
+    }
+
+    // MARK: Enrolment and identity
+
+    /// Creates an enrolment token good for `uses` agents; only its hash is kept.
+    public func createToken(uses: Int, lifetime: Double) async throws -> String {
+        let token = randomSecret()
+        let hash = SHA256Digest(of: token).hex
+        state.tokens[hash] = EnrolmentToken(hash: hash, usesLeft: max(1, uses), expiresAt: clock() + lifetime)
+        try await commit()
+        return token
+    }
+
+    public func enrol(_ request: EnrolRequest) async throws -> EnrolReply {
+        let hash = SHA256Digest(of: request.token).hex
+        guard var token = state.tokens[hash], token.usesLeft > 0, token.expiresAt > clock() else {
+            throw CoreRefusal.unauthorized("the enrolment token is unknown, used up or expired")
+        }
+        token.usesLeft -= 1
+        if token.usesLeft == 0 { state.tokens[hash] = nil } else { state.tokens[hash] = token }
+        let id = "a-" + UUID().uuidString.lowercased().prefix(13).replacingOccurrences(of: "-", with: "")
+        let secret = randomSecret()
+        let now = clock()
+        state.agents[id] = AgentRecord(
+            id: id, name: request.name, segment: request.segment, addresses: request.addresses,
+            attributes: request.attributes, secretHash: SHA256Digest(of: secret).hex, revoked: false,
+            enrolledAt: now, lastSeen: now)
+        try await commit()
+        return EnrolReply(agent: id, secret: secret)
+    }
+
+    /// The agent whose credential this is, or a refusal naming why.
+    public func authenticate(agent: String, secret: String) throws -> AgentRecord {
+        guard let record = state.agents[agent], record.secretHash == SHA256Digest(of: secret).hex else {
+            throw CoreRefusal.unauthorized("unknown agent or wrong credential")
+        }
+        guard !record.revoked else { throw CoreRefusal.unauthorized("agent \(agent) is revoked") }
+        return record
+    }
+
+    public func revoke(agent: String) async throws {
+        guard state.agents[agent] != nil else { throw CoreRefusal.notFound("no agent \(agent)") }
+        state.agents[agent]?.revoked = true
+        streams[agent]?.continuation.finish()
+        streams[agent] = nil
+        try await commit()
+    }
+
+    public func agents() -> [AgentSummary] {
+        state.agents.values.sorted { ($0.segment, $0.name) < ($1.segment, $1.name) }.map { a in
+            AgentSummary(
+                id: a.id, name: a.name, segment: a.segment, attributes: a.attributes, addresses: a.addresses,
+                revoked: a.revoked, online: isOnline(a), lastSeen: a.lastSeen)
+        }
+    }
+
+    private func isOnline(_ agent: AgentRecord) -> Bool {
+        streams[agent.id] != nil || clock().timeIntervalSince(agent.lastSeen) < settings.offlineAfter
+    }
+
+    // MARK: Releases
+
+    public func publish(_ manifest: ReleaseManifest) async throws -> ReleaseRecord {
+        if let existing = state.releases[manifest.release] {
+            guard existing.manifest.digest == manifest.digest else {
+                throw CoreRefusal.conflict(
+                    "release \(manifest.release) is already published with another package (\(existing.manifest.digest.short))"
+                )
+            }
+            return existing
+        }
+        let record = ReleaseRecord(manifest: manifest, signedManifest: try key.sign(manifest))
+        state.releases[manifest.release] = record
+        try await commit()
+        return record
+    }
+
+    public func releases() -> [ReleaseManifest] {
+        state.releases.values.map(\.manifest).sorted { $0.release < $1.release }
+    }
+
+    /// The signed manifest of a published release.
+    public func signedManifest(for release: String) -> SignedEnvelope? {
+        state.releases[release]?.signedManifest
+    }
+
+    /// Whether `digest` is a published package (the artifact route serves nothing else).
+    public func isPublished(_ digest: SHA256Digest) -> Bool {
+        state.releases.values.contains { $0.manifest.digest == digest }
+    }
+
+    /// Counts bytes the core sent an agent for a package, per change that targets it.
+    public func served(_ bytes: Int, of digest: SHA256Digest, to agent: String) {
+        for (change, deployment) in state.deployments where deployment.targets[agent] != nil {
+            guard state.releases[deployment.release]?.manifest.digest == digest else { continue }
+            state.deployments[change]?.targets[agent]?.bytesServed += Int64(bytes)
+            dirty = true
+        }
+    }
+
+    // MARK: Check-in and events
+
+    public func checkIn(agent id: String, _ checkIn: CheckIn) async throws -> CheckInReply {
+        guard var record = state.agents[id] else { throw CoreRefusal.unauthorized("unknown agent") }
+        record.name = checkIn.name
+        record.segment = checkIn.segment
+        record.addresses = checkIn.addresses
+        record.attributes = checkIn.attributes
+        record.lastSeen = clock()
+        state.agents[id] = record
+        if let inventory = checkIn.inventory, inventories[id] != inventory {
+            inventories[id] = inventory
+            inventoryDigests[id] = inventory.digest
+            try await store.saveInventory(inventory, agent: id)
+        }
+        reconcile(agent: id, with: checkIn.cache)
+        applyPolicies(to: id)
+        let jobs = jobs(for: id)
+        try await commit()
+        let stale = checkIn.inventory == nil && inventoryDigests[id] != checkIn.inventoryDigest
+        return CheckInReply(jobs: jobs, checkInAfter: settings.checkInInterval, sendInventory: stale ? true : nil)
+    }
+
+    /// Applies what an agent's cache says it holds: a lost event must not leave the core behind.
+    private func reconcile(agent: String, with reports: [CacheReport]) {
+        for report in reports {
+            guard var target = state.deployments[report.change]?.targets[agent] else { continue }
+            if report.phase > target.phase, target.phase != .failed || report.phase == .activated {
+                target.phase = report.phase
+            }
+            target.bytes = max(target.bytes, report.bytes)
+            state.deployments[report.change]?.targets[agent] = target
+        }
+    }
+
+    public func record(events: [AgentEvent], from agent: String) async throws {
+        state.agents[agent]?.lastSeen = clock()
+        let changing = events.filter { $0.kind != .inventory }
+        for event in changing { apply(event, from: agent) }
+        for change in Set(changing.map(\.change)) { advanceRings(change) }
+        if let inventory = events.compactMap(\.inventory).last {
+            inventories[agent] = inventory
+            inventoryDigests[agent] = inventory.digest
+            try await store.saveInventory(inventory, agent: agent)
+        }
+        if changing.allSatisfy({ $0.kind == .progress }) {
+            // Only progress counts, an inventory (saved above) and a last-seen time: nothing
+            // an agent could not tell again; the next save (at most a second away) carries it.
+            dirty = true
+        } else {
+            try await commit()
+        }
+    }
+
+    private func apply(_ event: AgentEvent, from agent: String) {
+        guard let deployment = state.deployments[event.change], var target = deployment.targets[agent] else { return }
+        let size = state.releases[deployment.release]?.manifest.size ?? 0
+        let now = clock()
+        target.updatedAt = now
+        if let bytes = event.bytes { target.bytes = max(target.bytes, bytes) }
+        switch event.kind {
+        case .progress:
+            if target.phase < .seeded && target.phase != .failed { target.phase = .seeding }
+        case .seeded:
+            if target.phase < .seeded { target.phase = .seeded }
+        case .verified:
+            if target.phase < .verified || target.phase == .failed && target.bytes < size {
+                target.phase = .verified
+                target.failure = nil
+                target.retryAt = nil
+            }
+            target.bytes = size
+        case .activating:
+            target.phase = .activating
+        case .inventory:
+            break
+        case .activated:
+            target.phase = .activated
+            target.failure = nil
+            target.retryAt = nil
+            target.exitCode = event.exitCode
+            target.outputTail = event.outputTail
+        case .rolledBack:
+            target.phase = .rolledBack
+            target.failure = nil
+            target.retryAt = nil
+            target.exitCode = event.exitCode
+            target.outputTail = event.outputTail
+        case .failed, .refused:
+            let failure = event.failure ?? Failure(reason: .downloadFailed, detail: "the agent reported no reason")
+            target.phase = .failed
+            target.failure = failure
+            target.exitCode = event.exitCode ?? failure.exitCode
+            target.outputTail = event.outputTail
+            let attempts = target.bytes >= size && size > 0 ? target.activationAttempts : target.seedAttempts
+            // The agent's copy no longer verifies: it seeds again before the next activation.
+            if failure.reason == .hashMismatch { target.bytes = 0 }
+            if attempts >= settings.maxAttempts {
+                target.gaveUp = true
+                target.retryAt = nil
+            } else {
+                let delay = min(settings.retryMax, settings.retryBase * pow(2, Double(max(0, attempts - 1))))
+                target.retryAt = now.addingTimeInterval(delay)
+            }
+        }
+        state.deployments[event.change]?.targets[agent] = target
+    }
+
+    // MARK: Jobs
+
+    /// The jobs `agent` should be doing now. Handing one out for a new try counts an attempt.
+    private func jobs(for agent: String) -> [Job] {
+        let now = clock()
+        var jobs: [Job] = []
+        for change in state.deployments.keys.sorted() {
+            guard let deployment = state.deployments[change], var target = deployment.targets[agent],
+                let release = state.releases[deployment.release]
+            else { continue }
+            if target.gaveUp { continue }
+            if let retry = target.retryAt, retry > now { continue }
+            let size = release.manifest.size
+            var kind: JobKind?
+            var order: SignedEnvelope?
+            if let rollback = deployment.rollback {
+                if [.activated, .activating].contains(target.phase)
+                    || target.phase == .failed && target.bytes >= size && target.activationAttempts > 0
+                {
+                    kind = .rollback
+                    order = rollback
+                }
+            } else if target.phase < .verified || target.phase == .failed && target.bytes < size {
+                kind = .seed
+                if target.phase == .pending || target.phase == .failed {
+                    target.seedAttempts += 1
+                    target.phase = .seeding
+                    target.failure = nil
+                }
+            } else if let activation = deployment.activation, deployment.halted == nil,
+                target.ring <= deployment.activeRing,
+                [.verified, .activating, .failed].contains(target.phase)
+            {
+                kind = .activate
+                order = activation
+                if target.phase != .activating {
+                    target.activationAttempts += 1
+                    target.phase = .activating
+                    target.failure = nil
+                }
+            }
+            target.retryAt = nil
+            state.deployments[change]?.targets[agent] = target
+            guard let kind else { continue }
+            let attempt = kind == .seed ? target.seedAttempts : target.activationAttempts
+            jobs.append(
+                Job(
+                    kind: kind, change: change, release: deployment.release, origin: deployment.origin,
+                    manifest: release.signedManifest, order: order, rate: deployment.rate, attempt: max(1, attempt),
+                    artifact: "/v1/artifacts/sha256/\(release.manifest.digest.hex)"))
+        }
+        return jobs
+    }
+
+    /// Sends `agent` its current jobs over its stream, if it has one open.
+    private func push(to agent: String) {
+        guard let stream = streams[agent]?.continuation else { return }
+        let jobs = jobs(for: agent)
+        if !jobs.isEmpty {
+            stream.yield(jobs)
+            dirty = true
+        }
+    }
+
+    /// Opens the agent's push stream (replacing an older one); jobs due now are sent at once.
+    public func openStream(agent: String) -> (id: UUID, jobs: AsyncStream<[Job]>) {
+        let (stream, continuation) = AsyncStream<[Job]>.makeStream(bufferingPolicy: .bufferingNewest(8))
+        let id = UUID()
+        streams[agent]?.continuation.finish()
+        streams[agent] = (id, continuation)
+        state.agents[agent]?.lastSeen = clock()
+        push(to: agent)
+        return (id, stream)
+    }
+
+    public func closeStream(agent: String, id: UUID) {
+        // Only drop the registration when it is still this stream's (a reconnect replaced it otherwise).
+        guard streams[agent]?.id == id else { return }
+        streams[agent]?.continuation.finish()
+        streams[agent] = nil
+        state.agents[agent]?.lastSeen = clock()
+    }
+
+    /// Wakes whenever the state changes, for the live status stream.
+    public func watch() -> AsyncStream<Void> {
+        let id = UUID()
+        let (stream, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        watchers[id] = continuation
+        continuation.onTermination = { _ in Task { await self.unwatch(id) } }
+        continuation.yield()
+        return stream
+    }
+
+    private func unwatch(_ id: UUID) { watchers[id] = nil }
+
+    // MARK: Rollout control
+
+    private func facts(_ agent: AgentRecord) -> TargetFacts {
+        TargetFacts(
+            name: agent.name, segment: agent.segment, attributes: agent.attributes,
+            inventory: inventories[agent.id])
+    }
+
+    /// Creates the seeding job for `change`: targets are the agents the query selects now.
+    public func promote(
+        change: ChangeID, release: String, query: String, rings: [Ring], rate: Int64?, maxFailureRate: Double?
+    ) async throws -> StatusReport {
+        guard state.releases[release] != nil else {
+            throw CoreRefusal.notFound("no release \(release) is published (publish it with 'changelab core publish')")
+        }
+        if let existing = state.deployments[change] {
+            guard existing.release == release else {
+                throw CoreRefusal.conflict("change \(change) is already promoted with release \(existing.release)")
+            }
+        }
+        try gate.mayPromote(change: change, release: release)
+        let selector = try TargetQuery.parse(query)
+        let selected = state.agents.values.filter { !$0.revoked && selector.matches(facts($0)) }.map(\.id)
+        var deployment =
+            state.deployments[change]
+            ?? Deployment(
+                change: change, release: release, query: query, rings: rings, rate: rate,
+                maxFailureRate: maxFailureRate ?? settings.maxFailureRate, origin: "change", createdAt: clock(),
+                activation: nil, activatedAt: nil, activeRing: 0, halted: nil, rollback: nil, targets: [:])
+        deployment.query = query
+        deployment.rate = rate
+        let ordered = selected.sorted { SHA256Digest(of: change + $0).hex < SHA256Digest(of: change + $1).hex }
+        for (index, agent) in ordered.enumerated() where deployment.targets[agent] == nil {
+            deployment.targets[agent] = TargetRecord(
+                agent: agent, ring: Self.ring(of: index, count: ordered.count, rings: deployment.rings), at: clock())
+        }
+        state.deployments[change] = deployment
+        for agent in deployment.targets.keys { push(to: agent) }
+        try await commit()
+        return try status(change: change)
+    }
+
+    static func ring(of index: Int, count: Int, rings: [Ring]) -> Int {
+        for (r, ring) in rings.enumerated() where index < Int((ring.share * Double(count)).rounded(.up)) {
+            return r
+        }
+        return max(0, rings.count - 1)
+    }
+
+    /// A signed activation or rollback order for `change`.
+    private func signOrder(
+        _ kind: ActivationOrder.Kind, change: ChangeID, release: ReleaseManifest, lifetime: TimeInterval = 7 * 24 * 3600
+    ) throws -> SignedEnvelope {
+        try key.sign(
+            ActivationOrder(
+                kind: kind, change: change, release: release.release, digest: release.digest, issuedAt: clock(),
+                lifetime: lifetime))
+    }
+
+    /// Signs the activation order and sends it to the first ring's seeded targets.
+    public func activate(change: ChangeID) async throws -> StatusReport {
+        guard var deployment = state.deployments[change] else {
+            throw CoreRefusal.notFound(
+                "change \(change) is not promoted (run 'changelab promote \(change) --targets Q')")
+        }
+        guard let release = state.releases[deployment.release] else {
+            throw CoreRefusal.notFound("release \(deployment.release) is gone")
+        }
+        try gate.mayActivate(change: change, release: deployment.release)
+        if deployment.activation == nil {
+            deployment.activation = try signOrder(.activate, change: change, release: release.manifest)
+            deployment.activatedAt = clock()
+        }
+        deployment.halted = nil
+        state.deployments[change] = deployment
+        advanceRings(change)
+        for agent in deployment.targets.keys { push(to: agent) }
+        try await commit()
+        return try status(change: change)
+    }
+
+    /// Signs a rollback order for the targets that installed the change.
+    public func rollback(change: ChangeID) async throws -> StatusReport {
+        guard var deployment = state.deployments[change], let release = state.releases[deployment.release] else {
+            throw CoreRefusal.notFound("change \(change) is not promoted")
+        }
+        if deployment.rollback == nil {
+            deployment.rollback = try signOrder(.rollback, change: change, release: release.manifest)
+            for (agent, target) in deployment.targets where target.phase == .failed {
+                deployment.targets[agent]?.retryAt = nil
+                deployment.targets[agent]?.gaveUp = false
+            }
+        }
+        state.deployments[change] = deployment
+        for agent in deployment.targets.keys { push(to: agent) }
+        try await commit()
+        return try status(change: change)
+    }
+
+    /// Moves activation to the next ring when the current one settled within the health gate,
+    /// or halts it when the ring failed too often.
+    private func advanceRings(_ change: ChangeID) {
+        guard var deployment = state.deployments[change], deployment.activation != nil, deployment.halted == nil,
+            deployment.rollback == nil, let size = state.releases[deployment.release]?.manifest.size
+        else { return }
+        var advanced = false
+        while deployment.activeRing < deployment.rings.count - 1 {
+            let members = deployment.targets.values.filter { $0.ring == deployment.activeRing }
+            let activated = members.filter { $0.phase == .activated }.count
+            let failed = members.filter { $0.phase == .failed && $0.bytes >= size && $0.activationAttempts > 0 }.count
+            let waiting = members.filter { [.verified, .activating].contains($0.phase) }.count
+            let results = activated + failed
+            let ring = deployment.rings[deployment.activeRing]
+            if results > 0, Double(failed) / Double(results) > deployment.maxFailureRate {
+                deployment.halted =
+                    "ring \(ring.name): \(failed) of \(results) failed (more than \(Int(deployment.maxFailureRate * 100))%)"
+                break
+            }
+            guard results > 0 || members.isEmpty, waiting == 0 else { break }
+            deployment.activeRing += 1
+            advanced = true
+        }
+        state.deployments[change] = deployment
+        if advanced {
+            for (agent, target) in deployment.targets where target.ring <= deployment.activeRing { push(to: agent) }
+        }
+    }
+
+    // MARK: Policies
+
+    public func setPolicy(name: String, query: String, release: String) async throws -> Policy {
+        _ = try TargetQuery.parse(query)
+        guard state.releases[release] != nil else {
+            throw CoreRefusal.notFound("no release \(release) is published (publish it with 'changelab core publish')")
+        }
+        let policy = Policy(name: name, query: query, release: release, createdAt: clock())
+        state.policies[name] = policy
+        if state.deployments[policy.change]?.release != release, let manifest = state.releases[release]?.manifest {
+            state.deployments[policy.change] = Deployment(
+                change: policy.change, release: release, query: query, rings: [Ring(name: "all", share: 1)], rate: nil,
+                maxFailureRate: 1, origin: policy.change, createdAt: clock(),
+                activation: try signOrder(
+                    .activate, change: policy.change, release: manifest, lifetime: 10 * 365 * 24 * 3600),
+                activatedAt: clock(), activeRing: 0, halted: nil, rollback: nil, targets: [:])
+        }
+        state.deployments[policy.change]?.query = query
+        for id in state.agents.keys { applyPolicies(to: id) }
+        for id in state.deployments[policy.change]?.targets.keys.map({ $0 }) ?? [] { push(to: id) }
+        try await commit()
+        return policy
+    }
+
+    public func removePolicy(name: String) async throws {
+        guard let policy = state.policies.removeValue(forKey: name) else {
+            throw CoreRefusal.notFound("no policy \(name)")
+        }
+        _ = policy
+        try await commit()
+    }
+
+    public func policies() -> [Policy] { state.policies.values.sorted { $0.name < $1.name } }
+
+    /// Adds `agent` to every policy's deployment it matches and does not already satisfy:
+    /// this is how machines that join later get the release.
+    private func applyPolicies(to id: String) {
+        guard let agent = state.agents[id], !agent.revoked else { return }
+        for policy in state.policies.values {
+            guard var deployment = state.deployments[policy.change], deployment.targets[id] == nil,
+                let manifest = state.releases[policy.release]?.manifest,
+                let selector = try? TargetQuery.parse(policy.query), selector.matches(facts(agent))
+            else { continue }
+            if inventories[id]?.has(manifest.package, version: manifest.packageVersion) == true { continue }
+            deployment.targets[id] = TargetRecord(agent: id, ring: 0, at: clock())
+            state.deployments[policy.change] = deployment
+        }
+    }
+
+    // MARK: Reports
+
+    public func changes() -> [StatusReport] {
+        state.deployments.keys.sorted().compactMap { try? status(change: $0) }
+    }
+
+    public func status(change: ChangeID) throws -> StatusReport {
+        guard let deployment = state.deployments[change] else {
+            throw CoreRefusal.notFound("change \(change) is not promoted")
+        }
+        let size = state.releases[deployment.release]?.manifest.size ?? 0
+        var segments: [String: SegmentStatus] = [:]
+        for target in deployment.targets.values {
+            guard let agent = state.agents[target.agent] else { continue }
+            var s = segments[agent.segment] ?? SegmentStatus(segment: agent.segment)
+            s.targets += 1
+            let holdsAll = target.bytes >= size
+            if target.phase >= .seeded && target.phase != .failed || target.phase == .failed && holdsAll {
+                s.seeded += 1
+            }
+            if target.phase >= .verified && target.phase != .failed || target.phase == .failed && holdsAll {
+                s.verified += 1
+            }
+            if target.phase == .activated { s.activated += 1 }
+            if target.phase == .failed { s.failed += 1 }
+            if target.phase == .rolledBack { s.rolledBack += 1 }
+            if !isOnline(agent) { s.offline += 1 }
+            s.bytesSent += target.bytesServed
+            s.bytesVerified += min(target.bytes, size)
+            segments[agent.segment] = s
+        }
+        var total = SegmentStatus(segment: "total")
+        for s in segments.values { total.add(s) }
+        return StatusReport(
+            change: change, release: deployment.release, origin: deployment.origin, query: deployment.query,
+            packageBytes: size, rings: deployment.rings, activationRequested: deployment.activation != nil,
+            activeRing: deployment.activeRing, halted: deployment.halted, rollbackRequested: deployment.rollback != nil,
+            segments: segments.values.sorted { $0.segment < $1.segment }, total: total)
+    }
+
+    /// Every target that does not have the change (activated, or verified before activation), and why.
+    public func chase(change: ChangeID) throws -> [ChaseEntry] {
+        guard let deployment = state.deployments[change] else {
+            throw CoreRefusal.notFound("change \(change) is not promoted")
+        }
+        let goal: TargetPhase =
+            deployment.rollback != nil ? .rolledBack : deployment.activation != nil ? .activated : .verified
+        var entries: [ChaseEntry] = []
+        for target in deployment.targets.values {
+            guard let agent = state.agents[target.agent] else { continue }
+            let done = goal == .verified ? target.phase >= .verified && target.phase != .failed : target.phase == goal
+            if done { continue }
+            let reason: String
+            let detail: String
+            if let failure = target.failure {
+                reason = failure.summary
+                detail = failure.detail
+            } else if !isOnline(agent) {
+                reason = FailureReason.offline.rawValue
+                detail = "last seen \(ISO8601DateFormatter().string(from: agent.lastSeen))"
+            } else if agent.revoked {
+                reason = "revoked"
+                detail = "the agent's credential is revoked"
+            } else if target.ring > deployment.activeRing, deployment.activation != nil {
+                reason = deployment.halted != nil ? "halted at health gate" : "waiting for its ring"
+                detail =
+                    deployment.halted ?? "ring \(Ring.name(of: target.ring, in: deployment.rings))"
+            } else {
+                reason = "in progress"
+                detail = target.phase.rawValue
+            }
+            entries.append(
+                ChaseEntry(
+                    agent: agent.id, name: agent.name, segment: agent.segment, site: agent.attributes["site"] ?? "",
+                    department: agent.attributes["department"] ?? "", phase: target.phase, reason: reason,
+                    detail: detail, exitCode: target.exitCode, seedAttempts: target.seedAttempts,
+                    activationAttempts: target.activationAttempts, lastSeen: agent.lastSeen, nextRetry: target.retryAt,
+                    gaveUp: target.gaveUp))
+        }
+        return entries.sorted { ($0.segment, $0.name) < ($1.segment, $1.name) }
+    }
+
+    /// The agent's name and target record for `change`, for tests and the chase detail.
+    public func target(_ agent: String, change: ChangeID) -> TargetRecord? {
+        state.deployments[change]?.targets[agent]
+    }
+
+    public func inventory(of agent: String) -> InventorySnapshot? { inventories[agent] }
+}
+
+/// Where change control hooks into rollouts: promote and activate ask the gate first.
+///
+/// Until the change-control issue lands every change passes (`OpenGate`); its gate will
+/// refuse a promote before CCB release approval, for example, by throwing `CoreRefusal`.
+public protocol ChangeGate: Sendable {
+    func mayPromote(change: ChangeID, release: String) throws
+    func mayActivate(change: ChangeID, release: String) throws
+}
+
+/// The gate before change control exists: a change id is a plain release name, always allowed.
+public struct OpenGate: ChangeGate {
+    public init() {}
+    public func mayPromote(change: ChangeID, release: String) throws {}
+    public func mayActivate(change: ChangeID, release: String) throws {}
+}
+
+/// Why the core refused a request; the server maps each to an HTTP status.
+public enum CoreRefusal: Error, CustomStringConvertible, Sendable {
+    case unauthorized(String)
+    case notFound(String)
+    case conflict(String)
+    case badRequest(String)
+
+    public var description: String {
+        switch self {
+        case .unauthorized(let m), .notFound(let m), .conflict(let m), .badRequest(let m): return m
+        }
+    }
+}
+
+func randomSecret() -> String {
+    var generator = SystemRandomNumberGenerator()
+    return (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }.hexString
+}
+
+extension Date {
+    static func + (lhs: Date, rhs: Double) -> Date { lhs.addingTimeInterval(rhs) }
+}

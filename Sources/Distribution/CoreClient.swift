@@ -1,0 +1,130 @@
+import AsyncHTTPClient
+import Foundation
+import HostIO
+import Model
+import NIOCore
+
+/// The admin side of the core's API, as the CLI (and tests) use it.
+public struct CoreClient: Sendable {
+    public let link: HTTPLink
+
+    public init(url: String, adminToken: String, client: HTTPClient) {
+        self.link = HTTPLink(baseURL: url, credential: "admin:\(adminToken)", client: client)
+    }
+
+    /// Uploads a .deb as release `name`; the core hashes, chunks and signs it.
+    public func publish(file: String, release name: String, chunkSize: Int? = nil) async throws -> ReleaseManifest {
+        guard let size = (try? FileManager.default.attributesOfItem(atPath: file))?[.size] as? NSNumber else {
+            throw ChangelabError("cannot read \(file)", fix: "pass the path of a .deb file")
+        }
+        var request = link.request(.PUT, "/v1/admin/releases/\(name)" + (chunkSize.map { "?chunk-size=\($0)" } ?? ""))
+        request.headers.add(name: "Content-Type", value: "application/vnd.debian.binary-package")
+        request.body = .stream(FileChunks(path: file), length: .known(size.int64Value))
+        let response = try await link.client.execute(request, timeout: .minutes(30))
+        return try await link.decode(response, path: "/v1/admin/releases/\(name)", as: ReleaseManifest.self)
+    }
+
+    public func createToken(uses: Int, lifetime: Double) async throws -> TokenReply {
+        try await link.post("/v1/admin/tokens", TokenRequest(uses: uses, lifetime: lifetime), as: TokenReply.self)
+    }
+
+    public func agents() async throws -> [AgentSummary] {
+        try await link.get("/v1/admin/agents", as: [AgentSummary].self)
+    }
+
+    public func revoke(agent: String) async throws {
+        _ = try await link.post("/v1/admin/agents/\(agent)/revoke", Empty(), as: [String: String].self)
+    }
+
+    public func promote(_ change: String, _ request: PromoteRequest) async throws -> StatusReport {
+        try await link.post("/v1/admin/changes/\(change)/promote", request, as: StatusReport.self)
+    }
+
+    public func activate(_ change: String) async throws -> StatusReport {
+        try await link.post("/v1/admin/changes/\(change)/activate", Empty(), as: StatusReport.self)
+    }
+
+    public func rollback(_ change: String) async throws -> StatusReport {
+        try await link.post("/v1/admin/changes/\(change)/rollback", Empty(), as: StatusReport.self)
+    }
+
+    public func status(_ change: String) async throws -> StatusReport {
+        try await link.get("/v1/admin/changes/\(change)/status", as: StatusReport.self)
+    }
+
+    public func changes() async throws -> [StatusReport] {
+        try await link.get("/v1/admin/changes", as: [StatusReport].self)
+    }
+
+    public func chase(_ change: String) async throws -> [ChaseEntry] {
+        try await link.get("/v1/admin/changes/\(change)/chase", as: [ChaseEntry].self)
+    }
+
+    public func setPolicy(_ name: String, targets: String, release: String) async throws -> Policy {
+        try await link.send(
+            .PUT, "/v1/admin/policies/\(name)", body: PolicyRequest(targets: targets, release: release), as: Policy.self
+        )
+    }
+
+    public func policies() async throws -> [Policy] {
+        try await link.get("/v1/admin/policies", as: [Policy].self)
+    }
+
+    public func removePolicy(_ name: String) async throws {
+        _ = try await link.send(
+            .DELETE, "/v1/admin/policies/\(name)", body: Optional<Empty>.none, as: [String: String].self)
+    }
+
+    /// Calls `onReport` with the change's status each time it changes, until cancelled.
+    public func watch(_ change: String, onReport: @Sendable (StatusReport) async throws -> Void) async throws {
+        try await link.events("/v1/admin/events?change=\(change)") { name, data in
+            guard name == "status" else { return }
+            try await onReport(try StableJSON.decode(StatusReport.self, from: Data(data.utf8)))
+        }
+    }
+}
+
+/// A file read in 1 MiB pieces on a thread of its own, as a request body.
+struct FileChunks: AsyncSequence, Sendable {
+    typealias Element = ByteBuffer
+    let path: String
+
+    func makeAsyncIterator() -> AsyncStream<ByteBuffer>.Iterator {
+        let (stream, continuation) = AsyncStream<ByteBuffer>.makeStream(bufferingPolicy: .bufferingOldest(4))
+        let path = self.path
+        BlockingThread.start {
+            guard let handle = FileHandle(forReadingAtPath: path) else {
+                continuation.finish()
+                return
+            }
+            defer { try? handle.close() }
+            while let data = try? handle.read(upToCount: 1 << 20), !data.isEmpty {
+                // Wait while the buffer is full rather than dropping data.
+                while true {
+                    if case .enqueued = continuation.yield(ByteBuffer(data: data)) { break }
+                    usleep(2000)
+                }
+            }
+            continuation.finish()
+        }
+        return stream.makeAsyncIterator()
+    }
+}
+
+/// Byte counts and rates as people write them: `20M`, `512K`, `1.5G` (powers of 1024), `1000`.
+public enum ByteCount {
+    public static func parse(_ text: String) -> Int64? {
+        var body = text.trimmingCharacters(in: .whitespaces).uppercased()
+        for suffix in ["/S", "IB", "B"] where body.hasSuffix(suffix) && body.count > suffix.count {
+            body = String(body.dropLast(suffix.count))
+        }
+        let factors: [Character: Double] = ["K": 1024, "M": 1024 * 1024, "G": 1024 * 1024 * 1024]
+        var factor = 1.0
+        if let last = body.last, let f = factors[last] {
+            factor = f
+            body = String(body.dropLast())
+        }
+        guard let value = Double(body), value >= 0, value.isFinite else { return nil }
+        return Int64(value * factor)
+    }
+}

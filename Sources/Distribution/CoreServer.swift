@@ -1,0 +1,585 @@
+import Foundation
+import HTTPTypes
+import HostIO
+import Hummingbird
+import Logging
+import Model
+import NIOCore
+import ServiceLifecycle
+
+/// Where a core keeps everything: state, release key, admin token, artifacts.
+public struct CoreLayout: Sendable {
+    public let directory: String
+
+    public init(directory: String) {
+        self.directory = directory
+    }
+
+    public var releaseKey: String { directory + "/release-key" }
+    public var adminToken: String { directory + "/admin.token" }
+    public var artifacts: String { directory + "/artifacts" }
+    public var incoming: String { directory + "/incoming" }
+
+    /// Reads the admin token, creating it (mode 0600) the first time.
+    public func loadOrCreateAdminToken() throws -> String {
+        if let data = FileManager.default.contents(atPath: adminToken) {
+            let token = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            if !token.isEmpty { return token }
+        }
+        let token = randomSecret()
+        try AtomicFile.write(token + "\n", to: adminToken, permissions: 0o600)
+        return token
+    }
+}
+
+/// The core server: artifact repository with Range requests, enrolment, check-in, job
+/// streams, status events, the admin API, the live status stream and the dashboard.
+public struct CoreServer: Sendable {
+    public let layout: CoreLayout
+    public let coordinator: Coordinator
+    public let repository: ArtifactRepository
+    let adminToken: String
+    let logger: Logger
+    let shutdown = Shutdown()
+
+    /// Opens (or creates) the core in `directory`.
+    public init(directory: String, settings: CoreSettings = CoreSettings()) throws {
+        let layout = CoreLayout(directory: directory)
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        self.layout = layout
+        let key = try ReleaseKey.loadOrCreate(at: layout.releaseKey)
+        self.coordinator = try Coordinator(store: FileCoreStore(directory: directory), key: key, settings: settings)
+        self.repository = ArtifactRepository(directory: layout.artifacts)
+        self.adminToken = try layout.loadOrCreateAdminToken()
+        var logger = Logger(label: "changelab.core")
+        logger.logLevel = .warning
+        self.logger = logger
+    }
+
+    /// Serves on `host:port` until cancelled; `onReady` gets the bound port (useful with port 0).
+    public func run(host: String, port: Int, onReady: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
+        let router = Router()
+        routes(router)
+        let app = Application(
+            router: router,
+            configuration: .init(address: .hostname(host, port: port), serverName: "changelab-core"),
+            onServerRunning: { channel in await onReady(channel.localAddress?.port ?? port) },
+            logger: logger)
+        let ticker = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(1))
+                await coordinator.tick()
+            }
+        }
+        defer { ticker.cancel() }
+        // Stopping is a graceful shutdown (streams end, requests in flight finish), not a
+        // cancellation of the server's tasks; downloads still running after 3 s are cut.
+        let group = ServiceGroup(configuration: .init(services: [app], logger: logger))
+        let running = Task { try await group.run() }
+        let shutdown = self.shutdown
+        try await withTaskCancellationHandler {
+            try await running.value
+        } onCancel: {
+            shutdown.fire()
+            Task {
+                await group.triggerGracefulShutdown()
+                try? await Task.sleep(for: .seconds(3))
+                running.cancel()
+            }
+        }
+    }
+
+    // MARK: Routes
+
+    func routes(_ router: Router<BasicRequestContext>) {
+        router.get("/") { request, _ in
+            Response(
+                status: .ok, headers: [.contentType: "text/html; charset=utf-8"],
+                body: .init(byteBuffer: ByteBuffer(string: Dashboard.html)))
+        }
+        router.get("/v1/key") { _, _ in
+            try json(["key": await coordinator.publicKey.hex])
+        }
+        router.post("/v1/enrol") { request, _ in
+            try await handle {
+                let body = try await decode(EnrolRequest.self, request)
+                return try json(try await coordinator.enrol(body))
+            }
+        }
+        router.post("/v1/agent/checkin") { request, _ in
+            try await handle {
+                let agent = try await authenticateAgent(request)
+                let body = try await decode(CheckIn.self, request, limit: 64 << 20)
+                return try json(try await coordinator.checkIn(agent: agent.id, body))
+            }
+        }
+        router.post("/v1/agent/events") { request, _ in
+            try await handle {
+                let agent = try await authenticateAgent(request)
+                let events = try await decode([AgentEvent].self, request, limit: 64 << 20)
+                try await coordinator.record(events: events, from: agent.id)
+                return try json(["recorded": events.count])
+            }
+        }
+        router.get("/v1/agent/stream") { request, _ in
+            try await handle {
+                let agent = try await authenticateAgent(request)
+                return agentStream(agent.id)
+            }
+        }
+        router.get("/v1/artifacts/sha256/:hex") { request, context in
+            try await handle {
+                let agent = try await authenticateAgent(request)
+                guard let digest = SHA256Digest(hex: context.parameters.get("hex") ?? ""),
+                    await coordinator.isPublished(digest)
+                else { throw CoreRefusal.notFound("no such artifact") }
+                return try await artifact(digest, request: request, context: context, agent: agent.id)
+            }
+        }
+
+        // Admin API.
+        router.put("/v1/admin/releases/:name") { request, context in
+            try await handle {
+                try authenticateAdmin(request)
+                let name = try validName(context.parameters.get("name"), what: "release name")
+                let chunkSize = request.uri.queryParameters["chunk-size"].flatMap { Int(String($0)) } ?? 256 * 1024
+                guard chunkSize >= 4096, chunkSize <= 64 << 20 else {
+                    throw CoreRefusal.badRequest("chunk size must be between 4 KiB and 64 MiB")
+                }
+                return try json(try await publish(name, chunkSize: chunkSize, body: request.body, context: context))
+            }
+        }
+        router.get("/v1/admin/releases") { request, _ in
+            try await handle {
+                try authenticateAdmin(request)
+                return try json(await coordinator.releases())
+            }
+        }
+        router.post("/v1/admin/tokens") { request, _ in
+            try await handle {
+                try authenticateAdmin(request)
+                let body = try await decode(TokenRequest.self, request)
+                let token = try await coordinator.createToken(uses: body.uses, lifetime: body.lifetime)
+                return try json(TokenReply(token: token, coreKey: await coordinator.publicKey.hex, uses: body.uses))
+            }
+        }
+        router.get("/v1/admin/agents") { request, _ in
+            try await handle {
+                try authenticateAdmin(request)
+                return try json(await coordinator.agents())
+            }
+        }
+        router.post("/v1/admin/agents/:id/revoke") { request, context in
+            try await handle {
+                try authenticateAdmin(request)
+                try await coordinator.revoke(agent: context.parameters.get("id") ?? "")
+                return try json(["revoked": context.parameters.get("id") ?? ""])
+            }
+        }
+        router.get("/v1/admin/changes") { request, _ in
+            try await handle {
+                try authenticateAdmin(request)
+                return try json(await coordinator.changes())
+            }
+        }
+        router.post("/v1/admin/changes/:change/promote") { request, context in
+            try await handle {
+                try authenticateAdmin(request)
+                let change = try validName(context.parameters.get("change"), what: "change id")
+                let body = try await decode(PromoteRequest.self, request)
+                let rings = try Ring.parseList(body.rings ?? "all")
+                return try json(
+                    try await coordinator.promote(
+                        change: change, release: body.release ?? change, query: body.targets, rings: rings,
+                        rate: body.rate, maxFailureRate: body.maxFailureRate))
+            }
+        }
+        router.post("/v1/admin/changes/:change/activate") { request, context in
+            try await handle {
+                try authenticateAdmin(request)
+                return try json(try await coordinator.activate(change: context.parameters.get("change") ?? ""))
+            }
+        }
+        router.post("/v1/admin/changes/:change/rollback") { request, context in
+            try await handle {
+                try authenticateAdmin(request)
+                return try json(try await coordinator.rollback(change: context.parameters.get("change") ?? ""))
+            }
+        }
+        router.get("/v1/admin/changes/:change/status") { request, context in
+            try await handle {
+                try authenticateAdmin(request)
+                return try json(try await coordinator.status(change: context.parameters.get("change") ?? ""))
+            }
+        }
+        router.get("/v1/admin/changes/:change/chase") { request, context in
+            try await handle {
+                try authenticateAdmin(request)
+                return try json(try await coordinator.chase(change: context.parameters.get("change") ?? ""))
+            }
+        }
+        router.get("/v1/admin/events") { request, _ in
+            try await handle {
+                try authenticateAdmin(request)
+                let change = request.uri.queryParameters["change"].map(String.init)
+                return statusStream(change: change)
+            }
+        }
+        router.get("/v1/admin/policies") { request, _ in
+            try await handle {
+                try authenticateAdmin(request)
+                return try json(await coordinator.policies())
+            }
+        }
+        router.put("/v1/admin/policies/:name") { request, context in
+            try await handle {
+                try authenticateAdmin(request)
+                let name = try validName(context.parameters.get("name"), what: "policy name")
+                let body = try await decode(PolicyRequest.self, request)
+                return try json(try await coordinator.setPolicy(name: name, query: body.targets, release: body.release))
+            }
+        }
+        router.delete("/v1/admin/policies/:name") { request, context in
+            try await handle {
+                try authenticateAdmin(request)
+                try await coordinator.removePolicy(name: context.parameters.get("name") ?? "")
+                return try json(["removed": context.parameters.get("name") ?? ""])
+            }
+        }
+    }
+
+    // MARK: Handlers
+
+    /// Serves a published package, whole or from a Range (`bytes=N-` or `bytes=N-M`), counting
+    /// what leaves the core per agent.
+    func artifact(_ digest: SHA256Digest, request: Request, context: BasicRequestContext, agent: String)
+        async throws -> Response
+    {
+        let path = repository.path(of: digest)
+        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
+            let size = (attributes[.size] as? NSNumber)?.intValue
+        else { throw CoreRefusal.notFound("artifact \(digest.short) is missing from the repository") }
+        var range = 0...max(0, size - 1)
+        var status = HTTPResponse.Status.ok
+        var headers: HTTPFields = [.contentType: "application/vnd.debian.binary-package", .acceptRanges: "bytes"]
+        if let header = request.headers[.range] {
+            guard let requested = Self.parseRange(header, size: size) else {
+                headers[.contentRange] = "bytes */\(size)"
+                return Response(status: .rangeNotSatisfiable, headers: headers)
+            }
+            range = requested
+            status = .partialContent
+            headers[.contentRange] = "bytes \(range.lowerBound)-\(range.upperBound)/\(size)"
+        }
+        headers[.contentLength] = String(size == 0 ? 0 : range.count)
+        guard size > 0 else { return Response(status: status, headers: headers) }
+        let body = try await FileIO().loadFile(path: path, range: range, context: context)
+        let coordinator = self.coordinator
+        let counted = body.map { buffer in
+            await coordinator.served(buffer.readableBytes, of: digest, to: agent)
+            return buffer
+        }
+        return Response(status: status, headers: headers, body: counted)
+    }
+
+    /// `bytes=START-[END]` within a file of `size` bytes; nil when unsatisfiable or not understood.
+    static func parseRange(_ header: String, size: Int) -> ClosedRange<Int>? {
+        guard header.hasPrefix("bytes="), !header.contains(",") else { return nil }
+        let spec = header.dropFirst(6).split(separator: "-", maxSplits: 1, omittingEmptySubsequences: false)
+        guard spec.count == 2 else { return nil }
+        if spec[0].isEmpty {
+            guard let suffix = Int(spec[1]), suffix > 0, size > 0 else { return nil }
+            return max(0, size - suffix)...(size - 1)
+        }
+        guard let start = Int(spec[0]), start >= 0, start < size else { return nil }
+        let end = spec[1].isEmpty ? size - 1 : min(Int(spec[1]) ?? -1, size - 1)
+        guard end >= start else { return nil }
+        return start...end
+    }
+
+    func publish(_ name: String, chunkSize: Int, body: RequestBody, context: BasicRequestContext) async throws
+        -> ReleaseManifest
+    {
+        try FileManager.default.createDirectory(atPath: layout.incoming, withIntermediateDirectories: true)
+        let temp = "\(layout.incoming)/\(UUID().uuidString).deb"
+        defer { try? FileManager.default.removeItem(atPath: temp) }
+        try await FileIO().writeFile(contents: body, path: temp, context: context)
+        let fields = try await HostCommand.run("dpkg-deb", ["-f", temp, "Package", "Version"])
+        guard fields.succeeded else {
+            throw CoreRefusal.badRequest("the upload is not a Debian package: \(fields.tail(3))")
+        }
+        var control: [String: String] = [:]
+        for line in fields.stdoutText.split(separator: "\n") {
+            let parts = line.split(separator: ":", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            if parts.count == 2 { control[parts[0]] = parts[1] }
+        }
+        guard let package = control["Package"], let version = control["Version"] else {
+            throw CoreRefusal.badRequest("the package's control file has no Package or Version field")
+        }
+        let repository = self.repository
+        let manifest = try await onBlockingThread {
+            let manifest = try ReleaseManifest.build(
+                file: temp, release: name, package: package, packageVersion: version, chunkSize: chunkSize)
+            try repository.add(file: temp, digest: manifest.digest)
+            return manifest
+        }
+        return try await coordinator.publish(manifest).manifest
+    }
+
+    /// The agent's job stream (server-sent events): `event: jobs` with the jobs as JSON.
+    func agentStream(_ agent: String) -> Response {
+        let coordinator = self.coordinator
+        return eventStream { sink in
+            let (id, jobs) = await coordinator.openStream(agent: agent)
+            sink.yield(": connected\n\n")
+            for await batch in jobs {
+                if let line = try? jsonLine(batch) { sink.yield("event: jobs\ndata: \(line)\n\n") }
+            }
+            return { await coordinator.closeStream(agent: agent, id: id) }
+        }
+    }
+
+    /// The live status stream: `event: status` with the change's report (or every change's)
+    /// each time it changes, at most four times a second.
+    func statusStream(change: String?) -> Response {
+        let coordinator = self.coordinator
+        return eventStream { sink in
+            var last = ""
+            for await _ in await coordinator.watch() {
+                let line: String?
+                if let change {
+                    line = (try? await coordinator.status(change: change)).flatMap { try? jsonLine($0) }
+                } else {
+                    line = try? jsonLine(await coordinator.changes())
+                }
+                if let line, line != last {
+                    last = line
+                    sink.yield("event: status\ndata: \(line)\n\n")
+                }
+                try? await Task.sleep(for: .milliseconds(250))
+            }
+            return {}
+        }
+    }
+
+    /// A server-sent event response fed by `produce`, with a comment line every 15 s so dead
+    /// connections are noticed. It ends when the client goes, `produce` returns or the server
+    /// shuts down; then the cleanup `produce` returned runs.
+    func eventStream(
+        _ produce: @escaping @Sendable (AsyncStream<String>.Continuation) async -> @Sendable () async -> Void
+    ) -> Response {
+        let shutdown = self.shutdown
+        let body = ResponseBody { writer in
+            let (events, sink) = AsyncStream<String>.makeStream()
+            shutdown.register(sink)
+            let producer = Task {
+                let cleanup = await produce(sink)
+                sink.finish()
+                return cleanup
+            }
+            let ping = Task {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .seconds(15))
+                    if !Task.isCancelled { sink.yield(": ping\n\n") }
+                }
+            }
+            do {
+                for await event in events { try await writer.write(ByteBuffer(string: event)) }
+            } catch {}
+            ping.cancel()
+            producer.cancel()
+            await producer.value()
+            try? await writer.finish(nil)
+        }
+        return Response(
+            status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"], body: body)
+    }
+
+    // MARK: Authentication
+
+    /// `Authorization: Bearer AGENT:SECRET`.
+    func authenticateAgent(_ request: Request) async throws -> AgentRecord {
+        guard let credential = bearer(request), let colon = credential.firstIndex(of: ":") else {
+            throw CoreRefusal.unauthorized("no agent credential")
+        }
+        return try await coordinator.authenticate(
+            agent: String(credential[..<colon]), secret: String(credential[credential.index(after: colon)...]))
+    }
+
+    /// `Authorization: Bearer admin:TOKEN`, or `?token=TOKEN` for the dashboard's browser.
+    func authenticateAdmin(_ request: Request) throws {
+        let given =
+            bearer(request).map { $0.hasPrefix("admin:") ? String($0.dropFirst(6)) : $0 }
+            ?? request.uri.queryParameters["token"].map(String.init)
+        guard let given, constantTimeEqual(given, adminToken) else {
+            throw CoreRefusal.unauthorized("admin token missing or wrong")
+        }
+    }
+
+    func bearer(_ request: Request) -> String? {
+        guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else { return nil }
+        return String(header.dropFirst(7))
+    }
+}
+
+/// Fires once on shutdown so long-lived streams end and the server can stop.
+final class Shutdown: @unchecked Sendable {
+    // @unchecked: guarded by `lock`.
+    private let lock = NSLock()
+    private var fired = false
+    private var sinks: [AsyncStream<String>.Continuation] = []
+
+    func fire() {
+        lock.lock()
+        fired = true
+        let all = sinks
+        sinks = []
+        lock.unlock()
+        for sink in all { sink.finish() }
+    }
+
+    func register(_ sink: AsyncStream<String>.Continuation) {
+        lock.lock()
+        if fired {
+            lock.unlock()
+            sink.finish()
+            return
+        }
+        sinks.append(sink)
+        lock.unlock()
+    }
+}
+
+// MARK: Admin API bodies
+
+public struct TokenRequest: Codable, Sendable {
+    public var uses: Int
+    /// Seconds the token stays valid.
+    public var lifetime: Double
+
+    public init(uses: Int, lifetime: Double) {
+        self.uses = uses
+        self.lifetime = lifetime
+    }
+}
+
+public struct TokenReply: Codable, Sendable {
+    public var token: String
+    public var coreKey: String
+    public var uses: Int
+}
+
+public struct PromoteRequest: Codable, Sendable {
+    public var release: String?
+    public var targets: String
+    public var rings: String?
+    public var rate: Int64?
+    public var maxFailureRate: Double?
+
+    public init(release: String?, targets: String, rings: String?, rate: Int64?, maxFailureRate: Double?) {
+        self.release = release
+        self.targets = targets
+        self.rings = rings
+        self.rate = rate
+        self.maxFailureRate = maxFailureRate
+    }
+}
+
+public struct PolicyRequest: Codable, Sendable {
+    public var targets: String
+    public var release: String
+
+    public init(targets: String, release: String) {
+        self.targets = targets
+        self.release = release
+    }
+}
+
+/// An error body: `{"error": "..."}`.
+public struct ErrorBody: Codable, Sendable {
+    public var error: String
+}
+
+// MARK: Helpers
+
+/// One line of JSON for an event's `data:` field (an event ends at the first blank line, so
+/// the pretty form cannot be used there).
+public func jsonLine(_ value: some Encodable) throws -> String {
+    let encoder = StableJSON.encoder()
+    encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+    return String(decoding: try encoder.encode(value), as: UTF8.self)
+}
+
+func json(_ value: some Encodable) throws -> Response {
+    Response(
+        status: .ok, headers: [.contentType: "application/json"],
+        body: .init(byteBuffer: ByteBuffer(data: try StableJSON.data(value))))
+}
+
+/// Runs a handler, turning refusals and bad input into JSON errors with the right status.
+func handle(_ body: () async throws -> Response) async throws -> Response {
+    do {
+        return try await body()
+    } catch let refusal as CoreRefusal {
+        let status: HTTPResponse.Status
+        switch refusal {
+        case .unauthorized: status = .unauthorized
+        case .notFound: status = .notFound
+        case .conflict: status = .conflict
+        case .badRequest: status = .badRequest
+        }
+        return errorResponse(status, refusal.description)
+    } catch let error as ChangelabError {
+        return errorResponse(.badRequest, error.description)
+    } catch let error as DecodingError {
+        return errorResponse(.badRequest, "the request body is not what this endpoint expects: \(error)")
+    } catch {
+        return errorResponse(.internalServerError, "\(error)")
+    }
+}
+
+func errorResponse(_ status: HTTPResponse.Status, _ message: String) -> Response {
+    let data = (try? StableJSON.data(ErrorBody(error: message))) ?? Data()
+    return Response(
+        status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(data: data)))
+}
+
+func decode<T: Decodable>(_ type: T.Type, _ request: Request, limit: Int = 1 << 20) async throws -> T {
+    var request = request
+    let buffer: ByteBuffer
+    do {
+        buffer = try await request.collectBody(upTo: limit)
+    } catch {
+        throw CoreRefusal.badRequest("the request body is larger than \(limit) bytes")
+    }
+    return try StableJSON.decode(T.self, from: Data(buffer: buffer))
+}
+
+/// Names in URLs and file names: letters, digits and `._+:-`, 1–128 characters.
+func validName(_ text: String?, what: String) throws -> String {
+    guard let text, !text.isEmpty, text.count <= 128,
+        text.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "._+:-~".contains($0)) }),
+        !text.hasPrefix(".")
+    else {
+        throw CoreRefusal.badRequest("'\(text ?? "")' is not a valid \(what) (letters, digits and . _ + : - ~)")
+    }
+    return text
+}
+
+func constantTimeEqual(_ a: String, _ b: String) -> Bool {
+    let x = Array(a.utf8)
+    let y = Array(b.utf8)
+    guard x.count == y.count else { return false }
+    var difference: UInt8 = 0
+    for i in 0..<x.count { difference |= x[i] ^ y[i] }
+    return difference == 0
+}
+
+/// Runs blocking work (hashing, copying, fsync) on a thread of its own and awaits it.
+func onBlockingThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        BlockingThread.start {
+            continuation.resume(with: Result { try work() })
+        }
+    }
+}

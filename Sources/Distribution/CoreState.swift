@@ -1,0 +1,151 @@
+import Foundation
+import Model
+
+/// An enrolled agent as the core knows it.
+public struct AgentRecord: Codable, Sendable, Equatable {
+    public var id: String
+    public var name: String
+    public var segment: String
+    public var addresses: [String]
+    public var attributes: [String: String]
+    /// SHA-256 of the agent's secret: the secret itself is never stored.
+    public var secretHash: String
+    public var revoked: Bool
+    public var enrolledAt: Date
+    public var lastSeen: Date
+}
+
+/// A one-time (or N-time) enrolment token, stored as its hash.
+public struct EnrolmentToken: Codable, Sendable, Equatable {
+    public var hash: String
+    public var usesLeft: Int
+    public var expiresAt: Date
+}
+
+/// A published release: its manifest, signed once at publication.
+public struct ReleaseRecord: Codable, Sendable, Equatable {
+    public var manifest: ReleaseManifest
+    public var signedManifest: SignedEnvelope
+}
+
+/// One activation ring: a share of the targets, activated after the rings before it passed
+/// the health gate.
+public struct Ring: Codable, Sendable, Equatable {
+    public var name: String
+    /// Share of all targets up to and including this ring (0…1); the last ring is 1.
+    public var share: Double
+
+    public init(name: String, share: Double) {
+        self.name = name
+        self.share = share
+    }
+
+    /// The name of ring `index` (the last ring's for anything past it), safe on any list.
+    public static func name(of index: Int, in rings: [Ring]) -> String {
+        rings.isEmpty ? "all" : rings[max(0, min(index, rings.count - 1))].name
+    }
+
+    /// Parses `canary:5%,pilot:25%,all`; the last ring always covers every target.
+    public static func parseList(_ text: String) throws -> [Ring] {
+        var rings: [Ring] = []
+        for part in text.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) {
+            if part == "all" {
+                rings.append(Ring(name: "all", share: 1))
+                continue
+            }
+            let pieces = part.split(separator: ":", maxSplits: 1).map(String.init)
+            guard pieces.count == 2, pieces[1].hasSuffix("%"), let percent = Double(pieces[1].dropLast()),
+                percent > 0, percent <= 100, !pieces[0].isEmpty
+            else {
+                throw ChangelabError(
+                    "cannot read ring '\(part)' in '\(text)'", fix: "write rings like canary:5%,pilot:25%,all")
+            }
+            rings.append(Ring(name: pieces[0], share: percent / 100))
+        }
+        guard !rings.isEmpty, zip(rings, rings.dropFirst()).allSatisfy({ $0.share <= $1.share }) else {
+            throw ChangelabError("rings '\(text)' must grow from first to last", fix: "for example canary:5%,all")
+        }
+        if let last = rings.last, last.share < 1 { rings.append(Ring(name: "all", share: 1)) }
+        return rings
+    }
+}
+
+/// Where one target stands with one change.
+public struct TargetRecord: Codable, Sendable, Equatable {
+    public var agent: String
+    public var phase: TargetPhase
+    /// Verified bytes the agent reports holding.
+    public var bytes: Int64
+    /// Bytes of this release the core sent this agent.
+    public var bytesServed: Int64
+    public var seedAttempts: Int
+    public var activationAttempts: Int
+    public var failure: Failure?
+    /// Redeploy not before this time (back-off after a failure).
+    public var retryAt: Date?
+    /// True once the failure is final (attempts exhausted or refused).
+    public var gaveUp: Bool
+    public var exitCode: Int32?
+    public var outputTail: String?
+    /// The activation or rollback order this target ran last.
+    public var ring: Int
+    public var updatedAt: Date
+
+    public init(agent: String, ring: Int, at: Date) {
+        self.agent = agent
+        self.phase = .pending
+        self.bytes = 0
+        self.bytesServed = 0
+        self.seedAttempts = 0
+        self.activationAttempts = 0
+        self.gaveUp = false
+        self.ring = ring
+        self.updatedAt = at
+    }
+}
+
+/// A change being rolled out: one release to the targets a query selected.
+public struct Deployment: Codable, Sendable, Equatable {
+    public var change: ChangeID
+    public var release: String
+    public var query: String
+    public var rings: [Ring]
+    public var rate: Int64?
+    /// Health gate: stop before the next ring when a ring's failure share exceeds this.
+    public var maxFailureRate: Double
+    /// `change` or `policy:NAME`.
+    public var origin: String
+    public var createdAt: Date
+    /// Set by `activate`: the signed order and how far through the rings it has gone.
+    public var activation: SignedEnvelope?
+    public var activatedAt: Date?
+    public var activeRing: Int
+    /// Why activation stopped at a ring's health gate.
+    public var halted: String?
+    public var rollback: SignedEnvelope?
+    public var targets: [String: TargetRecord]
+}
+
+/// A passive deployment: targets matching `query` must have `release`.
+public struct Policy: Codable, Sendable, Equatable {
+    public var name: String
+    public var query: String
+    public var release: String
+    public var createdAt: Date
+
+    public var change: ChangeID { "policy:\(name)" }
+}
+
+/// Everything the core keeps, except inventories (stored one file per agent).
+public struct CoreSnapshot: Codable, Sendable, Equatable {
+    public static let formatVersion = 1
+
+    public var version: Int = CoreSnapshot.formatVersion
+    public var agents: [String: AgentRecord] = [:]
+    public var tokens: [String: EnrolmentToken] = [:]
+    public var releases: [String: ReleaseRecord] = [:]
+    public var deployments: [String: Deployment] = [:]
+    public var policies: [String: Policy] = [:]
+
+    public init() {}
+}

@@ -1,0 +1,199 @@
+import Foundation
+import Model
+
+/// One segment's (or the whole change's) counts for `changelab status`.
+///
+/// Counts are cumulative: a target that is activated is also counted as seeded and verified.
+public struct SegmentStatus: Codable, Sendable, Equatable {
+    public var segment: String
+    public var targets = 0
+    public var seeded = 0
+    public var verified = 0
+    public var activated = 0
+    public var failed = 0
+    public var offline = 0
+    public var rolledBack = 0
+    /// Bytes the core sent for this change (counted as they leave the core).
+    public var bytesSent: Int64 = 0
+    /// Verified bytes the agents report holding.
+    public var bytesVerified: Int64 = 0
+
+    public init(segment: String) {
+        self.segment = segment
+    }
+
+    mutating func add(_ other: SegmentStatus) {
+        targets += other.targets
+        seeded += other.seeded
+        verified += other.verified
+        activated += other.activated
+        failed += other.failed
+        offline += other.offline
+        rolledBack += other.rolledBack
+        bytesSent += other.bytesSent
+        bytesVerified += other.bytesVerified
+    }
+}
+
+/// `changelab status CHG`: the change's progress per segment.
+public struct StatusReport: Codable, Sendable, Equatable {
+    public var change: ChangeID
+    public var release: String
+    public var origin: String
+    public var query: String
+    public var packageBytes: Int64
+    public var rings: [Ring]
+    public var activationRequested: Bool
+    public var activeRing: Int
+    public var halted: String?
+    public var rollbackRequested: Bool
+    public var segments: [SegmentStatus]
+    public var total: SegmentStatus
+}
+
+/// One line of the chase list: a target that does not have the change yet, and why.
+public struct ChaseEntry: Codable, Sendable, Equatable {
+    public var agent: String
+    public var name: String
+    public var segment: String
+    public var site: String
+    public var department: String
+    public var phase: TargetPhase
+    /// The classified reason ("offline", "installer exit code 3", …) or the step still running.
+    public var reason: String
+    public var detail: String
+    public var exitCode: Int32?
+    public var seedAttempts: Int
+    public var activationAttempts: Int
+    public var lastSeen: Date
+    public var nextRetry: Date?
+    public var gaveUp: Bool
+
+    static let csvHeader =
+        "agent,name,segment,site,department,phase,reason,detail,exit_code,seed_attempts,activation_attempts,last_seen,next_retry,gave_up"
+
+    var csvLine: String {
+        let iso = ISO8601DateFormatter()
+        let fields = [
+            agent, name, segment, site, department, phase.rawValue, reason, detail,
+            exitCode.map(String.init) ?? "", String(seedAttempts), String(activationAttempts),
+            iso.string(from: lastSeen), nextRetry.map { iso.string(from: $0) } ?? "", gaveUp ? "yes" : "no",
+        ]
+        return fields.map(Self.csvField).joined(separator: ",")
+    }
+
+    /// RFC 4180 quoting: fields with commas, quotes or line breaks are quoted, quotes doubled.
+    static func csvField(_ text: String) -> String {
+        guard text.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" }) else { return text }
+        return "\"" + text.replacingOccurrences(of: "\"", with: "\"\"") + "\""
+    }
+
+    public static func csv(_ entries: [ChaseEntry]) -> String {
+        ([csvHeader] + entries.map(\.csvLine)).joined(separator: "\n") + "\n"
+    }
+}
+
+/// A summary of an agent for `changelab core agents`.
+public struct AgentSummary: Codable, Sendable, Equatable {
+    public var id: String
+    public var name: String
+    public var segment: String
+    public var attributes: [String: String]
+    public var addresses: [String]
+    public var revoked: Bool
+    public var online: Bool
+    public var lastSeen: Date
+}
+
+/// Text renderings for the terminal.
+public enum StatusText {
+    /// `[██████░░░░]  60%`
+    public static func bar(_ done: Int, of total: Int, width: Int = 24) -> String {
+        guard total > 0 else { return "[" + String(repeating: "░", count: width) + "]   -" }
+        let filled = min(width, done * width / total)
+        let percent = done * 100 / total
+        return "[" + String(repeating: "█", count: filled) + String(repeating: "░", count: width - filled) + "] "
+            + String(repeating: " ", count: max(0, 3 - String(percent).count)) + "\(percent)%"
+    }
+
+    public static func bytes(_ n: Int64) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+        var value = Double(n)
+        var unit = 0
+        while value >= 1024, unit < units.count - 1 {
+            value /= 1024
+            unit += 1
+        }
+        return unit == 0 ? "\(n) B" : String(format: "%.1f %@", value, units[unit])
+    }
+
+    public static func render(_ report: StatusReport) -> String {
+        var lines: [String] = []
+        let state: String
+        if report.rollbackRequested {
+            state = "rolling back"
+        } else if let halted = report.halted {
+            state = "HALTED: \(halted)"
+        } else if report.activationRequested && report.total.activated == report.total.targets {
+            state = "activated on every target"
+        } else if report.activationRequested {
+            state =
+                "activating (ring \(report.activeRing + 1)/\(report.rings.count): \(Ring.name(of: report.activeRing, in: report.rings)))"
+        } else if report.total.verified == report.total.targets {
+            state = "seeded on every target; activate with 'changelab activate \(report.change)'"
+        } else {
+            state = "seeding"
+        }
+        lines.append(
+            "change \(report.change)  release \(report.release) (\(bytes(report.packageBytes)))  targets: \(report.query)"
+        )
+        lines.append("state: \(state)")
+        lines.append(
+            "seeded    \(bar(report.total.seeded, of: report.total.targets))  \(report.total.seeded)/\(report.total.targets)"
+        )
+        lines.append(
+            "activated \(bar(report.total.activated, of: report.total.targets))  \(report.total.activated)/\(report.total.targets)"
+        )
+        lines.append("")
+        let header = ["segment", "targets", "seeded", "verified", "activated", "failed", "offline", "bytes sent"]
+        var rows = report.segments.map { s in
+            [
+                s.segment, "\(s.targets)", "\(s.seeded)", "\(s.verified)", "\(s.activated)", "\(s.failed)",
+                "\(s.offline)",
+                bytes(s.bytesSent),
+            ]
+        }
+        let t = report.total
+        rows.append([
+            "total", "\(t.targets)", "\(t.seeded)", "\(t.verified)", "\(t.activated)", "\(t.failed)",
+            "\(t.offline)", bytes(t.bytesSent),
+        ])
+        lines.append(contentsOf: table(header: header, rows: rows))
+        return lines.joined(separator: "\n")
+    }
+
+    public static func render(chase entries: [ChaseEntry]) -> String {
+        guard !entries.isEmpty else { return "nothing to chase: every target has the change" }
+        let header = ["name", "segment", "phase", "reason", "attempts", "detail"]
+        let rows = entries.map { e in
+            [
+                e.name, e.segment, e.phase.rawValue, e.reason + (e.gaveUp ? " (gave up)" : ""),
+                "seed \(e.seedAttempts), activate \(e.activationAttempts)",
+                String(e.detail.split(separator: "\n").last ?? "").prefix(60).description,
+            ]
+        }
+        return table(header: header, rows: rows).joined(separator: "\n")
+    }
+
+    static func table(header: [String], rows: [[String]]) -> [String] {
+        var widths = header.map(\.count)
+        for row in rows {
+            for (i, cell) in row.enumerated() where i < widths.count { widths[i] = max(widths[i], cell.count) }
+        }
+        func line(_ cells: [String]) -> String {
+            cells.enumerated().map { i, c in c.padding(toLength: widths[i], withPad: " ", startingAt: 0) }
+                .joined(separator: "  ").trimmingCharacters(in: .whitespaces)
+        }
+        return [line(header)] + rows.map(line)
+    }
+}

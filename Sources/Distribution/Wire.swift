@@ -1,0 +1,181 @@
+import Foundation
+import Model
+
+// The messages agents and the core exchange over HTTP (JSON, StableJSON dialect).
+
+/// How far one target is with one change. Phases only move forward, except that a failure
+/// sends a target back for a retry and a rollback ends in `rolledBack`.
+public enum TargetPhase: String, Codable, Sendable, CaseIterable, Comparable {
+    case pending, seeding, seeded, verified, activating, activated, failed, rolledBack
+
+    var rank: Int { Self.allCases.firstIndex(of: self) ?? 0 }
+    public static func < (lhs: TargetPhase, rhs: TargetPhase) -> Bool { lhs.rank < rhs.rank }
+}
+
+/// Why a target did not get a change: the chase list's classification.
+public enum FailureReason: String, Codable, Sendable, CaseIterable {
+    case offline
+    case downloadFailed = "download-failed"
+    case hashMismatch = "hash-mismatch"
+    case prerequisiteNotMet = "prerequisite-not-met"
+    case installerExit = "installer-exit"
+    case installerTimeout = "installer-timeout"
+    case diskFull = "disk-full"
+    /// A manifest or activation order whose signature did not verify.
+    case untrusted
+    case rollbackFailed = "rollback-failed"
+}
+
+/// A classified failure with what a person needs to chase it.
+public struct Failure: Codable, Sendable, Equatable {
+    public var reason: FailureReason
+    public var detail: String
+    public var exitCode: Int32?
+    public var at: Date
+
+    public init(reason: FailureReason, detail: String, exitCode: Int32? = nil, at: Date = Date()) {
+        self.reason = reason
+        self.detail = detail
+        self.exitCode = exitCode
+        self.at = at
+    }
+
+    /// The chase list's words: "installer exit code 3", "disk full", …
+    public var summary: String {
+        switch reason {
+        case .offline: return "offline"
+        case .downloadFailed: return "download failed"
+        case .hashMismatch: return "hash mismatch"
+        case .prerequisiteNotMet: return "prerequisite not met"
+        case .installerExit: return "installer exit code \(exitCode.map(String.init) ?? "?")"
+        case .installerTimeout: return "installer timed out"
+        case .diskFull: return "disk full"
+        case .untrusted: return "refused unsigned or forged document"
+        case .rollbackFailed: return "rollback failed"
+        }
+    }
+}
+
+public struct EnrolRequest: Codable, Sendable {
+    public var token: String
+    public var name: String
+    public var segment: String
+    public var addresses: [String]
+    public var attributes: [String: String]
+}
+
+public struct EnrolReply: Codable, Sendable {
+    public var agent: String
+    public var secret: String
+}
+
+/// What an agent holds for one change, sent at every check-in so the core can rebuild its
+/// view after a restart (the agent's cache is the truth about bytes on the agent).
+public struct CacheReport: Codable, Sendable, Equatable {
+    public var change: String
+    public var release: String
+    public var phase: TargetPhase
+    public var bytes: Int64
+}
+
+public struct CheckIn: Codable, Sendable {
+    public var name: String
+    public var segment: String
+    public var addresses: [String]
+    public var attributes: [String: String]
+    /// The whole inventory, sent only when it changed since the core last acknowledged it.
+    public var inventory: InventorySnapshot?
+    /// Digest of the agent's current inventory (always sent).
+    public var inventoryDigest: String
+    public var cache: [CacheReport]
+
+    public init(
+        name: String, segment: String, addresses: [String], attributes: [String: String],
+        inventory: InventorySnapshot?, inventoryDigest: String, cache: [CacheReport]
+    ) {
+        self.name = name
+        self.segment = segment
+        self.addresses = addresses
+        self.attributes = attributes
+        self.inventory = inventory
+        self.inventoryDigest = inventoryDigest
+        self.cache = cache
+    }
+}
+
+extension InventorySnapshot {
+    /// SHA-256 of the snapshot's stable JSON: equal inventories have equal digests.
+    public var digest: String {
+        ((try? StableJSON.data(self.normalized())).map { SHA256Digest(of: $0) } ?? SHA256Digest(of: Data())).hex
+    }
+}
+
+public enum JobKind: String, Codable, Sendable { case seed, activate, rollback }
+
+/// Work the core hands an agent: at check-in or pushed on the agent's stream.
+public struct Job: Codable, Sendable, Equatable {
+    public var kind: JobKind
+    public var change: String
+    public var release: String
+    /// `change` for a promoted change, `policy:NAME` for passive deployment.
+    public var origin: String
+    /// The release manifest, signed by the core.
+    public var manifest: SignedEnvelope
+    /// For activate and rollback: the signed order.
+    public var order: SignedEnvelope?
+    /// Throttle for seeding, bytes per second (nil: unthrottled).
+    public var rate: Int64?
+    /// 1 for the first try, more for redeploys.
+    public var attempt: Int
+    /// Path (on the artifact base URL) of the package: `/v1/artifacts/sha256/<hex>`.
+    public var artifact: String
+}
+
+public struct CheckInReply: Codable, Sendable {
+    public var jobs: [Job]
+    /// Seconds until the next check-in.
+    public var checkInAfter: Double
+    /// The core does not hold the inventory with the digest the agent sent: send it whole.
+    public var sendInventory: Bool?
+}
+
+public enum AgentEventKind: String, Codable, Sendable {
+    case progress, seeded, verified, activating, activated, rolledBack = "rolled-back", failed, refused
+    /// A fresh inventory (sent right after an activation or rollback result).
+    case inventory
+}
+
+/// A status event from an agent about one change.
+public struct AgentEvent: Codable, Sendable {
+    public var change: String
+    public var release: String
+    public var kind: AgentEventKind
+    /// Verified bytes in the agent's cache.
+    public var bytes: Int64?
+    public var failure: Failure?
+    /// For activation results: exit code and the tail of the installer's output.
+    public var exitCode: Int32?
+    public var outputTail: String?
+    /// After an activation or rollback: the agent's inventory.
+    public var inventory: InventorySnapshot?
+    public var at: Date
+
+    public init(
+        change: String, release: String, kind: AgentEventKind, bytes: Int64? = nil, failure: Failure? = nil,
+        exitCode: Int32? = nil, outputTail: String? = nil, inventory: InventorySnapshot? = nil, at: Date = Date()
+    ) {
+        self.change = change
+        self.release = release
+        self.kind = kind
+        self.bytes = bytes
+        self.failure = failure
+        self.exitCode = exitCode
+        self.outputTail = outputTail
+        self.inventory = inventory
+        self.at = at
+    }
+}
+
+/// A change id: until change control lands, a plain release name; `policy:NAME` for
+/// deployments a policy created.
+public typealias ChangeID = String

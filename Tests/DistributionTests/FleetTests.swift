@@ -1,0 +1,56 @@
+import Foundation
+import HostIO
+import Testing
+
+@testable import Distribution
+
+/// The namespace test fleet end to end: real namespaces, a rate-limited WAN, packet loss
+/// on one segment, a core and agent processes inside them, bytes from interface counters.
+@Suite(.serialized) struct FleetTests {
+    static var fleetScript: String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("lab/fleet").path
+    }
+
+    static var canBuildFleets: Bool {
+        getuid() == 0 && HostCommand.resolve("ip") != nil && HostCommand.resolve("tc") != nil
+            && HostCommand.resolve("iptables") != nil
+    }
+
+    @Test(.enabled(if: canBuildFleets, "needs root, iproute2 and iptables (sudo lab/setup)"))
+    func aSmallFleetSeedsAndActivatesOverUnicastAndCountsEveryLink() async throws {
+        let binary = try #require(changelabExecutable(), "build the changelab executable first (swift build)")
+        let scratch = Scratch("fleet")
+        defer { scratch.cleanup() }
+        var options = BenchOptions(
+            workDirectory: scratch.path + "/work", executable: binary, fleetScript: Self.fleetScript)
+        options.prefix = "clt"
+        options.segments = 2
+        options.agentsPerSegment = 3
+        options.hostsPerSegment = 2
+        options.packageBytes = 1_000_000
+        options.wanRate = "200mbit"
+        options.loss = [2: 0.03]
+        options.timeout = .seconds(120)
+        let fleet = TestFleet(options: options)
+        // Leftovers of an earlier run are cleared by the next one.
+        try await fleet.up()
+        #expect(await fleet.namespaces().count == 2 + 2 * 2)
+
+        let report = try await DistributionBench.run(options) { _ in }
+        let unicast = try #require(report.modes.first)
+        #expect(report.modes.map(\.mode) == ["unicast"])
+        #expect(unicast.agents == 6)
+        #expect(unicast.activated == 6)
+        #expect(unicast.failed == 0)
+        // Unicast sends the package once per agent over the WAN and into the segments:
+        // 3 agents per segment, plus headers and retransmissions on the lossy segment.
+        #expect(unicast.wanRatio >= 3 && unicast.wanRatio < 3.6)
+        #expect(unicast.lanRatio >= 3 && unicast.lanRatio < 3.8)
+        #expect(unicast.wanBytes >= 6 * unicast.packageBytes)
+        #expect(unicast.seedingSeconds > 0 && unicast.activationSeconds > 0)
+        // Everything is gone afterwards.
+        #expect(await fleet.namespaces().isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: options.workDirectory))
+    }
+}

@@ -1,0 +1,227 @@
+import AsyncHTTPClient
+import Distribution
+import Foundation
+import HostIO
+import Model
+import Testing
+
+/// A fresh temporary directory, removed by `cleanup()`.
+struct Scratch {
+    let path: String
+
+    init(_ name: String = "dist") {
+        path = "/tmp/changelab-test-\(name)-\(UUID().uuidString.prefix(8))"
+        try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    }
+
+    func cleanup() { try? FileManager.default.removeItem(atPath: path) }
+}
+
+/// Builds a real .deb with dpkg-deb (uncompressed, so unpacking is cheap).
+enum TestPackage {
+    static func build(
+        in dir: String, name: String = "demo", version: String = "1.0", size: Int = 600_000,
+        depends: String? = nil, postinst: String? = nil
+    ) async throws -> String {
+        let tree = "\(dir)/pkg-\(name)-\(version)-\(UUID().uuidString.prefix(6))"
+        try FileManager.default.createDirectory(atPath: "\(tree)/DEBIAN", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: "\(tree)/opt/\(name)", withIntermediateDirectories: true)
+        var control = "Package: \(name)\nVersion: \(version)\nArchitecture: all\nMaintainer: QA <qa@example.invalid>\n"
+        if let depends { control += "Depends: \(depends)\n" }
+        control += "Description: changelab test package\n"
+        try control.write(toFile: "\(tree)/DEBIAN/control", atomically: true, encoding: .utf8)
+        if let postinst {
+            try ("#!/bin/sh\n" + postinst + "\n").write(
+                toFile: "\(tree)/DEBIAN/postinst", atomically: true, encoding: .utf8)
+            chmod("\(tree)/DEBIAN/postinst", 0o755)
+        }
+        var generator = SystemRandomNumberGenerator()
+        let payload = Data((0..<size).map { _ in UInt8.random(in: 0...255, using: &generator) })
+        try payload.write(to: URL(fileURLWithPath: "\(tree)/opt/\(name)/payload"))
+        let deb = "\(dir)/\(name)_\(version).deb"
+        try await HostCommand.check("dpkg-deb", ["-Znone", "--root-owner-group", "--build", tree, deb])
+        try? FileManager.default.removeItem(atPath: tree)
+        return deb
+    }
+}
+
+/// An in-process core on a loopback port.
+final class TestCore: @unchecked Sendable {
+    // @unchecked: `task` and `port` are set once in start(), before anything reads them.
+    let directory: String
+    let server: CoreServer
+    var task: Task<Void, Error>?
+    var port = 0
+    let http: HTTPClient
+
+    init(directory: String, settings: CoreSettings = TestCore.fastSettings, http: HTTPClient) throws {
+        self.directory = directory
+        self.server = try CoreServer(directory: directory, settings: settings)
+        self.http = http
+    }
+
+    static var fastSettings: CoreSettings {
+        var s = CoreSettings()
+        s.checkInInterval = 1
+        s.offlineAfter = 5
+        s.retryBase = 0.3
+        s.retryMax = 2
+        s.maxAttempts = 3
+        return s
+    }
+
+    var url: String { "http://127.0.0.1:\(port)" }
+
+    func start(port wanted: Int = 0) async throws {
+        let ready = AsyncStream<Int>.makeStream()
+        let server = self.server
+        task = Task { try await server.run(host: "127.0.0.1", port: wanted) { ready.continuation.yield($0) } }
+        for await bound in ready.stream {
+            port = bound
+            break
+        }
+    }
+
+    func stop() async {
+        task?.cancel()
+        _ = try? await task?.value
+    }
+
+    var admin: CoreClient {
+        get throws {
+            let token = try String(contentsOfFile: CoreLayout(directory: directory).adminToken, encoding: .utf8)
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            return CoreClient(url: url, adminToken: token, client: http)
+        }
+    }
+
+    var key: ReleasePublicKey {
+        get async { await server.coordinator.publicKey }
+    }
+}
+
+/// Agents run in this process, each with its own state and root under `base`.
+func makeAgentConfiguration(
+    core: TestCore, base: String, name: String, segment: String = "s1", attributes: [String: String] = [:],
+    token: String, key: ReleasePublicKey, artifactURL: String? = nil, installTimeout: Duration = .seconds(60)
+) -> AgentConfiguration {
+    makeAgentConfiguration(
+        coreURL: core.url, base: base, name: name, segment: segment, attributes: attributes, token: token, key: key,
+        artifactURL: artifactURL, installTimeout: installTimeout)
+}
+
+func makeAgentConfiguration(
+    coreURL: String, base: String, name: String, segment: String = "s1", attributes: [String: String] = [:],
+    token: String, key: ReleasePublicKey, artifactURL: String? = nil, installTimeout: Duration = .seconds(60)
+) -> AgentConfiguration {
+    var c = AgentConfiguration(
+        name: name, coreURL: coreURL, stateDirectory: "\(base)/agents/\(name)", root: "\(base)/roots/\(name)",
+        segment: segment, attributes: attributes, coreKey: key, enrolmentToken: token)
+    c.artifactURL = artifactURL
+    c.maxCheckInInterval = 1
+    c.installTimeout = installTimeout
+    c.watchedPaths = ["/etc"]
+    return c
+}
+
+/// Runs agents until `stop()`.
+final class AgentGroup: @unchecked Sendable {
+    // @unchecked: `agents` and `tasks` are only touched from the test's task.
+    var agents: [Agent] = []
+    var tasks: [Task<Void, Error>] = []
+
+    func start(_ configuration: AgentConfiguration, http: HTTPClient) -> Agent {
+        let agent = Agent(configuration: configuration, client: http)
+        agents.append(agent)
+        tasks.append(Task { try await agent.run() })
+        return agent
+    }
+
+    func stop() async {
+        for task in tasks { task.cancel() }
+        for task in tasks { _ = try? await task.value }
+    }
+}
+
+/// Polls `condition` every 100 ms until it holds or `timeout` passes; returns whether it held.
+@discardableResult
+func eventually(_ timeout: Duration = .seconds(30), _ condition: () async throws -> Bool) async rethrows -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(100))
+    }
+    return try await condition()
+}
+
+/// The `changelab` executable next to the test bundle (swift test builds it).
+func changelabExecutable() -> String? {
+    let runner = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    for dir in [runner, runner.deletingLastPathComponent()] {
+        let candidate = dir.appendingPathComponent("changelab").path
+        if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+    }
+    let source = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
+    let built = source.appendingPathComponent(".build/debug/changelab").path
+    return FileManager.default.isExecutableFile(atPath: built) ? built : nil
+}
+
+/// Starts the whole test: an HTTP client, a core with one published release and an
+/// enrolment token; runs `body`, then tears everything down.
+func withCore<T>(
+    settings: CoreSettings = TestCore.fastSettings, _ body: (TestCore, Scratch, HTTPClient) async throws -> T
+) async throws -> T {
+    let scratch = Scratch()
+    let http = HTTPLink.makeClient()
+    let core = try TestCore(directory: scratch.path + "/core", settings: settings, http: http)
+    try await core.start()
+    do {
+        let result = try await body(core, scratch, http)
+        await core.stop()
+        try? await http.shutdown()
+        scratch.cleanup()
+        return result
+    } catch {
+        await core.stop()
+        try? await http.shutdown()
+        scratch.cleanup()
+        throw error
+    }
+}
+
+/// The version of `package` installed in an agent's root (from its dpkg database).
+func installed(_ package: String, in root: String) -> String? {
+    DpkgStatus.installedVersion(of: package, root: root)
+}
+
+/// Enrols `names` as agents of `core` (each with its own state and root under `scratch`),
+/// starts them and waits until the core lists them.
+func startAgents(
+    _ names: [String], core: TestCore, scratch: Scratch, http: HTTPClient, attributes: [String: String] = [:],
+    configure: (inout AgentConfiguration) -> Void = { _ in }
+) async throws -> AgentGroup {
+    let admin = try core.admin
+    let before = try await admin.agents().count
+    let token = try await admin.createToken(uses: names.count, lifetime: 600)
+    let key = await core.key
+    let group = AgentGroup()
+    for name in names {
+        var configuration = makeAgentConfiguration(
+            core: core, base: scratch.path, name: name, attributes: attributes, token: token.token, key: key)
+        configure(&configuration)
+        _ = group.start(configuration, http: http)
+    }
+    let expected = before + names.count
+    guard try await eventually(.seconds(30), { try await admin.agents().count == expected }) else {
+        throw ChangelabError("only \(try await admin.agents().count - before) of \(names.count) agents enrolled")
+    }
+    return group
+}
+
+extension PromoteRequest {
+    /// Every agent, in the given rings.
+    static func everyone(rings: String? = nil, maxFailureRate: Double? = nil, rate: Int64? = nil) -> PromoteRequest {
+        PromoteRequest(release: nil, targets: "all", rings: rings, rate: rate, maxFailureRate: maxFailureRate)
+    }
+}
