@@ -75,16 +75,28 @@ struct ImageBuilder {
         let progress = self.progress
         let say: @Sendable (String) -> Void = { message in progress(LabProgress(subject: recipe.name, message: message)) }
         let includes = Self.corePackages + recipe.packages.filter { !Self.corePackages.contains($0) }
+        let arguments = [
+            "--variant=\(recipe.base.variant)", "--include=\(includes.joined(separator: ","))",
+            "--cache-dir=\(home.debCache)", recipe.base.suite,
+        ]
+        // debootstrap's package cache is not safe for two writers: one deletes the other's
+        // half-downloaded .deb as invalid. Downloads therefore happen one build at a time,
+        // in a --download-only pass; the installing pass then only reads the cache.
+        say("debootstrap: fetching \(recipe.base.suite) packages into the shared cache")
+        let cacheLock = try await FileLock.acquire(home.debCache + "/.changelab.lock", timeout: .seconds(3600))
+        guard let cacheLock else { throw ChangelabError("gave up waiting for the package cache \(home.debCache)") }
+        let download = try await HostCommand.run(
+            "debootstrap", ["--download-only"] + arguments + [work + "/download", recipe.base.mirror],
+            timeout: .seconds(1800))
+        cacheLock.release()
+        try await Self.removeTree(work + "/download")
         say("debootstrap \(recipe.base.suite) (\(recipe.base.variant)) with \(includes.count) extra packages")
         let counter = DebootstrapProgress(say: say)
-        let result = try await HostCommand.run(
-            "debootstrap",
-            [
-                "--variant=\(recipe.base.variant)", "--include=\(includes.joined(separator: ","))",
-                "--cache-dir=\(home.debCache)", recipe.base.suite, rootfs, recipe.base.mirror,
-            ],
-            timeout: .seconds(1800),
-            onLine: { _, line in counter.observe(line) })
+        let result = download.succeeded
+            ? try await HostCommand.run(
+                "debootstrap", arguments + [rootfs, recipe.base.mirror], timeout: .seconds(1800),
+                onLine: { _, line in counter.observe(line) })
+            : download
         try await Self.unmountAll(under: rootfs)
         guard result.succeeded else {
             let log = "\(rootfs)/debootstrap/debootstrap.log"

@@ -123,6 +123,32 @@ actor SharedLab {
         }
     }
 
+    @Test func theHardwareClockPathAndTheAgentResponseTimeoutWorkOnQEMU() async throws {
+        let (lab, image) = try await SharedLab.shared.lab()
+        try await lab.withRestored(image) { guest in
+            try await guest.domain.setAgentResponseTimeout(seconds: 30)
+            let target = Date().addingTimeInterval(3600)
+            try await guest.agent.setTime(target, hardwareClock: true)
+            let result = try await guest.agent.capture(["date", "+%s"])
+            let guestTime = try #require(Double(result.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)))
+            #expect(abs(guestTime - target.timeIntervalSince1970) < 5, "guest-set-time moved the clock to \(guestTime)")
+        }
+    }
+
+    /// Inventory on a real guest: the web baseline's application is in it.
+    @Test func theInventoryOfARealGuestShowsItsApplication() async throws {
+        let (lab, _) = try await SharedLab.shared.lab()
+        let image = try lab.readyImage("web")
+        let inventory = try await lab.baselineInventory(image)
+        #expect(inventory.os.versionCodename == "bookworm")
+        #expect(inventory.packages.contains { $0.name == "nginx-light" })
+        #expect(inventory.units.contains { $0.name == "nginx.service" && $0.enabled == "enabled" && $0.active == "active" })
+        #expect(inventory.ports.contains { $0.transport == .tcp && $0.port == 80 })
+        let page = try String(contentsOfFile: SharedLab.repository + "/baselines/web/files/index.html", encoding: .utf8)
+        let file = try #require(inventory.files.first { $0.path == "/var/www/html/index.html" })
+        #expect(file.sha256 == SHA256Digest(of: page).hex)
+    }
+
     @Test func aCommandMissingInTheGuestIsNamed() async throws {
         let (lab, image) = try await SharedLab.shared.lab()
         try await lab.withRestored(image) { guest in
@@ -341,4 +367,26 @@ struct ExitWaiter: Sendable {
     }
 
     func status() async -> Int32 { await exited.wait() }
+}
+
+/// Checks that need no VM.
+@Suite struct QEMUAccessTests {
+    @Test func aFolderTheQEMUUserCannotEnterIsNamedWithTheFix() throws {
+        let folder = NSTemporaryDirectory() + "changelab-private-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        try "image".write(toFile: folder + "/base.qcow2", atomically: true, encoding: .utf8)
+        try FileManager.default.setAttributes([.posixPermissions: 0o700], ofItemAtPath: folder)
+        let problem = try #require(QEMUAccess.problem(reading: folder + "/base.qcow2"))
+        #expect(problem.contains("folder \(folder)"))
+        #expect(problem.contains("cannot be entered by libvirt-qemu"))
+        do {
+            try QEMUAccess.require(reading: folder + "/base.qcow2")
+            Issue.record("an unreachable image must be refused")
+        } catch let error as ChangelabError {
+            #expect(error.fix?.contains("chmod o+x") == true)
+        }
+        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: folder)
+        #expect(QEMUAccess.problem(reading: folder + "/base.qcow2") == nil)
+    }
 }

@@ -110,7 +110,9 @@ extension LabQEMUTests {
 
     @Test func theBreakingPackageTurnsExactlyTheDbCellRedNamingItsRegressionTest() async throws {
         let (lab, _) = try await SharedLab.shared.lab()
-        let run = try await MatrixRunner(lab: lab).run(package: "session-store", options: Self.options([.install]))
+        var options = Self.options([.install])
+        options.keepFailed = true
+        let run = try await MatrixRunner(lab: lab).run(package: "session-store", options: options)
         let red = run.results.values.filter { !$0.passed }
         #expect(red.map(\.id) == ["db.install"])
         let cell = try #require(run.results["db.install"])
@@ -121,6 +123,90 @@ extension LabQEMUTests {
         #expect(cell.steps.first { $0.phase == .test }?.status == .passed)
         #expect(run.results["minimal.install"]?.passed == true)
         #expect(run.results["web.install"]?.passed == true)
+        // --keep-failed: the red cell's VM is still there, with the change in it, to debug.
+        let keptName = try #require(cell.keptVM)
+        #expect(MatrixReport.table(run).contains("kept as \(keptName)"))
+        let kept = try #require(lab.keptGuest(keptName))
+        let domain = try await lab.attach(kept)
+        let policy = try await domain.agent.capture(["redis-cli", "config", "get", "maxmemory-policy"])
+        #expect(policy.stdoutText.contains("noeviction"))
+        try await lab.discard(kept)
+        #expect(lab.keptGuest(keptName) == nil)
+    }
+
+    /// Prerequisites are evaluated in the guest, and a change outside the expected-delta
+    /// policy fails the cell even when every test passes.
+    @Test func unmetPrerequisitesAndUnexpectedChangesFailTheCellWithTheReason() async throws {
+        _ = try await SharedLab.shared.lab()
+        let project = try ScratchProject(packages: [
+            "cl-prereq-probe": [
+                "package.yaml": """
+                    name: cl-prereq-probe
+                    version: 1.0
+                    sources: [src]
+                    build: [{run: mkdir -p "$DESTDIR/usr/share/doc/cl-prereq-probe"}]
+                    prerequisites: {packages: [cl-not-installed-anywhere], memory: 99999}
+                    """,
+                "src/README": "needs what no baseline has\n",
+            ],
+            "cl-policy-probe": [
+                "package.yaml": """
+                    name: cl-policy-probe
+                    version: 1.0
+                    sources: [src]
+                    build: [{run: install -D -m 0644 src/settings "$DESTDIR/etc/cl-policy-probe/settings"}]
+                    install:
+                      - {name: install, run: dpkg -i "$ARTIFACT"}
+                      - {name: tweak, run: echo surprise > /etc/cl-surprise}
+                    expected-delta: {paths: [/etc/cl-policy-probe], packages: [cl-policy-probe]}
+                    """,
+                "src/settings": "ok\n",
+            ],
+        ])
+        defer { project.remove() }
+        let lab = try project.lab()
+        let unmet = try await MatrixRunner(lab: lab).run(
+            package: "cl-prereq-probe", options: Self.options([.install], baselines: ["minimal"]))
+        let refused = try #require(unmet.results["minimal.install"])
+        #expect(refused.verdict == .fail)
+        #expect(refused.reason.hasPrefix("prerequisite not met: package cl-not-installed-anywhere is not installed"))
+        #expect(refused.reason.contains("needs 99999 MiB"))
+        #expect(!refused.steps.contains { $0.phase == .install }, "nothing is installed when a prerequisite is not met")
+
+        let surprise = try await MatrixRunner(lab: lab).run(
+            package: "cl-policy-probe", options: Self.options([.install], baselines: ["minimal"]))
+        let flagged = try #require(surprise.results["minimal.install"])
+        #expect(flagged.verdict == .fail)
+        #expect(flagged.reason.hasPrefix("unexpected configuration change"))
+        #expect(flagged.reason.contains("/etc/cl-surprise"))
+        #expect(flagged.violations.contains { $0.key == "/etc/cl-surprise" })
+        #expect(!flagged.reason.contains("/etc/cl-policy-probe"), "what the policy allows is not flagged")
+    }
+
+    /// When the guest agent goes away in the middle of a cell, the cell is retried once on
+    /// a fresh restore, and then reported as infrastructure (not as a product failure).
+    @Test func anInfrastructureFailureIsRetriedOnceThenReportedAsError() async throws {
+        _ = try await SharedLab.shared.lab()
+        let project = try ScratchProject(packages: [
+            "cl-agent-killer": [
+                "package.yaml": """
+                    name: cl-agent-killer
+                    version: 1.0
+                    sources: [src]
+                    build: [{run: mkdir -p "$DESTDIR/usr/share/doc/cl-agent-killer"}]
+                    install:
+                      - {name: lose the agent, run: "systemctl mask --now qemu-guest-agent; sleep 30", timeout: 60}
+                    """,
+                "src/README": "takes the guest agent down\n",
+            ]
+        ])
+        defer { project.remove() }
+        let run = try await MatrixRunner(lab: try project.lab()).run(
+            package: "cl-agent-killer", options: Self.options([.install], baselines: ["minimal"]))
+        let cell = try #require(run.results["minimal.install"])
+        #expect(cell.verdict == .error)
+        #expect(cell.attempts == 2)
+        #expect(cell.reason.hasPrefix("infrastructure (failed twice on fresh restores)"), "\(cell.reason)")
     }
 
     @Test func theRebootPackageRebootsInTheMiddleAndComesBack() async throws {

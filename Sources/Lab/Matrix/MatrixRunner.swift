@@ -40,12 +40,10 @@ public struct MatrixRunner: Sendable {
 
     /// Plans and runs the matrix for `package` (building its artifact first when needed).
     public func run(package: String, options: Options) async throws -> MatrixRun {
-        let recipe = try packages.load(package)
         let baselineRecipes = try selectBaselines(options.baselines)
         let built = try await PackageBuilder(lab: lab).build(package)
         let artifact = built.manifest
         try store.verify(artifact)
-        _ = recipe
 
         var notes: [String] = []
         var lanes = Array(Set(options.lanes)).sorted()
