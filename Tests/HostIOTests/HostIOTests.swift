@@ -127,10 +127,12 @@ final class LineCollector: @unchecked Sendable {
 
     @Test func aTimeoutKillsTheWholeProcessGroup() async throws {
         let marker = NSTemporaryDirectory() + "hostio-group-\(UUID().uuidString)"
+        // The child's child would touch the marker after 5 s: far past the 200 ms time-out,
+        // even when a loaded machine runs the watchdog late.
         let result = try await HostCommand.run(
-            "/bin/sh", ["-c", "(sleep 1; touch \(marker)) & sleep 30"], timeout: .milliseconds(200))
+            "/bin/sh", ["-c", "(sleep 5; touch \(marker)) & sleep 60"], timeout: .milliseconds(200))
         #expect(result.timedOut)
-        try await Task.sleep(for: .seconds(2))
+        try await Task.sleep(for: .seconds(6))
         #expect(!FileManager.default.fileExists(atPath: marker))
     }
 
