@@ -48,6 +48,7 @@ public struct Doctor: Sendable {
             }
         }
         checks.append(processCheck("virtlogd", fix: setup))
+        checks.append(reaperCheck(fix: setup))
 
         for (tool, package) in [
             ("qemu-system-x86_64", "qemu-system-x86"), ("qemu-img", "qemu-utils"), ("debootstrap", "debootstrap"),
@@ -86,6 +87,29 @@ public struct Doctor: Sendable {
         return DoctorCheck(
             name: name, ok: running, required: true, detail: running ? "running" : "not running (libvirtd needs it for consoles)",
             fix: running ? nil : fix)
+    }
+
+    /// The QEMU processes libvirt daemonizes are reaped by libvirtd's nearest subreaper,
+    /// else by PID 1, and a destroy returns only once they are. An init that reaps lazily
+    /// (not systemd) costs every VM teardown seconds; lab/setup runs libvirtd under tini.
+    private func reaperCheck(fix: String) -> DoctorCheck {
+        func field(_ pid: String, _ name: String) -> String? {
+            guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
+            return status.split(separator: "\n").first { $0.hasPrefix(name + ":") }
+                .map { $0.dropFirst(name.count + 1).trimmingCharacters(in: .whitespaces) }
+        }
+        let pids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).filter { $0.allSatisfy(\.isNumber) }
+        guard let libvirtd = pids.first(where: { field($0, "Name") == "libvirtd" }), let parent = field(libvirtd, "PPid") else {
+            return DoctorCheck(name: "QEMU reaping", ok: true, required: false, detail: "no local libvirtd", fix: nil)
+        }
+        let reaper = field(parent, "Name") ?? "?"
+        let ok = ["tini", "systemd", "init"].contains(reaper)
+        return DoctorCheck(
+            name: "QEMU reaping", ok: ok, required: false,
+            detail: ok
+                ? "libvirtd runs under \(reaper), which reaps exited QEMUs at once"
+                : "libvirtd runs under \(reaper), which may reap exited QEMUs late: every VM teardown waits for it",
+            fix: ok ? nil : "stop libvirtd (no VM running), then: \(fix)")
     }
 
     /// Without udev, /dev/kvm is root-only; libvirt then finds KVM "unavailable" for the
