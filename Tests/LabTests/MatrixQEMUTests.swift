@@ -212,11 +212,15 @@ extension LabQEMUTests {
     @Test func theRebootPackageRebootsInTheMiddleAndComesBack() async throws {
         let (lab, _) = try await SharedLab.shared.lab()
         let run = try await MatrixRunner(lab: lab).run(
-            package: "kernel-tuning", options: Self.options([.install], baselines: ["minimal"]))
+            package: "kernel-tuning", options: Self.options([.install, .uninstall], baselines: ["minimal"]))
         let cell = try #require(run.results["minimal.install"])
         #expect(cell.passed, "\(cell.reason)")
         #expect(cell.steps.filter { $0.phase == .install }.map(\.name) == ["install", "reboot", "confirm"])
         #expect(cell.steps.contains { $0.name == "10-profile-active" && $0.status == .passed })
+        // Its boot unit stays active after it ran; the package must stop it on removal,
+        // or systemd keeps it loaded and the uninstall lane reports it as residue.
+        let uninstall = try #require(run.results["minimal.uninstall"])
+        #expect(uninstall.passed, "\(uninstall.reason)")
     }
 
     @Test func theUpgradeLaneInstallsTheEarlierReleaseFirst() async throws {
