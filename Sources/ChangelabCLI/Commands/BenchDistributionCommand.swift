@@ -9,9 +9,9 @@ struct BenchDistributionCommand: AsyncParsableCommand {
         commandName: "distribution",
         abstract: "Seed and activate a package across a namespace test fleet and report bytes and times per mode.",
         discussion: """
-            Builds the fleet with lab/fleet (needs root), runs a core and the agents inside it, seeds a
-            package, activates it, and reports per mode: agents, segments, package_bytes, wan_bytes,
-            lan_bytes (from interface counters), seeding_seconds, activation_seconds, wan_ratio and
+            Builds the fleet with lab/fleet (needs root), runs a core and the agents inside it, seeds a \
+            package, activates it, and reports per mode: agents, segments, package_bytes, wan_bytes, \
+            lan_bytes (from interface counters), seeding_seconds, activation_seconds, wan_ratio and \
             lan_ratio (bytes ÷ (package size × segments)). Everything is torn down afterwards.
             """)
 
