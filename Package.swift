@@ -65,7 +65,7 @@ let package = Package(
         .target(
             name: "Distribution",
             dependencies: [
-                "Model", "Inventory", "HostIO",
+                "Model", "Inventory", "CMDB", "HostIO",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -92,7 +92,7 @@ let package = Package(
         .testTarget(
             name: "DistributionTests",
             dependencies: [
-                "Distribution", "Model", "HostIO", "changelab",
+                "Distribution", "CMDB", "Model", "HostIO", "changelab",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ]

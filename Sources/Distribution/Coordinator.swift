@@ -30,6 +30,7 @@ public actor Coordinator {
     let key: ReleaseKey
     let clock: @Sendable () -> Date
     let gate: any ChangeGate
+    let observer: (any FleetObserver)?
     private var state: CoreSnapshot
     private var inventories: [String: InventorySnapshot]
     private var inventoryDigests: [String: String]
@@ -40,10 +41,12 @@ public actor Coordinator {
 
     public init(
         store: any CoreStore, key: ReleaseKey, settings: CoreSettings = CoreSettings(),
-        gate: any ChangeGate = OpenGate(), clock: @escaping @Sendable () -> Date = { Date() }
+        gate: any ChangeGate = OpenGate(), observer: (any FleetObserver)? = nil,
+        clock: @escaping @Sendable () -> Date = { Date() }
     ) throws {
         self.store = store
         self.gate = gate
+        self.observer = observer
         self.key = key
         self.settings = settings
         self.clock = clock
@@ -194,6 +197,7 @@ public actor Coordinator {
         let jobs = jobs(for: id)
         try await commit()
         let stale = checkIn.inventory == nil && inventoryDigests[id] != checkIn.inventoryDigest
+        await observer?.agentReported(record, inventory: inventories[id])
         return CheckInReply(jobs: jobs, checkInAfter: settings.checkInInterval, sendInventory: stale ? true : nil)
     }
 
@@ -218,6 +222,7 @@ public actor Coordinator {
             inventories[agent] = inventory
             inventoryDigests[agent] = inventory.digest
             try await store.saveInventory(inventory, agent: agent)
+            if let record = state.agents[agent] { await observer?.agentReported(record, inventory: inventory) }
         }
         if changing.allSatisfy({ $0.kind == .progress }) {
             // Only progress counts, an inventory (saved above) and a last-seen time: nothing

@@ -42,13 +42,17 @@ public struct CoreServer: Sendable {
     let logger: Logger
     let shutdown = Shutdown()
 
-    /// Opens (or creates) the core in `directory`.
-    public init(directory: String, settings: CoreSettings = CoreSettings()) throws {
+    /// Opens (or creates) the core in `directory`; `observer` (a ``CMDBFleetRecorder``)
+    /// hears every check-in.
+    public init(
+        directory: String, settings: CoreSettings = CoreSettings(), observer: (any FleetObserver)? = nil
+    ) throws {
         let layout = CoreLayout(directory: directory)
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         self.layout = layout
         let key = try ReleaseKey.loadOrCreate(at: layout.releaseKey)
-        self.coordinator = try Coordinator(store: FileCoreStore(directory: directory), key: key, settings: settings)
+        self.coordinator = try Coordinator(
+            store: FileCoreStore(directory: directory), key: key, settings: settings, observer: observer)
         self.repository = ArtifactRepository(directory: layout.artifacts)
         self.adminToken = try layout.loadOrCreateAdminToken()
         var logger = Logger(label: "changelab.core")

@@ -54,9 +54,12 @@ final class TestCore: @unchecked Sendable {
     var port = 0
     let http: HTTPClient
 
-    init(directory: String, settings: CoreSettings = TestCore.fastSettings, http: HTTPClient) throws {
+    init(
+        directory: String, settings: CoreSettings = TestCore.fastSettings, observer: (any FleetObserver)? = nil,
+        http: HTTPClient
+    ) throws {
         self.directory = directory
-        self.server = try CoreServer(directory: directory, settings: settings)
+        self.server = try CoreServer(directory: directory, settings: settings, observer: observer)
         self.http = http
     }
 
@@ -170,11 +173,12 @@ func changelabExecutable() -> String? {
 /// Starts the whole test: an HTTP client, a core with one published release and an
 /// enrolment token; runs `body`, then tears everything down.
 func withCore<T>(
-    settings: CoreSettings = TestCore.fastSettings, _ body: (TestCore, Scratch, HTTPClient) async throws -> T
+    settings: CoreSettings = TestCore.fastSettings, observer: (any FleetObserver)? = nil,
+    _ body: (TestCore, Scratch, HTTPClient) async throws -> T
 ) async throws -> T {
     let scratch = Scratch()
     let http = HTTPLink.makeClient()
-    let core = try TestCore(directory: scratch.path + "/core", settings: settings, http: http)
+    let core = try TestCore(directory: scratch.path + "/core", settings: settings, observer: observer, http: http)
     try await core.start()
     do {
         let result = try await body(core, scratch, http)

@@ -38,6 +38,14 @@ struct CoreServeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Tries per target and step before it is left to the chase list.")
     var maxAttempts: Int = 4
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Record every agent as a fleet target (attributes and reported inventory) in this CMDB "
+                + "(default: $CHANGELAB_CMDB; without either, targets are not recorded).",
+            valueName: "path"))
+    var cmdb: String?
+
     func run() async throws {
         let parts = listen.split(separator: ":")
         guard parts.count == 2, let port = Int(parts[1]), (0...65535).contains(port) else {
@@ -48,12 +56,28 @@ struct CoreServeCommand: AsyncParsableCommand {
         settings.offlineAfter = offlineAfter
         settings.retryBase = retryBase
         settings.maxAttempts = maxAttempts
-        let server = try CoreServer(directory: state, settings: settings)
+        let cmdbPath = cmdb ?? ProcessInfo.processInfo.environment["CHANGELAB_CMDB"].flatMap { $0.isEmpty ? nil : $0 }
+        var recorder: CMDBFleetRecorder?
+        if let cmdbPath { recorder = try await CMDBFleetRecorder(path: cmdbPath) }
+        let server = try CoreServer(directory: state, settings: settings, observer: recorder)
         let key = await server.coordinator.publicKey.hex
-        try await server.run(host: String(parts[0]), port: port) { bound in
-            note("changelab core: serving on http://\(parts[0]):\(bound)  state \(state)")
+        // Whatever way the server stops, targets still queued reach the CMDB.
+        do {
+            try await serve(server, port: port, key: key, cmdbPath: cmdbPath)
+        } catch {
+            await recorder?.close()
+            throw error
+        }
+        await recorder?.close()
+    }
+
+    private func serve(_ server: CoreServer, port: Int, key: String, cmdbPath: String?) async throws {
+        let host = String(listen.split(separator: ":")[0])
+        try await server.run(host: host, port: port) { bound in
+            note("changelab core: serving on http://\(host):\(bound)  state \(state)")
             note("  release key: \(key)   (agents need it: --core-key \(key))")
-            note("  dashboard:   http://\(parts[0]):\(bound)/?token=$(cat \(CoreLayout(directory: state).adminToken))")
+            note("  dashboard:   http://\(host):\(bound)/?token=$(cat \(CoreLayout(directory: state).adminToken))")
+            note("  fleet CMDB:  " + (cmdbPath.map { "targets recorded in \($0)" } ?? "targets not recorded (pass --cmdb PATH)"))
         }
     }
 }

@@ -1,0 +1,149 @@
+import CMDB
+import Foundation
+import Model
+
+/// Told by the core whenever an agent checks in or reports a fresh inventory.
+///
+/// The core awaits it at the end of a check-in, so an implementation must only queue
+/// work, never do slow I/O in the call.
+public protocol FleetObserver: Sendable {
+    func agentReported(_ agent: AgentRecord, inventory: InventorySnapshot?) async
+}
+
+/// Records the fleet's targets in the CMDB: each agent as a `target` item with its
+/// attributes (site, department, …, plus its segment and agent id) and the inventory it
+/// last reported, so `cmdb query` answers for targets and `cmdb diff target:NAME
+/// baseline:web` shows a target's drift from its approved baseline.
+///
+/// Check-ins must stay fast, so reports are coalesced here and written by one background
+/// task: every `interval`, everything that changed becomes one CMDB transaction. Reports
+/// that change nothing (the usual check-in) are dropped without touching the CMDB. A
+/// write that fails (a CMDB locked for too long, a full disk) keeps its reports queued
+/// for the next round and is logged; the core's own state is unaffected.
+public actor CMDBFleetRecorder: FleetObserver {
+    struct Pending {
+        var attributes: [String: String]
+        var inventory: InventorySnapshot?
+        var reportedAt: Date
+    }
+
+    struct Recorded: Equatable {
+        var attributes: [String: String]
+        var inventory: String?
+    }
+
+    public nonisolated let writer: CMDBWriter
+    let interval: Duration
+    let log: @Sendable (String) -> Void
+    private var pending: [String: Pending] = [:]
+    private var recorded: [String: Recorded] = [:]
+    private var refused: Set<String> = []
+    private var flusher: Task<Void, Never>?
+    /// The last write's error, nil once a write succeeds.
+    public private(set) var lastError: String?
+
+    /// Opens (or creates) the CMDB at `path`; commits name `actor`. A write waits up to
+    /// `lockTimeout` for another writer, then is retried in the next round.
+    public init(
+        path: String, actor: String = "changelab-core", interval: Duration = .seconds(2),
+        lockTimeout: Duration = .seconds(10),
+        log: @escaping @Sendable (String) -> Void = { FileHandle.standardError.write(Data("changelab core: \($0)\n".utf8)) }
+    ) async throws {
+        self.writer = try await CMDBWriter(path: path, actor: actor, lockTimeout: lockTimeout)
+        self.interval = interval
+        self.log = log
+    }
+
+    /// The attributes a target is recorded with: the agent's own, its segment and its id.
+    static func attributes(of agent: AgentRecord) -> [String: String] {
+        var attributes = agent.attributes
+        attributes["segment"] = agent.segment
+        attributes["agent"] = agent.id
+        return attributes
+    }
+
+    public func agentReported(_ agent: AgentRecord, inventory: InventorySnapshot?) {
+        let name = agent.name
+        if let problem = cmdbNameProblem(name, what: "the agent name") {
+            if refused.insert(name).inserted { log("not recording \(name) in the CMDB: \(problem)") }
+            return
+        }
+        let attributes = Self.attributes(of: agent)
+        let now = Recorded(attributes: attributes, inventory: inventory?.digest ?? recorded[name]?.inventory)
+        if pending[name] == nil && recorded[name] == now { return }
+        pending[name] = Pending(
+            attributes: attributes, inventory: inventory ?? pending[name]?.inventory, reportedAt: Date())
+        if flusher == nil {
+            let interval = self.interval
+            flusher = Task { [weak self] in
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: interval)
+                    await self?.flush()
+                }
+            }
+        }
+    }
+
+    /// Targets reported but not yet written.
+    public var queued: Int { pending.count }
+
+    /// Writes everything queued as one transaction.
+    public func flush() async {
+        guard !pending.isEmpty else { return }
+        let batch = pending
+        pending = [:]
+        let store = writer.store
+        do {
+            // What would change: a check-in that repeats what the CMDB holds (after a core
+            // restart, say) writes nothing.
+            var changed: [(Model.TargetRecord, InventorySnapshot?)] = []
+            for (name, report) in batch.sorted(by: { $0.key < $1.key }) {
+                let existing = try? store.read(Model.TargetRecord.self, name)
+                var target = existing ?? Model.TargetRecord(name: name)
+                target.attributes = report.attributes
+                if let text = report.attributes["baseline"], let baseline = BaselineRef(text),
+                    store.exists(baseline.reference)
+                {
+                    target.baseline = baseline
+                }
+                if let inventory = report.inventory {
+                    let digest = InventoryRecord(inventory).digest
+                    if digest != target.inventory {
+                        target.inventory = digest
+                        target.reportedAt = report.reportedAt.wholeSeconds
+                    }
+                }
+                if target != existing { changed.append((target, target.inventory == existing?.inventory ? nil : report.inventory)) }
+            }
+            if !changed.isEmpty {
+                let message =
+                    changed.count == 1
+                    ? "record target \(changed[0].0.name) (agent check-in)"
+                    : "record \(changed.count) targets (agent check-ins)"
+                try await writer.transaction(message, operation: "record-target") { tx in
+                    for (target, inventory) in changed {
+                        if let inventory { try tx.put(inventory: inventory) }
+                        try tx.put(target)
+                    }
+                }
+            }
+            for (name, report) in batch {
+                recorded[name] = Recorded(attributes: report.attributes, inventory: report.inventory?.digest)
+            }
+            lastError = nil
+        } catch {
+            // Newer reports win over the failed ones; the rest are tried again next round.
+            pending.merge(batch) { newer, _ in newer }
+            lastError = "\(error)"
+            log("recording \(batch.count) target(s) in the CMDB failed, will retry: \(error)")
+        }
+    }
+
+    /// Writes what is queued and stops; call when the core stops.
+    public func close() async {
+        flusher?.cancel()
+        flusher = nil
+        await flush()
+        await writer.close()
+    }
+}
