@@ -215,6 +215,26 @@ struct ImageBuilder {
         }
     }
 
+    /// The work folder of a build of `baseline` for one recipe digest.
+    static func workName(_ baseline: String, recipeDigest: SHA256Digest) -> String {
+        "\(baseline)-\(recipeDigest.short)"
+    }
+
+    /// Removes the work folders that builds of `baseline` killed hard (SIGKILL, a machine
+    /// that went away) left behind, with the /proc debootstrap may have left mounted in
+    /// them. Call with the baseline's build lock held: then no live build owns any of them.
+    static func removeStaleWork(of baseline: String, home: LabHome) async throws -> [String] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: home.builds)) ?? []
+        let hex = Set("0123456789abcdef")
+        let stale = entries.filter { entry in
+            guard entry.hasPrefix(baseline + "-") else { return false }
+            let suffix = entry.dropFirst(baseline.count + 1)
+            return suffix.count == 12 && suffix.allSatisfy(hex.contains)
+        }
+        for entry in stale { try await removeTree(home.builds + "/" + entry) }
+        return stale
+    }
+
     /// Deletes a build folder after making sure nothing is mounted inside it.
     static func removeTree(_ path: String) async throws {
         guard FileManager.default.fileExists(atPath: path) else { return }

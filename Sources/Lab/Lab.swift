@@ -144,8 +144,12 @@ public struct Lab: Sendable {
         let started = ContinuousClock.now
         let partial = directory + ".partial"
         try await ImageBuilder.removeTree(partial)
+        for stale in try await ImageBuilder.removeStaleWork(of: recipe.name, home: home) {
+            say(recipe.name, "removed \(stale), left by a build that was killed")
+        }
         let builder = ImageBuilder(home: home, project: project, progress: progress)
-        let root = try await builder.build(recipe, into: partial, workName: "\(recipe.name)-\(digest.short)")
+        let root = try await builder.build(
+            recipe, into: partial, workName: ImageBuilder.workName(recipe.name, recipeDigest: digest))
         say(recipe.name, "hashing the image")
         let imageDigest = try await fileDigest(root.disk)
         let probe = await KVMProbe.cached(home: home, kernel: root.kernel)
