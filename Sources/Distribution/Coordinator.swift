@@ -197,7 +197,7 @@ public actor Coordinator {
         let jobs = jobs(for: id)
         try await commit()
         let stale = checkIn.inventory == nil && inventoryDigests[id] != checkIn.inventoryDigest
-        await observer?.agentReported(record, inventory: inventories[id])
+        await observer?.agentReported(record, inventory: inventories[id], inventoryDigest: inventoryDigests[id])
         return CheckInReply(jobs: jobs, checkInAfter: settings.checkInInterval, sendInventory: stale ? true : nil)
     }
 
@@ -222,7 +222,9 @@ public actor Coordinator {
             inventories[agent] = inventory
             inventoryDigests[agent] = inventory.digest
             try await store.saveInventory(inventory, agent: agent)
-            if let record = state.agents[agent] { await observer?.agentReported(record, inventory: inventory) }
+            if let record = state.agents[agent] {
+                await observer?.agentReported(record, inventory: inventory, inventoryDigest: inventoryDigests[agent])
+            }
         }
         if changing.allSatisfy({ $0.kind == .progress }) {
             // Only progress counts, an inventory (saved above) and a last-seen time: nothing

@@ -7,7 +7,9 @@ import Model
 /// The core awaits it at the end of a check-in, so an implementation must only queue
 /// work, never do slow I/O in the call.
 public protocol FleetObserver: Sendable {
-    func agentReported(_ agent: AgentRecord, inventory: InventorySnapshot?) async
+    /// `inventoryDigest` is the core's digest of `inventory` (``InventorySnapshot/digest``),
+    /// passed along so that nothing is hashed again on every check-in.
+    func agentReported(_ agent: AgentRecord, inventory: InventorySnapshot?, inventoryDigest: String?) async
 }
 
 /// Records the fleet's targets in the CMDB: each agent as a `target` item with its
@@ -21,15 +23,17 @@ public protocol FleetObserver: Sendable {
 /// write that fails (a CMDB locked for too long, a full disk) keeps its reports queued
 /// for the next round and is logged; the core's own state is unaffected.
 public actor CMDBFleetRecorder: FleetObserver {
-    struct Pending {
-        var attributes: [String: String]
-        var inventory: InventorySnapshot?
-        var reportedAt: Date
-    }
-
+    /// What the CMDB holds (or is about to) for a target: its attributes and the digest of
+    /// its inventory.
     struct Recorded: Equatable {
         var attributes: [String: String]
         var inventory: String?
+    }
+
+    struct Pending {
+        var recorded: Recorded
+        var inventory: InventorySnapshot?
+        var reportedAt: Date
     }
 
     public nonisolated let writer: CMDBWriter
@@ -62,17 +66,16 @@ public actor CMDBFleetRecorder: FleetObserver {
         return attributes
     }
 
-    public func agentReported(_ agent: AgentRecord, inventory: InventorySnapshot?) {
+    public func agentReported(_ agent: AgentRecord, inventory: InventorySnapshot?, inventoryDigest: String?) {
         let name = agent.name
         if let problem = cmdbNameProblem(name, what: "the agent name") {
             if refused.insert(name).inserted { log("not recording \(name) in the CMDB: \(problem)") }
             return
         }
-        let attributes = Self.attributes(of: agent)
-        let now = Recorded(attributes: attributes, inventory: inventory?.digest ?? recorded[name]?.inventory)
+        let now = Recorded(
+            attributes: Self.attributes(of: agent), inventory: inventory == nil ? recorded[name]?.inventory : inventoryDigest)
         if pending[name] == nil && recorded[name] == now { return }
-        pending[name] = Pending(
-            attributes: attributes, inventory: inventory ?? pending[name]?.inventory, reportedAt: Date())
+        pending[name] = Pending(recorded: now, inventory: inventory ?? pending[name]?.inventory, reportedAt: Date())
         if flusher == nil {
             let interval = self.interval
             flusher = Task { [weak self] in
@@ -98,10 +101,18 @@ public actor CMDBFleetRecorder: FleetObserver {
             // restart, say) writes nothing.
             var changed: [(Model.TargetRecord, InventorySnapshot?)] = []
             for (name, report) in batch.sorted(by: { $0.key < $1.key }) {
-                let existing = try? store.read(Model.TargetRecord.self, name)
+                let existing: Model.TargetRecord?
+                do {
+                    existing =
+                        store.exists(CMDBReference(.target, name)) ? try store.read(Model.TargetRecord.self, name) : nil
+                } catch {
+                    // A hand-edited or damaged record is never overwritten: 'cmdb verify' names it.
+                    log("not updating target \(name): its CMDB record does not read (\(error)); run 'changelab cmdb verify'")
+                    continue
+                }
                 var target = existing ?? Model.TargetRecord(name: name)
-                target.attributes = report.attributes
-                if let text = report.attributes["baseline"], let baseline = BaselineRef(text),
+                target.attributes = report.recorded.attributes
+                if let text = target.attributes["baseline"], let baseline = BaselineRef(text),
                     store.exists(baseline.reference)
                 {
                     target.baseline = baseline
@@ -113,7 +124,9 @@ public actor CMDBFleetRecorder: FleetObserver {
                         target.reportedAt = report.reportedAt.wholeSeconds
                     }
                 }
-                if target != existing { changed.append((target, target.inventory == existing?.inventory ? nil : report.inventory)) }
+                if target != existing {
+                    changed.append((target, target.inventory == existing?.inventory ? nil : report.inventory))
+                }
             }
             if !changed.isEmpty {
                 let message =
@@ -127,9 +140,7 @@ public actor CMDBFleetRecorder: FleetObserver {
                     }
                 }
             }
-            for (name, report) in batch {
-                recorded[name] = Recorded(attributes: report.attributes, inventory: report.inventory?.digest)
-            }
+            for (name, report) in batch { recorded[name] = report.recorded }
             lastError = nil
         } catch {
             // Newer reports win over the failed ones; the rest are tried again next round.

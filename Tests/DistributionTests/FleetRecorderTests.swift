@@ -91,7 +91,8 @@ import Testing
             id: try #require(target.attributes["agent"]), name: "pc-7", segment: "s1", addresses: [],
             attributes: ["site": "paris", "baseline": "web@1"], secretHash: "", revoked: false, enrolledAt: Date(),
             lastSeen: Date())
-        await again.agentReported(agent, inventory: try store.inventory(try #require(target.inventory)))
+        let stored = try store.inventory(try #require(target.inventory))
+        await again.agentReported(agent, inventory: stored, inventoryDigest: stored.digest)
         await again.close()
         #expect(try await commits(cmdb) == before)
         let verified = try await store.verify()
@@ -112,7 +113,8 @@ import Testing
         let lock = try #require(try await FileLock.acquire(cmdb + "/.git/changelab/lock", timeout: .seconds(5)))
         let blocked = try await CMDBFleetRecorder(
             path: cmdb, interval: .seconds(3600), lockTimeout: .milliseconds(200), log: { logged.append($0) })
-        await blocked.agentReported(agent, inventory: InventorySnapshot(hostname: "pc-1"))
+        let inventory = InventorySnapshot(hostname: "pc-1")
+        await blocked.agentReported(agent, inventory: inventory, inventoryDigest: inventory.digest)
         await blocked.flush()
         #expect(await blocked.lastError != nil)
         #expect(await blocked.queued == 1)
@@ -127,10 +129,31 @@ import Testing
         // An agent name the CMDB cannot hold is reported once and skipped.
         var odd = agent
         odd.name = "pc 1/evil"
-        await recorder.agentReported(odd, inventory: nil)
-        await recorder.agentReported(odd, inventory: nil)
+        await recorder.agentReported(odd, inventory: nil, inventoryDigest: nil)
+        await recorder.agentReported(odd, inventory: nil, inventoryDigest: nil)
         #expect(await recorder.queued == 0)
         #expect(logged.lines.filter { $0.contains("pc 1/evil") }.count == 1)
+    }
+
+    @Test func aDamagedTargetRecordIsNeverOverwritten() async throws {
+        let scratch = Scratch("fleet-cmdb-damaged")
+        defer { scratch.cleanup() }
+        let cmdb = scratch.path + "/cmdb"
+        let logged = Box()
+        let recorder = try await CMDBFleetRecorder(path: cmdb, interval: .seconds(3600), log: { logged.append($0) })
+        var agent = AgentRecord(
+            id: "a-1", name: "pc-1", segment: "s", addresses: [], attributes: ["site": "paris"], secretHash: "",
+            revoked: false, enrolledAt: Date(), lastSeen: Date())
+        await recorder.agentReported(agent, inventory: nil, inventoryDigest: nil)
+        await recorder.flush()
+        let file = cmdb + "/" + CMDBReference(.target, "pc-1").path
+        try Data("{ hand-edited".utf8).write(to: URL(fileURLWithPath: file))
+        agent.attributes["site"] = "lyon"
+        await recorder.agentReported(agent, inventory: nil, inventoryDigest: nil)
+        await recorder.flush()
+        #expect(try String(contentsOfFile: file, encoding: .utf8) == "{ hand-edited")
+        #expect(logged.lines.contains { $0.contains("not updating target pc-1") })
+        await recorder.close()
     }
 }
 

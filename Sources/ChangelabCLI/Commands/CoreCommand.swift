@@ -61,24 +61,21 @@ struct CoreServeCommand: AsyncParsableCommand {
         if let cmdbPath { recorder = try await CMDBFleetRecorder(path: cmdbPath) }
         let server = try CoreServer(directory: state, settings: settings, observer: recorder)
         let key = await server.coordinator.publicKey.hex
+        let host = String(parts[0])
+        let state = self.state
         // Whatever way the server stops, targets still queued reach the CMDB.
         do {
-            try await serve(server, port: port, key: key, cmdbPath: cmdbPath)
+            try await server.run(host: host, port: port) { bound in
+                note("changelab core: serving on http://\(host):\(bound)  state \(state)")
+                note("  release key: \(key)   (agents need it: --core-key \(key))")
+                note("  dashboard:   http://\(host):\(bound)/?token=$(cat \(CoreLayout(directory: state).adminToken))")
+                note("  fleet CMDB:  " + (cmdbPath.map { "targets recorded in \($0)" } ?? "targets not recorded (pass --cmdb PATH)"))
+            }
         } catch {
             await recorder?.close()
             throw error
         }
         await recorder?.close()
-    }
-
-    private func serve(_ server: CoreServer, port: Int, key: String, cmdbPath: String?) async throws {
-        let host = String(listen.split(separator: ":")[0])
-        try await server.run(host: host, port: port) { bound in
-            note("changelab core: serving on http://\(host):\(bound)  state \(state)")
-            note("  release key: \(key)   (agents need it: --core-key \(key))")
-            note("  dashboard:   http://\(host):\(bound)/?token=$(cat \(CoreLayout(directory: state).adminToken))")
-            note("  fleet CMDB:  " + (cmdbPath.map { "targets recorded in \($0)" } ?? "targets not recorded (pass --cmdb PATH)"))
-        }
     }
 }
 
