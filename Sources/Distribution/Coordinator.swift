@@ -257,14 +257,8 @@ public actor Coordinator {
             target.phase = .activating
         case .inventory:
             break
-        case .activated:
-            target.phase = .activated
-            target.failure = nil
-            target.retryAt = nil
-            target.exitCode = event.exitCode
-            target.outputTail = event.outputTail
-        case .rolledBack:
-            target.phase = .rolledBack
+        case .activated, .rolledBack:
+            target.phase = event.kind == .activated ? .activated : .rolledBack
             target.failure = nil
             target.retryAt = nil
             target.exitCode = event.exitCode

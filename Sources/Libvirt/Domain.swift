@@ -77,16 +77,6 @@ public final class Domain: @unchecked Sendable {
         }
     }
 
-    public func uuid() async throws -> String {
-        try await LibvirtThreads.run { [self] in
-            var buffer = [CChar](repeating: 0, count: Int(VIR_UUID_STRING_BUFLEN))
-            guard virDomainGetUUIDString(handle, &buffer) == 0 else {
-                throw LibvirtError.last("read the UUID of domain \(name)")
-            }
-            return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        }
-    }
-
     /// The domain's XML; `inactive` gives the persistent definition rather than the live one.
     public func xml(inactive: Bool = false) async throws -> String {
         try await LibvirtThreads.run { [self] in

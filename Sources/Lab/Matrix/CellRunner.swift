@@ -347,7 +347,7 @@ final class CellAttempt: @unchecked Sendable {
                     phase: .residue, name: "configuration back to the baseline", status: delta.isEmpty ? .passed : .failed,
                     seconds: 0, detail: items.joined(separator: "\n")))
             if !delta.isEmpty {
-                fail(.fail, "uninstall left residue: \(items.prefix(4).joined(separator: "; "))\(items.count > 4 ? "; …" : "")")
+                fail(.fail, "uninstall left residue: \(Self.brief(items))")
             }
             return (nil, delta, [], collected.snapshot)
         }
@@ -359,13 +359,18 @@ final class CellAttempt: @unchecked Sendable {
                     phase: .policy, name: "changes within the expected-delta policy", status: violations.isEmpty ? .passed : .failed,
                     seconds: 0, detail: listed.joined(separator: "\n")))
             if !violations.isEmpty {
-                fail(.fail, "unexpected configuration change: \(listed.prefix(4).joined(separator: "; "))\(listed.count > 4 ? "; …" : "")")
+                fail(.fail, "unexpected configuration change: \(Self.brief(listed))")
             }
         }
         return (delta, nil, violations, collected.snapshot)
     }
 
     /// "files /etc/greeterd.conf added", one per changed item.
+    /// The first four items of a list for a one-line verdict reason; "…" when there are more.
+    static func brief(_ items: [String]) -> String {
+        items.prefix(4).joined(separator: "; ") + (items.count > 4 ? "; …" : "")
+    }
+
     static func describe(_ delta: ConfigurationDelta) -> [String] {
         delta.entries.map { "\($0.category.rawValue) \($0.entry.key) \($0.kind.rawValue)" }
     }
