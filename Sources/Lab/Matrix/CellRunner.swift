@@ -365,12 +365,12 @@ final class CellAttempt: @unchecked Sendable {
         return (delta, nil, violations, collected.snapshot)
     }
 
-    /// "files /etc/greeterd.conf added", one per changed item.
     /// The first four items of a list for a one-line verdict reason; "…" when there are more.
     static func brief(_ items: [String]) -> String {
         items.prefix(4).joined(separator: "; ") + (items.count > 4 ? "; …" : "")
     }
 
+    /// "files /etc/greeterd.conf added", one per changed item.
     static func describe(_ delta: ConfigurationDelta) -> [String] {
         delta.entries.map { "\($0.category.rawValue) \($0.entry.key) \($0.kind.rawValue)" }
     }
