@@ -68,6 +68,14 @@ public actor Agent {
     let bucket = TokenBucket()
     let logger: Logger
     private var identity: AgentIdentity?
+    /// The core's release key this agent obeys: the pinned one, or where its rotations led.
+    private var trustedKey: ReleasePublicKey
+    let ledgerFile: LedgerFile
+    private var ledger = AgentLedger()
+    private var received: [Job] = []
+    /// Changes whose package an installer is reading: seeding them waits (`deferredSeeds`).
+    private var installingChanges: Set<String> = []
+    private var deferredSeeds: [String: (ReleaseManifest, SignedEnvelope)] = [:]
     private var seeding: [String: Task<Void, Never>] = [:]
     private var installing = false
     /// Orders being carried out now: the same order can arrive on the stream and at a
@@ -95,6 +103,8 @@ public actor Agent {
             directory: configuration.stateDirectory + "/cache", lifetime: configuration.cacheLifetime)
         self.installer = DpkgInstaller(root: configuration.root, timeout: configuration.installTimeout)
         self.inventorySource = inventorySource ?? CollectorInventorySource(watchedPaths: configuration.watchedPaths)
+        self.trustedKey = Self.loadTrustedKey(configuration)
+        self.ledgerFile = LedgerFile(stateDirectory: configuration.stateDirectory)
         var logger = Logger(label: "changelab.agent.\(configuration.name)")
         logger.logLevel = .info
         self.logger = logger
@@ -113,6 +123,8 @@ public actor Agent {
     /// Runs until cancelled: enrol if needed, then check in on a timer and listen on the stream.
     public func run() async throws {
         try installer.prepareRoot()
+        try loadLedger()
+        cache.migrateLegacyLayout()
         try await enrolIfNeeded()
         resumeInterruptedSeeding()
         await withTaskGroup(of: Void.self) { group in
@@ -121,6 +133,12 @@ public actor Agent {
             await group.waitForAll()
         }
         for task in seeding.values { task.cancel() }
+    }
+
+    /// Reads the ledger; an agent whose ledger is damaged does not start (it would forget
+    /// which orders it carried out).
+    public func loadLedger() throws {
+        ledger = try ledgerFile.load()
     }
 
     /// Loads the identity, or enrols with the token and saves it.
@@ -135,7 +153,7 @@ public actor Agent {
                 fix: "pass --enrol-token TOKEN from 'changelab core token'")
         }
         let request = EnrolRequest(
-            token: token, name: configuration.name, segment: configuration.segment, addresses: Self.addresses(),
+            protocolVersion: WireProtocol.version, token: token, name: configuration.name, segment: configuration.segment, addresses: Self.addresses(),
             attributes: configuration.attributes)
         var delay = 0.5
         while true {
@@ -161,12 +179,43 @@ public actor Agent {
     /// Seeding that was cut short (the agent stopped or was killed) carries on at start.
     func resumeInterruptedSeeding() {
         for entry in cache.entries() where entry.phase == .seeding {
-            let job = Job(
-                kind: .seed, change: entry.change, release: entry.release, origin: "resume",
-                manifest: entry.signedManifest, order: nil, rate: nil, attempt: 1,
-                artifact: "/v1/artifacts/sha256/\(entry.manifest.digest.hex)")
-            startSeeding(job, manifest: entry.manifest)
+            startSeeding(change: entry.change, manifest: entry.manifest, signed: entry.signedManifest)
         }
+    }
+
+    /// The newest core release key reachable from the pinned one, remembered across restarts
+    /// (`core-key.json`: the pin it started from, and where rotations led).
+    static func loadTrustedKey(_ configuration: AgentConfiguration) -> ReleasePublicKey {
+        struct Stored: Codable { var pinned: String; var current: String }
+        guard let data = FileManager.default.contents(atPath: configuration.stateDirectory + "/core-key.json"),
+            let stored = try? StableJSON.decode(Stored.self, from: data), stored.pinned == configuration.coreKey.hex,
+            let current = ReleasePublicKey(hex: stored.current)
+        else { return configuration.coreKey }
+        return current
+    }
+
+    /// Follows the core's key rotations from the key trusted now; each link is signed by the
+    /// key it replaces, so the core cannot name a key the previous one did not sign.
+    func adopt(rotations: [SignedEnvelope]) {
+        let next = KeyRotation.follow(rotations, from: trustedKey)
+        guard next != trustedKey else { return }
+        struct Stored: Codable { var pinned: String; var current: String }
+        do {
+            try AtomicFile.write(
+                try StableJSON.data(Stored(pinned: configuration.coreKey.hex, current: next.hex)),
+                to: configuration.stateDirectory + "/core-key.json", permissions: 0o600)
+            logger.notice("the core's release key is now \(next.hex.prefix(16))… (rotated from \(trustedKey.hex.prefix(16))…)")
+            trustedKey = next
+        } catch {
+            logger.error("cannot record the core's new release key: \(error)")
+        }
+    }
+
+    /// Seconds to the next check-in from what the core said: a finite number in a sane range.
+    static func checkInDelay(_ seconds: Double, cap: Double?) -> Double {
+        let sane = seconds.isFinite ? min(max(seconds, 0.05), 3600) : 30
+        guard let cap, cap.isFinite, cap > 0 else { return sane }
+        return min(sane, cap)
     }
 
     func checkInLoop() async {
@@ -175,7 +224,7 @@ public actor Agent {
             do {
                 try await checkIn()
                 failures = 0
-                try await Task.sleep(for: .milliseconds(Int(nextCheckIn * 1000)))
+                try await Task.sleep(for: .seconds(nextCheckIn))
             } catch is CancellationError {
                 return
             } catch let error as LinkError where error.status == 401 {
@@ -221,7 +270,8 @@ public actor Agent {
             attributes: configuration.attributes, inventory: digest == inventoryAcknowledged ? nil : inventory,
             inventoryDigest: digest, cache: reports)
         let reply = try await link().post("/v1/agent/checkin", body, as: CheckInReply.self)
-        nextCheckIn = min(reply.checkInAfter, configuration.maxCheckInInterval ?? reply.checkInAfter)
+        nextCheckIn = Self.checkInDelay(reply.checkInAfter, cap: configuration.maxCheckInInterval)
+        if let rotations = reply.keyRotations, !rotations.isEmpty { adopt(rotations: rotations) }
         if reply.sendInventory == true {
             // The core lost or never had it (a new core, a restored backup): send it next time, soon.
             inventoryAcknowledged = nil
@@ -255,83 +305,120 @@ public actor Agent {
         for job in jobs { await handle(job) }
     }
 
-    /// Carries out one job, after checking the manifest (and order) carry the core's signature.
-    public func handle(_ job: Job) async {
+    /// The jobs this agent received last (newest last), for diagnosis.
+    public var recentJobs: [Job] { received }
+
+    /// Checks everything an agent must know before it acts on a job: the core signed the
+    /// ticket and the manifest, the ticket is for this agent and has not expired, the names
+    /// it carries are safe, and ticket and manifest describe the same package.
+    func verify(_ job: Job, now: Date = Date()) throws -> (JobTicket, ReleaseManifest) {
+        let keys = [trustedKey]
+        let ticket: JobTicket
+        do {
+            ticket = try job.ticket.open(JobTicket.self, as: .job, trusting: keys)
+        } catch {
+            throw ChangelabError("the job was refused: \(error)")
+        }
+        guard let me = identity?.agent, ticket.agent == me else {
+            throw ChangelabError("the job is for agent \(ticket.agent), not this one (\(identity?.agent ?? "not enrolled"))")
+        }
+        guard ticket.expiresAt > now else {
+            throw ChangelabError("the job expired at \(ISO8601DateFormatter().string(from: ticket.expiresAt))")
+        }
+        try SafeName.check(ticket.change, what: "change id")
+        try SafeName.check(ticket.release, what: "release name")
+        guard ticket.kind == .seed || ticket.order.map({ SafeName.problem($0) == nil }) == true else {
+            throw ChangelabError("the \(ticket.kind.rawValue) job carries no valid order id")
+        }
         let manifest: ReleaseManifest
         do {
-            manifest = try job.manifest.open(ReleaseManifest.self, trusting: configuration.coreKey)
-            try manifest.validate()
-            guard manifest.release == job.release else { throw SignatureRefusal.malformed }
+            manifest = try job.manifest.open(ReleaseManifest.self, as: .releaseManifest, trusting: keys)
         } catch {
-            await refuse(job, "the release manifest for \(job.release) was refused: \(error)")
+            throw ChangelabError("the release manifest for \(ticket.release) was refused: \(error)")
+        }
+        try manifest.validate()
+        try SafeName.check(manifest.package, what: "package name")
+        guard manifest.release == ticket.release, manifest.digest == ticket.digest else {
+            throw ChangelabError("the job and its manifest name different releases or packages")
+        }
+        return (ticket, manifest)
+    }
+
+    /// Carries out one job once it verified (`verify`); refuses and reports it otherwise.
+    public func handle(_ job: Job) async {
+        received.append(job)
+        if received.count > 32 { received.removeFirst(received.count - 32) }
+        let ticket: JobTicket
+        let manifest: ReleaseManifest
+        do {
+            (ticket, manifest) = try verify(job)
+        } catch {
+            await refuse(job, "\(error)")
             return
         }
-        switch job.kind {
+        switch ticket.kind {
         case .seed:
-            if let entry = cache.entry(job.change), entry.manifest.digest == manifest.digest,
+            if let entry = cache.entry(ticket.change), entry.manifest.digest == manifest.digest,
                 entry.phase >= .verified, entry.phase != .failed
             {
                 await report(
-                    AgentEvent(change: job.change, release: job.release, kind: .verified, bytes: manifest.size))
+                    AgentEvent(
+                        change: ticket.change, release: ticket.release, kind: .verified, bytes: manifest.size))
                 return
             }
-            await bucket.setRate(job.rate)
-            startSeeding(job, manifest: manifest)
+            await bucket.setRate(ticket.rate)
+            startSeeding(change: ticket.change, manifest: manifest, signed: job.manifest)
         case .activate, .rollback:
-            let order: ActivationOrder
-            do {
-                order = try (job.order ?? SignedEnvelope(payload: "", signature: "", key: ""))
-                    .open(ActivationOrder.self, trusting: configuration.coreKey)
-                guard order.change == job.change, order.digest == manifest.digest,
-                    order.kind.rawValue == job.kind.rawValue
-                else {
-                    throw ChangelabError("the order is for another change, release or action")
-                }
-                guard order.expiresAt > Date() else { throw ChangelabError("the order expired at \(order.expiresAt)") }
-            } catch {
-                await refuse(job, "the \(job.kind.rawValue) order for \(job.change) was refused: \(error)")
-                return
-            }
-            await carryOut(order, job: job)
+            await carryOut(ticket, manifest: manifest)
         }
     }
 
     func refuse(_ job: Job, _ why: String) async {
         logger.error("\(why)")
+        let claim = job.claim
         await report(
             AgentEvent(
-                change: job.change, release: job.release, kind: .refused,
+                change: claim?.change ?? "", release: claim?.release ?? "", kind: .refused,
                 failure: Failure(reason: .untrusted, detail: why)))
     }
 
-    func startSeeding(_ job: Job, manifest: ReleaseManifest) {
-        guard seeding[job.change] == nil else { return }
+    func startSeeding(change: String, manifest: ReleaseManifest, signed: SignedEnvelope) {
+        guard seeding[change] == nil else { return }
+        // The installer reads this change's verified file now: seed after it.
+        if installingChanges.contains(change) {
+            deferredSeeds[change] = (manifest, signed)
+            return
+        }
         let entry: CacheEntry
         do {
-            entry = try cache.open(change: job.change, manifest: manifest, signed: job.manifest)
+            entry = try cache.open(change: change, manifest: manifest, signed: signed)
         } catch {
             let failure = Seeder(cache: cache, transport: transport(), bucket: bucket).classify(
                 error, while: "opening the cache")
             Task {
                 await self.report(
-                    AgentEvent(change: job.change, release: job.release, kind: .failed, failure: failure.failure))
+                    AgentEvent(
+                        change: change, release: manifest.release, kind: .failed, failure: failure.failure))
             }
             return
         }
-        seeding[job.change] = Task { await self.seed(job, entry: entry) }
+        seeding[change] = Task { await self.seed(entry) }
     }
 
     func transport() -> any ChunkTransport {
         HTTPRangeTransport(link: link(configuration.artifactURL))
     }
 
-    func seed(_ job: Job, entry: CacheEntry) async {
-        defer { seeding[job.change] = nil }
+    func seed(_ entry: CacheEntry) async {
+        let change = entry.change
+        let release = entry.release
+        defer { seeding[change] = nil }
         var seeder = Seeder(cache: cache, transport: transport(), bucket: bucket)
         seeder.retryDelay = configuration.downloadRetryDelay
         do {
-            try await seeder.seed(job, entry: entry) { bytes in await self.progress(job, bytes: bytes) }
-            guard try cache.verifyWhole(entry) else {
+            try await seeder.seed(entry) { bytes in await self.progress(change, release: release, bytes: bytes) }
+            let cache = self.cache
+            guard try await onBlockingThread({ try cache.verifyWhole(entry) }) else {
                 throw SeedingFailure(
                     failure: Failure(reason: .hashMismatch, detail: "the whole package does not match its digest"))
             }
@@ -339,135 +426,199 @@ public actor Agent {
             done.phase = .verified
             done.verifiedStamp = FileStamp(path: cache.packagePath(entry.change))
             try cache.save(done)
-            await report(
-                AgentEvent(change: job.change, release: job.release, kind: .verified, bytes: entry.manifest.size))
+            await report(AgentEvent(change: change, release: release, kind: .verified, bytes: entry.manifest.size))
         } catch let error as SeedingFailure {
             if Task.isCancelled { return }
-            await report(AgentEvent(change: job.change, release: job.release, kind: .failed, failure: error.failure))
+            await report(AgentEvent(change: change, release: release, kind: .failed, failure: error.failure))
         } catch {
             await report(
                 AgentEvent(
-                    change: job.change, release: job.release, kind: .failed,
+                    change: change, release: release, kind: .failed,
                     failure: Seeder(cache: cache, transport: transport(), bucket: bucket).classify(
                         error, while: "finishing"
                     ).failure))
         }
     }
 
-    func progress(_ job: Job, bytes: Int64) async {
+    func progress(_ change: String, release: String, bytes: Int64) async {
         let now = ContinuousClock.now
-        if let last = lastProgress[job.change], now - last < .seconds(1) { return }
-        lastProgress[job.change] = now
-        await report(AgentEvent(change: job.change, release: job.release, kind: .progress, bytes: bytes))
+        if let last = lastProgress[change], now - last < .seconds(1) { return }
+        lastProgress[change] = now
+        await report(AgentEvent(change: change, release: release, kind: .progress, bytes: bytes))
     }
 
-    /// Runs an activation or rollback order once, from the verified cache only.
-    func carryOut(_ order: ActivationOrder, job: Job) async {
-        guard ordersInFlight.insert(order.id).inserted else { return }
-        defer { ordersInFlight.remove(order.id) }
-        await waitForInstaller()
-        defer { releaseInstaller() }
-        guard var entry = cache.entry(job.change), entry.manifest.digest == order.digest else {
+    /// Whether the cached package still holds the bytes that verified, hashed off the actor.
+    func stillVerified(_ entry: CacheEntry) async -> Bool {
+        let cache = self.cache
+        return (try? await onBlockingThread { cache.stillVerified(entry) }) ?? false
+    }
+
+    /// Runs an activation or rollback order once, from the verified cache only, after the
+    /// ledger's checks: not carried out before, not older than one that was, no downgrade,
+    /// and a rollback only of what this agent installed for that change.
+    func carryOut(_ ticket: JobTicket, manifest: ReleaseManifest) async {
+        guard let order = ticket.order else { return }
+        let change = ticket.change
+        guard ordersInFlight.insert(order).inserted else { return }
+        defer { ordersInFlight.remove(order) }
+        if let done = ledger.executed[order] {
+            // Carried out before (a lost result, or a replay): say so again, install nothing.
             await report(
                 AgentEvent(
-                    change: job.change, release: job.release, kind: .failed,
+                    change: change, release: ticket.release, kind: done.kind == .activate ? .activated : .rolledBack,
+                    exitCode: done.exitCode, outputTail: done.outputTail))
+            return
+        }
+        if let last = ledger.lastSequence[change], ticket.sequence <= last {
+            logger.warning("ignoring an order for \(change) older than one this agent already carried out")
+            return
+        }
+        await waitForInstaller()
+        installingChanges.insert(change)
+        defer {
+            installingChanges.remove(change)
+            releaseInstaller()
+            if let deferred = deferredSeeds.removeValue(forKey: change) {
+                startSeeding(change: change, manifest: deferred.0, signed: deferred.1)
+            }
+        }
+        guard var entry = cache.entry(change), entry.manifest.digest == manifest.digest else {
+            await report(
+                AgentEvent(
+                    change: change, release: ticket.release, kind: .failed,
                     failure: Failure(reason: .downloadFailed, detail: "the package is not in the cache; seed it first"))
             )
             return
         }
-        if entry.ordersDone.contains(order.id), let result = entry.lastResult {
-            await report(
-                AgentEvent(
-                    change: job.change, release: job.release, kind: order.kind == .activate ? .activated : .rolledBack,
-                    exitCode: result.exitCode, outputTail: result.outputTail))
-            return
-        }
-        if order.kind == .activate {
+        if ticket.kind == .activate {
+            if let why = ledger.downgrade(package: manifest.package, to: manifest.packageVersion) {
+                await report(
+                    AgentEvent(
+                        change: change, release: ticket.release, kind: .failed,
+                        failure: Failure(reason: .downgrade, detail: why)))
+                return
+            }
             // Nothing is installed that was not verified: the file must be the one that verified.
-            guard entry.phase >= .verified, cache.stillVerified(entry) else {
+            guard entry.phase >= .verified, await stillVerified(entry) else {
                 entry.phase = .seeding
                 try? cache.save(entry)
                 await report(
                     AgentEvent(
-                        change: job.change, release: job.release, kind: .failed,
+                        change: change, release: ticket.release, kind: .failed,
                         failure: Failure(
                             reason: .hashMismatch,
                             detail: "the cached package no longer matches its signed digest; re-seeding")))
-                startSeeding(job, manifest: entry.manifest)
+                installingChanges.remove(change)
+                startSeeding(change: change, manifest: entry.manifest, signed: entry.signedManifest)
                 return
+            }
+            // The ledger learns what this change is about to replace before dpkg runs, so a
+            // rollback can undo even an install that failed half-way.
+            let before = DpkgStatus.installedVersion(of: manifest.package, root: configuration.root)
+            if ledger.installs[change] == nil {
+                ledger.installs[change] = AgentLedger.Install(
+                    package: manifest.package, version: manifest.packageVersion, previousVersion: before)
+                guard saveLedger() else {
+                    await report(
+                        AgentEvent(
+                            change: change, release: ticket.release, kind: .failed,
+                            failure: Failure(reason: .diskFull, detail: "the agent's ledger cannot be written")))
+                    return
+                }
             }
             // No separate "activating" report: the core marked the target activating when it
             // handed out the job, and a hundred extra round trips would delay every result.
-            let before = DpkgStatus.installedVersion(of: entry.manifest.package, root: configuration.root)
-            if entry.previousVersion == nil, !entry.installedVersion { entry.previousVersion = before }
             await configuration.installSlots?.wait()
-            let result = await installer.install(cache.packagePath(job.change))
+            let result = await installer.install(cache.packagePath(change))
             await configuration.installSlots?.signal()
-            finish(&entry, order: order, result: result)
+            entry.lastResult = result
             entry.installedVersion = result.failure == nil
             if result.failure == nil {
+                ledger.activated(
+                    ticket, order: order, package: manifest.package, version: manifest.packageVersion,
+                    previous: ledger.installs[change]?.previousVersion ?? before, result: result, now: Date())
+                _ = saveLedger()
+                entry.phase = .activated
                 entry.pinned = false
                 entry.expiresAt = Date().addingTimeInterval(cache.lifetime)
             }
             try? cache.save(entry)
-            await report(outcome(result, job: job, success: .activated))
-            await reportInventory(job)
+            await report(outcome(result, change: change, release: ticket.release, success: .activated))
+            await reportInventory(change: change, release: ticket.release)
         } else {
-            let result = await rollback(entry)
-            finish(&entry, order: order, result: result)
-            if result.failure == nil { entry.phase = .rolledBack }
+            guard let install = ledger.installs[change] else {
+                await report(
+                    AgentEvent(
+                        change: change, release: ticket.release, kind: .refused,
+                        failure: Failure(
+                            reason: .untrusted,
+                            detail: "rollback of \(change) refused: this agent never activated it, so there is nothing to undo")))
+                return
+            }
+            let result = await rollback(install)
+            entry.lastResult = result
+            if result.failure == nil {
+                ledger.rolledBack(ticket, order: order, result: result, now: Date())
+                _ = saveLedger()
+                entry.phase = .rolledBack
+            }
             try? cache.save(entry)
-            await report(outcome(result, job: job, success: .rolledBack))
-            await reportInventory(job)
+            await report(outcome(result, change: change, release: ticket.release, success: .rolledBack))
+            await reportInventory(change: change, release: ticket.release)
         }
     }
 
-    private func finish(_ entry: inout CacheEntry, order: ActivationOrder, result: InstallResult) {
-        entry.lastResult = result
-        if result.failure == nil {
-            entry.ordersDone.append(order.id)
-            entry.phase = order.kind == .activate ? .activated : .rolledBack
+    /// Writes the ledger; false (logged) when it cannot be written.
+    private func saveLedger() -> Bool {
+        do {
+            try ledgerFile.save(ledger)
+            return true
+        } catch {
+            logger.error("cannot write the agent's ledger: \(error)")
+            return false
         }
     }
 
     /// The result goes out at once; the post-install inventory follows in its own event,
     /// so a slow inventory never delays the activation result.
-    private func outcome(_ result: InstallResult, job: Job, success: AgentEventKind) -> AgentEvent {
+    private func outcome(_ result: InstallResult, change: String, release: String, success: AgentEventKind)
+        -> AgentEvent
+    {
         if let failure = result.failure {
             // A maintainer script's own status says more than dpkg's 1.
             return AgentEvent(
-                change: job.change, release: job.release, kind: .failed, failure: failure,
+                change: change, release: release, kind: .failed, failure: failure,
                 exitCode: failure.exitCode ?? result.exitCode, outputTail: result.outputTail)
         }
         return AgentEvent(
-            change: job.change, release: job.release, kind: success, exitCode: result.exitCode,
+            change: change, release: release, kind: success, exitCode: result.exitCode,
             outputTail: result.outputTail)
     }
 
-    private func reportInventory(_ job: Job) async {
+    private func reportInventory(change: String, release: String) async {
         let inventory = await currentInventory(refresh: true)
-        await report(AgentEvent(change: job.change, release: job.release, kind: .inventory, inventory: inventory))
+        await report(AgentEvent(change: change, release: release, kind: .inventory, inventory: inventory))
         if pendingEvents.isEmpty { inventoryAcknowledged = inventory.digest }
     }
 
     /// Back to the pre-install state: reinstall the previous version from the cache, or
     /// purge the package when it was not installed before.
-    func rollback(_ entry: CacheEntry) async -> InstallResult {
-        guard let previous = entry.previousVersion else {
-            return await installer.purge(entry.manifest.package)
+    func rollback(_ install: AgentLedger.Install) async -> InstallResult {
+        guard let previous = install.previousVersion else {
+            return await installer.purge(install.package)
         }
         let candidates = cache.entries().filter {
-            $0.manifest.package == entry.manifest.package && $0.manifest.packageVersion == previous
+            $0.manifest.package == install.package && $0.manifest.packageVersion == previous
                 && $0.phase >= .verified && $0.phase != .failed
         }
-        guard let older = candidates.first(where: { cache.stillVerified($0) }) else {
-            return InstallResult(
-                exitCode: 1, outputTail: "",
-                failure: Failure(
-                    reason: .rollbackFailed,
-                    detail: "\(entry.manifest.package) \(previous) was installed before, but it is not in the cache"))
+        for older in candidates where await stillVerified(older) {
+            return await installer.install(cache.packagePath(older.change))
         }
-        return await installer.install(cache.packagePath(older.change))
+        return InstallResult(
+            exitCode: 1, outputTail: "",
+            failure: Failure(
+                reason: .rollbackFailed,
+                detail: "\(install.package) \(previous) was installed before, but it is not in the cache"))
     }
 
     private func waitForInstaller() async {

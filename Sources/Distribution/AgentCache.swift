@@ -16,10 +16,6 @@ public struct CacheEntry: Codable, Sendable, Equatable {
     /// Pinned entries never expire: every entry is pinned until it has been activated.
     public var pinned: Bool
     public var expiresAt: Date
-    /// Orders (activation, rollback) this agent has carried out, so each runs once.
-    public var ordersDone: [String]
-    /// The package's version before activation (nil: it was not installed), for rollback.
-    public var previousVersion: String?
     public var installedVersion: Bool
     public var lastResult: InstallResult?
     /// The package file as it was when its whole digest last verified.
@@ -51,8 +47,10 @@ public struct InstallResult: Codable, Sendable, Equatable {
     public var failure: Failure?
 }
 
-/// The agent's package cache: `cache/<change>/{entry.json,package.deb}`.
+/// The agent's package cache: `cache/<sha256 of the change id>/{entry.json,package.deb}`.
 ///
+/// Folder names are digests, never a name from the network, so no job can point the cache
+/// at another path; change ids are checked against `SafeName` as well before they get here.
 /// Package bytes are only ever written a whole verified chunk at a time, so after any
 /// interruption the file is a prefix of verified chunks (re-checked on resume) and at most
 /// the chunk that was in flight is fetched again.
@@ -65,37 +63,94 @@ public struct AgentCache: Sendable {
         self.lifetime = lifetime
     }
 
-    func folder(_ change: String) -> String { "\(directory)/\(change)" }
+    /// The folder name of `change`: a digest, whatever the change id contains.
+    static func folderName(_ change: String) -> String { SHA256Digest(of: "change:" + change).hex }
+
+    func folder(_ change: String) -> String { "\(directory)/\(Self.folderName(change))" }
     public func packagePath(_ change: String) -> String { folder(change) + "/package.deb" }
     func entryPath(_ change: String) -> String { folder(change) + "/entry.json" }
 
+    /// The entry for `change`, or nil when there is none or it cannot be used.
     public func entry(_ change: String) -> CacheEntry? {
-        guard let data = FileManager.default.contents(atPath: entryPath(change)),
-            let entry = try? StableJSON.decode(CacheEntry.self, from: data), entry.version == CacheEntry.formatVersion
-        else { return nil }
-        return entry
+        (try? checkedEntry(change)) ?? nil
+    }
+
+    /// The entry for `change`; nil when there is none.
+    ///
+    /// - Throws: when an entry is there but unreadable or of an unknown format: it is left
+    ///   alone (a newer changelab may have written it), and the job that needs it is refused.
+    public func checkedEntry(_ change: String) throws -> CacheEntry? {
+        let path = entryPath(change)
+        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        struct Version: Decodable { var version: Int }
+        guard let version = try? StableJSON.decode(Version.self, from: data).version else {
+            throw ChangelabError(
+                "the cache entry \(path) is damaged", fix: "remove the folder \(folder(change)) to seed it again")
+        }
+        guard version == CacheEntry.formatVersion else {
+            throw ChangelabError(
+                "the cache entry \(path) has format \(version); this agent reads \(CacheEntry.formatVersion)",
+                fix: "upgrade changelab on this agent, or remove the folder \(folder(change))")
+        }
+        do {
+            let entry = try StableJSON.decode(CacheEntry.self, from: data)
+            guard entry.change == change else {
+                throw ChangelabError("the cache entry \(path) is for another change (\(entry.change))")
+            }
+            return entry
+        } catch let error as ChangelabError {
+            throw error
+        } catch {
+            throw ChangelabError(
+                "the cache entry \(path) is damaged", why: "\(error)",
+                fix: "remove the folder \(folder(change)) to seed it again")
+        }
     }
 
     public func save(_ entry: CacheEntry) throws {
         try AtomicFile.write(try StableJSON.data(entry), to: entryPath(entry.change))
     }
 
+    /// Every readable entry (folders named by digest only).
     public func entries() -> [CacheEntry] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-        return names.sorted().compactMap { entry($0) }
+        return names.sorted().compactMap { name -> CacheEntry? in
+            guard name.count == 64, SHA256Digest(hex: name) != nil,
+                let data = FileManager.default.contents(atPath: "\(directory)/\(name)/entry.json"),
+                let entry = try? StableJSON.decode(CacheEntry.self, from: data),
+                entry.version == CacheEntry.formatVersion, Self.folderName(entry.change) == name
+            else { return nil }
+            return entry
+        }
+    }
+
+    /// Moves entries of the layout before digest-named folders (`cache/<change>/`) to their
+    /// digest folder; a folder whose name is not a safe change id is left where it is.
+    public func migrateLegacyLayout() {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        for name in names where !(name.count == 64 && SHA256Digest(hex: name) != nil) {
+            guard SafeName.problem(name) == nil,
+                let data = FileManager.default.contents(atPath: "\(directory)/\(name)/entry.json"),
+                let entry = try? StableJSON.decode(CacheEntry.self, from: data), entry.change == name,
+                !FileManager.default.fileExists(atPath: folder(name))
+            else { continue }
+            try? FileManager.default.moveItem(atPath: "\(directory)/\(name)", toPath: folder(name))
+        }
     }
 
     /// Opens (or starts) the entry for a job's release.
     public func open(change: String, manifest: ReleaseManifest, signed: SignedEnvelope, now: Date = Date()) throws
         -> CacheEntry
     {
-        if let existing = entry(change), existing.manifest.digest == manifest.digest { return existing }
+        try SafeName.check(change, what: "change id")
+        if let existing = try checkedEntry(change), existing.manifest.digest == manifest.digest { return existing }
+        // Another release for this change, or a partial folder: the folder is ours (a digest name).
         try? FileManager.default.removeItem(atPath: folder(change))
         try FileManager.default.createDirectory(atPath: folder(change), withIntermediateDirectories: true)
         let entry = CacheEntry(
             change: change, release: manifest.release, manifest: manifest, signedManifest: signed, phase: .seeding,
-            pinned: true, expiresAt: now.addingTimeInterval(lifetime), ordersDone: [], previousVersion: nil,
-            installedVersion: false, lastResult: nil, verifiedStamp: nil)
+            pinned: true, expiresAt: now.addingTimeInterval(lifetime), installedVersion: false, lastResult: nil,
+            verifiedStamp: nil)
         try save(entry)
         return entry
     }

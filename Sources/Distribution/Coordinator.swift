@@ -27,7 +27,7 @@ public struct CoreSettings: Sendable {
 public actor Coordinator {
     public let settings: CoreSettings
     let store: any CoreStore
-    let key: ReleaseKey
+    private(set) var key: ReleaseKey
     let clock: @Sendable () -> Date
     let gate: any ChangeGate
     let observer: (any FleetObserver)?
@@ -50,9 +50,36 @@ public actor Coordinator {
         self.key = key
         self.settings = settings
         self.clock = clock
-        self.state = try store.load() ?? CoreSnapshot()
+        var state = try store.load() ?? CoreSnapshot()
+        try Self.upgrade(&state, key: key)
+        self.state = state
         self.inventories = try store.loadInventories()
         self.inventoryDigests = inventories.mapValues(\.digest)
+    }
+
+    /// Brings a state written by an older core to the current format: manifests are signed
+    /// again as typed envelopes, failed targets get the step they failed in. A state whose
+    /// key rotation names another key than the one loaded is refused (an interrupted rotation).
+    static func upgrade(_ state: inout CoreSnapshot, key: ReleaseKey) throws {
+        if let last = state.keyRotations?.last?.unverifiedClaim(KeyRotation.self), last.next != key.publicKey.hex {
+            throw ChangelabError(
+                "the core's state says its release key is \(last.next.prefix(16))…, but the key file holds \(key.publicKey.hex.prefix(16))…",
+                why: "a key rotation was interrupted between saving the state and replacing the key file",
+                fix: "move the release key's '.next' file (beside it in the state directory) over the release key, then start again")
+        }
+        for (name, record) in state.releases
+        where record.signedManifest.version != SignedEnvelope.formatVersion
+            || record.signedManifest.payloadType != PayloadType.releaseManifest.rawValue
+        {
+            state.releases[name]?.signedManifest = try key.sign(record.manifest, as: .releaseManifest)
+        }
+        for (change, deployment) in state.deployments {
+            let size = state.releases[deployment.release]?.manifest.size ?? 0
+            for agent in deployment.targets.keys {
+                state.deployments[change]?.targets[agent]?.migrateFailedStep(packageSize: size)
+            }
+        }
+        state.version = CoreSnapshot.formatVersion
     }
 
     public var publicKey: ReleasePublicKey { key.publicKey }
@@ -91,6 +118,7 @@ public actor Coordinator {
     }
 
     public func enrol(_ request: EnrolRequest) async throws -> EnrolReply {
+        if let refusal = WireProtocol.refusal(request.protocolVersion) { throw CoreRefusal.badRequest(refusal) }
         let hash = SHA256Digest(of: request.token).hex
         guard var token = state.tokens[hash], token.usesLeft > 0, token.expiresAt > clock() else {
             throw CoreRefusal.unauthorized("the enrolment token is unknown, used up or expired")
@@ -148,10 +176,42 @@ public actor Coordinator {
             }
             return existing
         }
-        let record = ReleaseRecord(manifest: manifest, signedManifest: try key.sign(manifest))
+        let record = ReleaseRecord(manifest: manifest, signedManifest: try key.sign(manifest, as: .releaseManifest))
         state.releases[manifest.release] = record
         try await commit()
         return record
+    }
+
+    /// Replaces the release key with a new one, signed over by the old: agents follow the
+    /// rotation at their next check-in, and from then on obey only the new key.
+    ///
+    /// The new key is written beside the old one (`.next`) before the state names it, and
+    /// moved over the old one after: an interruption leaves a state that says how to finish.
+    public func rotateReleaseKey(keyPath: String) async throws -> ReleasePublicKey {
+        let previous = key
+        let next = ReleaseKey()
+        let statement = try previous.rotation(to: next, at: clock())
+        try next.save(to: keyPath + ".next")
+        let saved = state
+        state.keyRotations = (state.keyRotations ?? []) + [statement]
+        for (name, record) in state.releases {
+            state.releases[name]?.signedManifest = try next.sign(record.manifest, as: .releaseManifest)
+        }
+        key = next
+        do {
+            try await commit()
+        } catch {
+            state = saved
+            key = previous
+            try? FileManager.default.removeItem(atPath: keyPath + ".next")
+            throw error
+        }
+        guard rename(keyPath + ".next", keyPath) == 0 else {
+            throw ChangelabError(
+                "the new release key could not replace \(keyPath): \(String(cString: strerror(errno)))",
+                fix: "move \(keyPath).next over \(keyPath) before the core starts again")
+        }
+        return next.publicKey
     }
 
     public func releases() -> [ReleaseManifest] {
@@ -181,6 +241,7 @@ public actor Coordinator {
 
     public func checkIn(agent id: String, _ checkIn: CheckIn) async throws -> CheckInReply {
         guard var record = state.agents[id] else { throw CoreRefusal.unauthorized("unknown agent") }
+        if let refusal = WireProtocol.refusal(checkIn.protocolVersion) { throw CoreRefusal.badRequest(refusal) }
         record.name = checkIn.name
         record.segment = checkIn.segment
         record.addresses = checkIn.addresses
@@ -198,17 +259,16 @@ public actor Coordinator {
         try await commit()
         let stale = checkIn.inventory == nil && inventoryDigests[id] != checkIn.inventoryDigest
         await observer?.agentReported(record, inventory: inventories[id], inventoryDigest: inventoryDigests[id])
-        return CheckInReply(jobs: jobs, checkInAfter: settings.checkInInterval, sendInventory: stale ? true : nil)
+        return CheckInReply(
+            jobs: jobs, checkInAfter: settings.checkInInterval, sendInventory: stale ? true : nil,
+            keyRotations: state.keyRotations)
     }
 
     /// Applies what an agent's cache says it holds: a lost event must not leave the core behind.
     private func reconcile(agent: String, with reports: [CacheReport]) {
         for report in reports {
             guard var target = state.deployments[report.change]?.targets[agent] else { continue }
-            if report.phase > target.phase, target.phase != .failed || report.phase == .activated {
-                target.phase = report.phase
-            }
-            target.bytes = max(target.bytes, report.bytes)
+            target.apply(.cacheReport(report), now: clock(), settings: settings)
             state.deployments[report.change]?.targets[agent] = target
         }
     }
@@ -217,6 +277,11 @@ public actor Coordinator {
         state.agents[agent]?.lastSeen = clock()
         let changing = events.filter { $0.kind != .inventory }
         for event in changing { apply(event, from: agent) }
+        if let refusal = changing.last(where: { $0.kind == .refused }) {
+            let detail = refusal.failure?.detail ?? "no reason given"
+            state.agents[agent]?.lastRefusal =
+                "\(ISO8601DateFormatter().string(from: refusal.at)) \(refusal.change.prefix(64)): \(detail.prefix(500))"
+        }
         for change in Set(changing.map(\.change)) { advanceRings(change) }
         if let inventory = events.compactMap(\.inventory).last {
             inventories[agent] = inventory
@@ -238,54 +303,15 @@ public actor Coordinator {
     private func apply(_ event: AgentEvent, from agent: String) {
         guard let deployment = state.deployments[event.change], var target = deployment.targets[agent] else { return }
         let size = state.releases[deployment.release]?.manifest.size ?? 0
-        let now = clock()
-        target.updatedAt = now
-        if let bytes = event.bytes { target.bytes = max(target.bytes, bytes) }
-        switch event.kind {
-        case .progress:
-            if target.phase < .seeded && target.phase != .failed { target.phase = .seeding }
-        case .seeded:
-            if target.phase < .seeded { target.phase = .seeded }
-        case .verified:
-            if target.phase < .verified || target.phase == .failed && target.bytes < size {
-                target.phase = .verified
-                target.failure = nil
-                target.retryAt = nil
-            }
-            target.bytes = size
-        case .activating:
-            target.phase = .activating
-        case .inventory:
-            break
-        case .activated, .rolledBack:
-            target.phase = event.kind == .activated ? .activated : .rolledBack
-            target.failure = nil
-            target.retryAt = nil
-            target.exitCode = event.exitCode
-            target.outputTail = event.outputTail
-        case .failed, .refused:
-            let failure = event.failure ?? Failure(reason: .downloadFailed, detail: "the agent reported no reason")
-            target.phase = .failed
-            target.failure = failure
-            target.exitCode = event.exitCode ?? failure.exitCode
-            target.outputTail = event.outputTail
-            let attempts = target.bytes >= size && size > 0 ? target.activationAttempts : target.seedAttempts
-            // The agent's copy no longer verifies: it seeds again before the next activation.
-            if failure.reason == .hashMismatch { target.bytes = 0 }
-            if attempts >= settings.maxAttempts {
-                target.gaveUp = true
-                target.retryAt = nil
-            } else {
-                let delay = min(settings.retryMax, settings.retryBase * pow(2, Double(max(0, attempts - 1))))
-                target.retryAt = now.addingTimeInterval(delay)
-            }
-        }
+        target.apply(
+            .event(event, packageSize: size, rollingBack: deployment.rollback != nil), now: clock(), settings: settings)
         state.deployments[event.change]?.targets[agent] = target
     }
 
     // MARK: Jobs
 
-    /// The jobs `agent` should be doing now. Handing one out for a new try counts an attempt.
+    /// The jobs `agent` should be doing now, each in a ticket signed for that agent alone.
+    /// Handing one out for a new try counts an attempt.
     private func jobs(for agent: String) -> [Job] {
         let now = clock()
         var jobs: [Job] = []
@@ -295,46 +321,41 @@ public actor Coordinator {
             else { continue }
             if target.gaveUp { continue }
             if let retry = target.retryAt, retry > now { continue }
-            let size = release.manifest.size
-            var kind: JobKind?
-            var order: SignedEnvelope?
-            if let rollback = deployment.rollback {
-                if [.activated, .activating].contains(target.phase)
-                    || target.phase == .failed && target.bytes >= size && target.activationAttempts > 0
-                {
-                    kind = .rollback
-                    order = rollback
-                }
-            } else if target.phase < .verified || target.phase == .failed && target.bytes < size {
-                kind = .seed
-                if target.phase == .pending || target.phase == .failed {
-                    target.seedAttempts += 1
-                    target.phase = .seeding
-                    target.failure = nil
-                }
-            } else if let activation = deployment.activation, deployment.halted == nil,
-                target.ring <= deployment.activeRing,
-                [.verified, .activating, .failed].contains(target.phase)
-            {
-                kind = .activate
-                order = activation
-                if target.phase != .activating {
-                    target.activationAttempts += 1
-                    target.phase = .activating
-                    target.failure = nil
-                }
+            let mayActivate =
+                deployment.activation != nil && deployment.halted == nil && target.ring <= deployment.activeRing
+            let kind = target.nextJob(rollingBack: deployment.rollback != nil, mayActivate: mayActivate)
+            if let kind {
+                target.apply(.handOut(kind), now: now, settings: settings)
+            } else {
+                target.retryAt = nil
             }
-            target.retryAt = nil
             state.deployments[change]?.targets[agent] = target
             guard let kind else { continue }
+            let order = kind == .rollback ? deployment.rollback : kind == .activate ? deployment.activation : nil
             let attempt = kind == .seed ? target.seedAttempts : target.activationAttempts
-            jobs.append(
-                Job(
-                    kind: kind, change: change, release: deployment.release, origin: deployment.origin,
-                    manifest: release.signedManifest, order: order, rate: deployment.rate, attempt: max(1, attempt),
-                    artifact: "/v1/artifacts/sha256/\(release.manifest.digest.hex)"))
+            let ticket = JobTicket(
+                kind: kind, change: change, release: deployment.release, digest: release.manifest.digest,
+                agent: agent, sequence: nextSequence(), order: order?.id, origin: deployment.origin,
+                rate: deployment.rate, attempt: max(1, attempt), issuedAt: now)
+            do {
+                jobs.append(Job(ticket: try key.sign(ticket, as: .job), manifest: release.signedManifest))
+            } catch {
+                // Signing an in-memory value does not fail in practice; the next check-in tries again.
+                continue
+            }
         }
         return jobs
+    }
+
+    /// The next job ticket number: higher than every one before, also across restarts (it
+    /// never falls behind the clock in milliseconds, so a state restored from an older
+    /// backup still numbers its tickets past what agents have seen).
+    private func nextSequence() -> UInt64 {
+        let milliseconds = UInt64(exactly: max(0, (clock().timeIntervalSince1970 * 1000).rounded(.down))) ?? 0
+        let next = max((state.sequence ?? 0) &+ 1, milliseconds)
+        state.sequence = next
+        dirty = true
+        return next
     }
 
     /// Sends `agent` its current jobs over its stream, if it has one open.
@@ -427,17 +448,7 @@ public actor Coordinator {
         return max(0, rings.count - 1)
     }
 
-    /// A signed activation or rollback order for `change`.
-    private func signOrder(
-        _ kind: ActivationOrder.Kind, change: ChangeID, release: ReleaseManifest, lifetime: TimeInterval = 7 * 24 * 3600
-    ) throws -> SignedEnvelope {
-        try key.sign(
-            ActivationOrder(
-                kind: kind, change: change, release: release.release, digest: release.digest, issuedAt: clock(),
-                lifetime: lifetime))
-    }
-
-    /// Signs the activation order and sends it to the first ring's seeded targets.
+    /// Orders activation and sends it to the first ring's seeded targets.
     public func activate(change: ChangeID) async throws -> StatusReport {
         guard var deployment = state.deployments[change] else {
             throw CoreRefusal.notFound(
@@ -447,8 +458,9 @@ public actor Coordinator {
             throw CoreRefusal.notFound("release \(deployment.release) is gone")
         }
         try gate.mayActivate(change: change, release: deployment.release)
+        _ = release
         if deployment.activation == nil {
-            deployment.activation = try signOrder(.activate, change: change, release: release.manifest)
+            deployment.activation = OrderRecord(issuedAt: clock())
             deployment.activatedAt = clock()
         }
         deployment.halted = nil
@@ -459,13 +471,13 @@ public actor Coordinator {
         return try status(change: change)
     }
 
-    /// Signs a rollback order for the targets that installed the change.
+    /// Orders a rollback of the targets that installed the change (or tried to).
     public func rollback(change: ChangeID) async throws -> StatusReport {
-        guard var deployment = state.deployments[change], let release = state.releases[deployment.release] else {
+        guard var deployment = state.deployments[change], state.releases[deployment.release] != nil else {
             throw CoreRefusal.notFound("change \(change) is not promoted")
         }
         if deployment.rollback == nil {
-            deployment.rollback = try signOrder(.rollback, change: change, release: release.manifest)
+            deployment.rollback = OrderRecord(issuedAt: clock())
             for (agent, target) in deployment.targets where target.phase == .failed {
                 deployment.targets[agent]?.retryAt = nil
                 deployment.targets[agent]?.gaveUp = false
@@ -481,13 +493,13 @@ public actor Coordinator {
     /// or halts it when the ring failed too often.
     private func advanceRings(_ change: ChangeID) {
         guard var deployment = state.deployments[change], deployment.activation != nil, deployment.halted == nil,
-            deployment.rollback == nil, let size = state.releases[deployment.release]?.manifest.size
+            deployment.rollback == nil
         else { return }
         var advanced = false
         while deployment.activeRing < deployment.rings.count - 1 {
             let members = deployment.targets.values.filter { $0.ring == deployment.activeRing }
             let activated = members.filter { $0.phase == .activated }.count
-            let failed = members.filter { $0.phase == .failed && $0.bytes >= size && $0.activationAttempts > 0 }.count
+            let failed = members.filter(\.failedActivation).count
             let waiting = members.filter { [.verified, .activating].contains($0.phase) }.count
             let results = activated + failed
             let ring = deployment.rings[deployment.activeRing]
@@ -515,13 +527,13 @@ public actor Coordinator {
         }
         let policy = Policy(name: name, query: query, release: release, createdAt: clock())
         state.policies[name] = policy
-        if state.deployments[policy.change]?.release != release, let manifest = state.releases[release]?.manifest {
+        if state.deployments[policy.change]?.release != release {
+            // No long-lived shared order: each qualifying target gets a short ticket of its own.
             state.deployments[policy.change] = Deployment(
                 change: policy.change, release: release, query: query, rings: [Ring(name: "all", share: 1)], rate: nil,
                 maxFailureRate: 1, origin: policy.change, createdAt: clock(),
-                activation: try signOrder(
-                    .activate, change: policy.change, release: manifest, lifetime: 10 * 365 * 24 * 3600),
-                activatedAt: clock(), activeRing: 0, halted: nil, rollback: nil, targets: [:])
+                activation: OrderRecord(issuedAt: clock()), activatedAt: clock(), activeRing: 0, halted: nil,
+                rollback: nil, targets: [:])
         }
         state.deployments[policy.change]?.query = query
         for id in state.agents.keys { applyPolicies(to: id) }
@@ -571,13 +583,10 @@ public actor Coordinator {
             guard let agent = state.agents[target.agent] else { continue }
             var s = segments[agent.segment] ?? SegmentStatus(segment: agent.segment)
             s.targets += 1
-            let holdsAll = target.bytes >= size
-            if target.phase >= .seeded && target.phase != .failed || target.phase == .failed && holdsAll {
+            if target.phase >= .seeded && target.phase != .failed || target.phase == .failed && target.holdsVerifiedCopy {
                 s.seeded += 1
             }
-            if target.phase >= .verified && target.phase != .failed || target.phase == .failed && holdsAll {
-                s.verified += 1
-            }
+            if target.holdsVerifiedCopy { s.verified += 1 }
             if target.phase == .activated { s.activated += 1 }
             if target.phase == .failed { s.failed += 1 }
             if target.phase == .rolledBack { s.rolledBack += 1 }
@@ -643,6 +652,9 @@ public actor Coordinator {
     }
 
     public func inventory(of agent: String) -> InventorySnapshot? { inventories[agent] }
+
+    /// The core's record of one agent.
+    public func agentRecord(_ id: String) -> AgentRecord? { state.agents[id] }
 }
 
 /// Where change control hooks into rollouts: promote and activate ask the gate first.

@@ -13,6 +13,9 @@ public struct AgentRecord: Codable, Sendable, Equatable {
     public var revoked: Bool
     public var enrolledAt: Date
     public var lastSeen: Date
+    /// The last job this agent refused and why (a forged, misdirected or unsafe job), so an
+    /// operator sees an attack even when it names no change the core knows.
+    public var lastRefusal: String?
 }
 
 /// A one-time (or N-time) enrolment token, stored as its hash.
@@ -87,7 +90,9 @@ public struct TargetRecord: Codable, Sendable, Equatable {
     public var gaveUp: Bool
     public var exitCode: Int32?
     public var outputTail: String?
-    /// The activation or rollback order this target ran last.
+    /// When `phase` is `.failed`: the step that failed (see `TargetRecord.apply`).
+    public var failedStep: FailedStep?
+    /// The activation ring the target belongs to.
     public var ring: Int
     public var updatedAt: Date
 
@@ -116,14 +121,46 @@ public struct Deployment: Codable, Sendable, Equatable {
     /// `change` or `policy:NAME`.
     public var origin: String
     public var createdAt: Date
-    /// Set by `activate`: the signed order and how far through the rings it has gone.
-    public var activation: SignedEnvelope?
+    /// Set by `activate`: the order (each target gets it in a ticket signed for it alone)
+    /// and how far through the rings it has gone.
+    public var activation: OrderRecord?
     public var activatedAt: Date?
     public var activeRing: Int
     /// Why activation stopped at a ring's health gate.
     public var halted: String?
-    public var rollback: SignedEnvelope?
+    public var rollback: OrderRecord?
     public var targets: [String: TargetRecord]
+}
+
+/// An activation or rollback order of one deployment: its id goes into every target's
+/// signed ticket, so each agent carries it out once.
+public struct OrderRecord: Codable, Sendable, Equatable {
+    public var id: String
+    public var issuedAt: Date
+
+    public init(id: String = "o-" + UUID().uuidString.lowercased(), issuedAt: Date) {
+        self.id = id
+        self.issuedAt = issuedAt
+    }
+
+    /// Also reads the signed order envelope a format-1 core state kept in its place.
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        if let id = try container.decodeIfPresent(String.self, forKey: .id) {
+            self.id = id
+            self.issuedAt = try container.decode(Date.self, forKey: .issuedAt)
+            return
+        }
+        let envelope = try SignedEnvelope(from: decoder)
+        guard let legacy = envelope.unverifiedClaim(LegacyActivationOrder.self) else {
+            throw DecodingError.dataCorrupted(
+                .init(codingPath: decoder.codingPath, debugDescription: "neither an order nor a format-1 signed order"))
+        }
+        self.id = legacy.id
+        self.issuedAt = legacy.issuedAt
+    }
+
+    private enum CodingKeys: String, CodingKey { case id, issuedAt }
 }
 
 /// A passive deployment: targets matching `query` must have `release`.
@@ -138,9 +175,16 @@ public struct Policy: Codable, Sendable, Equatable {
 
 /// Everything the core keeps, except inventories (stored one file per agent).
 public struct CoreSnapshot: Codable, Sendable, Equatable {
-    public static let formatVersion = 1
+    /// 2: per-agent signed job tickets (`OrderRecord`s, typed envelopes). A format-1 state is
+    /// read and upgraded when the core starts.
+    public static let formatVersion = 2
+    public static let readableVersions = 1...2
 
     public var version: Int = CoreSnapshot.formatVersion
+    /// The last job ticket sequence number signed (absent before format 2).
+    public var sequence: UInt64?
+    /// The release key's rotations, oldest first, each signed by the key it replaced.
+    public var keyRotations: [SignedEnvelope]?
     public var agents: [String: AgentRecord] = [:]
     public var tokens: [String: EnrolmentToken] = [:]
     public var releases: [String: ReleaseRecord] = [:]

@@ -44,7 +44,7 @@ public final class FileCoreStore: CoreStore, @unchecked Sendable {
                 "the core state \(statePath) cannot be read", why: "\(error)",
                 fix: "restore it from backup or the file system snapshot; it is only ever replaced whole")
         }
-        guard snapshot.version == CoreSnapshot.formatVersion else {
+        guard CoreSnapshot.readableVersions.contains(snapshot.version) else {
             throw ChangelabError(
                 "the core state \(statePath) has format \(snapshot.version), this changelab reads \(CoreSnapshot.formatVersion)",
                 fix: "run the changelab version that wrote it")

@@ -86,31 +86,9 @@ public struct ReleaseManifest: Codable, Sendable, Equatable {
     }
 }
 
-/// An order to activate (or roll back) a release, signed by the core's release key so an
-/// agent never acts on an order the core did not give.
-public struct ActivationOrder: Codable, Sendable, Equatable {
-    public enum Kind: String, Codable, Sendable { case activate, rollback }
-
-    public var kind: Kind
-    public var change: String
-    public var release: String
-    /// The package digest the order is for: an order cannot be replayed onto another release.
-    public var digest: SHA256Digest
-    /// Unique per order, so an agent runs each order once.
-    public var id: String
-    public var issuedAt: Date
-    public var expiresAt: Date
-
-    public init(
-        kind: Kind, change: String, release: String, digest: SHA256Digest, id: String = UUID().uuidString,
-        issuedAt: Date = Date(), lifetime: TimeInterval = 7 * 24 * 3600
-    ) {
-        self.kind = kind
-        self.change = change
-        self.release = release
-        self.digest = digest
-        self.id = id
-        self.issuedAt = issuedAt
-        self.expiresAt = issuedAt.addingTimeInterval(lifetime)
-    }
+/// The signed order of changelab before per-agent jobs (format 1): read only to migrate an
+/// old core state, never accepted by an agent.
+struct LegacyActivationOrder: Codable, Sendable, Equatable {
+    var id: String
+    var issuedAt: Date
 }

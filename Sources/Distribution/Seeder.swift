@@ -30,7 +30,7 @@ public struct Seeder: Sendable {
     }
 
     /// Seeds `entry`'s package; `progress` gets the verified byte count after each chunk.
-    public func seed(_ job: Job, entry: CacheEntry, progress: @escaping @Sendable (Int64) async -> Void)
+    public func seed(_ entry: CacheEntry, progress: @escaping @Sendable (Int64) async -> Void)
         async throws(SeedingFailure)
     {
         let manifest = entry.manifest
@@ -53,7 +53,7 @@ public struct Seeder: Sendable {
             }
             defer { writer.close() }
             do {
-                try await transport.fetch(job, manifest: manifest, from: writer.offset) { buffer in
+                try await transport.fetch(manifest, from: writer.offset) { buffer in
                     try await bucket.take(buffer.readableBytes)
                     if try writer.append(buffer) {
                         networkFailures = 0

@@ -27,8 +27,9 @@ public actor TokenBucket {
             burst, tokens + rate * (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18))
         tokens -= Double(bytes)
         if tokens < 0 {
-            let wait = -tokens / rate
-            try await Task.sleep(for: .milliseconds(Int(wait * 1000)))
+            // Bounded and finite whatever the rate: a slow link waits in steps of at most a minute.
+            let wait = min(60, max(0, -tokens / rate))
+            try await Task.sleep(for: .milliseconds(Int(exactly: (wait * 1000).rounded(.down)) ?? 60_000))
         }
     }
 }

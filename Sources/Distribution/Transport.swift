@@ -9,7 +9,7 @@ import NIOCore
 public protocol ChunkTransport: Sendable {
     /// Delivers the package's bytes from `offset` to its end through `sink`, in order.
     /// Returns when the source has no more to give (which may be before the end).
-    func fetch(_ job: Job, manifest: ReleaseManifest, from offset: Int64, into sink: (ByteBuffer) async throws -> Void)
+    func fetch(_ manifest: ReleaseManifest, from offset: Int64, into sink: (ByteBuffer) async throws -> Void)
         async throws
 }
 
@@ -22,9 +22,9 @@ public struct HTTPRangeTransport: ChunkTransport {
     }
 
     public func fetch(
-        _ job: Job, manifest: ReleaseManifest, from offset: Int64, into sink: (ByteBuffer) async throws -> Void
+        _ manifest: ReleaseManifest, from offset: Int64, into sink: (ByteBuffer) async throws -> Void
     ) async throws {
-        var request = link.request(.GET, job.artifact)
+        var request = link.request(.GET, artifactPath(manifest.digest))
         request.headers.add(name: "Range", value: "bytes=\(offset)-")
         let response = try await link.client.execute(request, timeout: .hours(24))
         switch response.status.code {

@@ -24,6 +24,8 @@ public enum FailureReason: String, Codable, Sendable, CaseIterable {
     /// A manifest or activation order whose signature did not verify.
     case untrusted
     case rollbackFailed = "rollback-failed"
+    /// An activation that would install an older version than this agent already installed.
+    case downgrade = "downgrade-refused"
 }
 
 /// A classified failure with what a person needs to chase it.
@@ -52,16 +54,31 @@ public struct Failure: Codable, Sendable, Equatable {
         case .diskFull: return "disk full"
         case .untrusted: return "refused unsigned or forged document"
         case .rollbackFailed: return "rollback failed"
+        case .downgrade: return "downgrade refused"
         }
     }
 }
 
 public struct EnrolRequest: Codable, Sendable {
+    /// `WireProtocol.version` of the agent (absent: protocol 1).
+    public var protocolVersion: Int?
     public var token: String
     public var name: String
     public var segment: String
     public var addresses: [String]
     public var attributes: [String: String]
+
+    public init(
+        protocolVersion: Int? = WireProtocol.version, token: String, name: String, segment: String,
+        addresses: [String], attributes: [String: String]
+    ) {
+        self.protocolVersion = protocolVersion
+        self.token = token
+        self.name = name
+        self.segment = segment
+        self.addresses = addresses
+        self.attributes = attributes
+    }
 }
 
 public struct EnrolReply: Codable, Sendable {
@@ -79,6 +96,8 @@ public struct CacheReport: Codable, Sendable, Equatable {
 }
 
 public struct CheckIn: Codable, Sendable {
+    /// `WireProtocol.version` of the agent (absent: protocol 1).
+    public var protocolVersion: Int?
     public var name: String
     public var segment: String
     public var addresses: [String]
@@ -93,6 +112,7 @@ public struct CheckIn: Codable, Sendable {
         name: String, segment: String, addresses: [String], attributes: [String: String],
         inventory: InventorySnapshot?, inventoryDigest: String, cache: [CacheReport]
     ) {
+        self.protocolVersion = WireProtocol.version
         self.name = name
         self.segment = segment
         self.addresses = addresses
@@ -112,23 +132,87 @@ extension InventorySnapshot {
 
 public enum JobKind: String, Codable, Sendable { case seed, activate, rollback }
 
-/// Work the core hands an agent: at check-in or pushed on the agent's stream.
-public struct Job: Codable, Sendable, Equatable {
+/// What the core tells one agent to do, signed as a whole with the core's release key.
+///
+/// Everything an agent acts on is in here, bound to the agent it is for, numbered and short
+/// lived: a job captured on one agent (or on the wire) cannot be replayed on another, after
+/// its expiry, or after a newer order for the same change; the agent's ledger (outside its
+/// cache) remembers which orders it carried out.
+public struct JobTicket: Codable, Sendable, Equatable {
+    /// How long a ticket is good for: the core signs a fresh one at every hand-out.
+    public static let lifetime: TimeInterval = 3600
+
     public var kind: JobKind
-    public var change: String
+    public var change: ChangeID
     public var release: String
+    /// The package the job is about: it must be the digest of the signed manifest.
+    public var digest: SHA256Digest
+    /// The core-issued id of the one agent this job is for.
+    public var agent: String
+    /// Increases with every ticket the core signs.
+    public var sequence: UInt64
+    /// For activate and rollback: the order this carries out (the same for every re-send and
+    /// retry of one `activate` or `rollback`), so an agent runs each order once.
+    public var order: String?
     /// `change` for a promoted change, `policy:NAME` for passive deployment.
     public var origin: String
-    /// The release manifest, signed by the core.
-    public var manifest: SignedEnvelope
-    /// For activate and rollback: the signed order.
-    public var order: SignedEnvelope?
     /// Throttle for seeding, bytes per second (nil: unthrottled).
     public var rate: Int64?
     /// 1 for the first try, more for redeploys.
     public var attempt: Int
-    /// Path (on the artifact base URL) of the package: `/v1/artifacts/sha256/<hex>`.
-    public var artifact: String
+    public var issuedAt: Date
+    public var expiresAt: Date
+
+    public init(
+        kind: JobKind, change: ChangeID, release: String, digest: SHA256Digest, agent: String, sequence: UInt64,
+        order: String?, origin: String, rate: Int64?, attempt: Int, issuedAt: Date,
+        lifetime: TimeInterval = JobTicket.lifetime
+    ) {
+        self.kind = kind
+        self.change = change
+        self.release = release
+        self.digest = digest
+        self.agent = agent
+        self.sequence = sequence
+        self.order = order
+        self.origin = origin
+        self.rate = rate
+        self.attempt = attempt
+        self.issuedAt = issuedAt
+        self.expiresAt = issuedAt.addingTimeInterval(lifetime)
+    }
+}
+
+/// Work the core hands an agent (at check-in or pushed on the agent's stream): the signed
+/// ticket and the release's signed manifest. Nothing outside the two signatures travels.
+public struct Job: Codable, Sendable, Equatable {
+    /// A `JobTicket`, signed by the core.
+    public var ticket: SignedEnvelope
+    /// The release manifest, signed by the core.
+    public var manifest: SignedEnvelope
+
+    public init(ticket: SignedEnvelope, manifest: SignedEnvelope) {
+        self.ticket = ticket
+        self.manifest = manifest
+    }
+
+    /// What the ticket claims, unverified: only to name a refused job in a report.
+    public var claim: JobTicket? { ticket.unverifiedClaim(JobTicket.self) }
+}
+
+/// The artifact route of a package: `/v1/artifacts/sha256/<hex>` on the artifact base URL.
+public func artifactPath(_ digest: SHA256Digest) -> String { "/v1/artifacts/sha256/\(digest.hex)" }
+
+/// The wire protocol agents and the core speak; the core refuses agents of another one.
+public enum WireProtocol {
+    /// 2: signed per-agent job tickets, typed envelopes, key rotation.
+    public static let version = 2
+
+    /// The refusal an agent of an older protocol gets.
+    public static func refusal(_ sent: Int?) -> String? {
+        guard sent != version else { return nil }
+        return "this agent speaks changelab protocol \(sent ?? 1), the core speaks \(version): upgrade changelab on the agent"
+    }
 }
 
 public struct CheckInReply: Codable, Sendable {
@@ -137,6 +221,8 @@ public struct CheckInReply: Codable, Sendable {
     public var checkInAfter: Double
     /// The core does not hold the inventory with the digest the agent sent: send it whole.
     public var sendInventory: Bool?
+    /// The core's release key rotations, oldest first: each signed by the key it replaces.
+    public var keyRotations: [SignedEnvelope]?
 }
 
 public enum AgentEventKind: String, Codable, Sendable {

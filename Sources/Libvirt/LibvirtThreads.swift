@@ -15,8 +15,20 @@ enum LibvirtThreads {
         return pool
     }()
 
+    /// Runs `body` on the pool and returns its result, also when the calling task is
+    /// cancelled: a libvirt call cannot be interrupted anyway, and the clean-up that runs
+    /// after a cancellation (killing a guest command, destroying a domain) must not be refused,
+    /// as NIO's cancellable `runIfActive` would.
     static func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await pool.runIfActive(body)
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, Error>) in
+            pool.submit { state in
+                guard case .active = state else {
+                    continuation.resume(throwing: CancellationError())
+                    return
+                }
+                continuation.resume(with: Result(catching: body))
+            }
+        }
     }
 
     /// virInitialize, and silence libvirt's default handler, which prints every error

@@ -216,7 +216,7 @@ import Testing
             #expect(try await eventually { try await admin.status("r1").total.verified == 1 })
             await group.stop()
             // Verified whole, within the first attempt, after three requests.
-            let cached = try Data(contentsOf: URL(fileURLWithPath: "\(scratch.path)/agents/pc/cache/r1/package.deb"))
+            let cached = try Data(contentsOf: URL(fileURLWithPath: AgentCache(directory: "\(scratch.path)/agents/pc/cache").packagePath("r1")))
             #expect(SHA256Digest(of: cached) == manifest.digest)
             let agent = try #require(try await admin.agents().first)
             #expect(await core.server.coordinator.target(agent.id, change: "r1")?.seedAttempts == 1)
@@ -294,22 +294,26 @@ import Testing
                 "/v1/key", as: [String: String].self)
             #expect(coreManifest["key"] == (await core.key).hex)
             let realJob = try #require(await jobFor(agent, core: core, change: "r1"))
+            let realTicket = try #require(realJob.claim)
             // 1. A manifest signed by another key, pointing at the attacker's package.
             var evilManifest = genuine
             evilManifest.chunks = evilManifest.chunks.map { _ in String(repeating: "0", count: 64) }
+            var evilTicket = realTicket
+            evilTicket.change = "evil"
+            await agent.handle(
+                Job(ticket: try attacker.sign(evilTicket, as: .job), manifest: try attacker.sign(evilManifest, as: .releaseManifest)))
             var forgedSeed = realJob
-            forgedSeed.change = "evil"
-            forgedSeed.manifest = try attacker.sign(evilManifest)
+            forgedSeed.manifest = try attacker.sign(evilManifest, as: .releaseManifest)
             await agent.handle(forgedSeed)
-            #expect(FileManager.default.fileExists(atPath: "\(scratch.path)/agents/pc/cache/evil") == false)
-            // 2. An activation order signed by the attacker, and one with no signature at all.
-            var forgedActivation = realJob
-            forgedActivation.kind = .activate
-            forgedActivation.order = try attacker.sign(
-                ActivationOrder(kind: .activate, change: "r1", release: "r1", digest: manifest.digest))
+            #expect(AgentCache(directory: "\(scratch.path)/agents/pc/cache").entry("evil") == nil)
+            // 2. An activation ticket signed by the attacker, and one with no signature at all.
+            var activation = realTicket
+            activation.kind = .activate
+            activation.order = "o-forged"
+            let forgedActivation = Job(ticket: try attacker.sign(activation, as: .job), manifest: realJob.manifest)
             await agent.handle(forgedActivation)
             var unsigned = forgedActivation
-            unsigned.order?.signature = ""
+            unsigned.ticket.signatures = []
             await agent.handle(unsigned)
             // Nothing was installed, and the core heard about it.
             #expect(installed("demo", in: scratch.path + "/roots/pc") == nil)
@@ -332,7 +336,7 @@ import Testing
             _ = try await admin.promote("r1", .everyone())
             #expect(try await eventually { try await admin.status("r1").total.verified == 1 })
             // Someone rewrites a byte of the cached package (same size).
-            let path = "\(scratch.path)/agents/pc/cache/r1/package.deb"
+            let path = AgentCache(directory: "\(scratch.path)/agents/pc/cache").packagePath("r1")
             try await Task.sleep(for: .milliseconds(20))
             let handle = try #require(FileHandle(forUpdatingAtPath: path))
             try handle.seek(toOffset: 150_000)
@@ -536,13 +540,9 @@ import Testing
 }
 
 /// A genuine seed job for `change`, as the core signs it (the starting point for forgeries).
+/// The newest seed job `agent` received for `change`, as it came from the core.
 func jobFor(_ agent: Agent, core: TestCore, change: String) async throws -> Job? {
-    guard let signed = await core.server.coordinator.signedManifest(for: change),
-        let release = await core.server.coordinator.releases().first(where: { $0.release == change })
-    else { return nil }
-    return Job(
-        kind: .seed, change: change, release: change, origin: "change", manifest: signed, order: nil, rate: nil,
-        attempt: 1, artifact: "/v1/artifacts/sha256/\(release.digest.hex)")
+    await agent.recentJobs.last { $0.claim?.change == change && $0.claim?.kind == .seed }
 }
 
 final class Locked<T: Sendable>: @unchecked Sendable {

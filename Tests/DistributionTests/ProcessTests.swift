@@ -29,7 +29,7 @@ import Testing
             let agent = try #require(try await admin.agents().first).id
             _ = try await admin.promote(
                 "big", PromoteRequest(release: nil, targets: "all", rings: nil, rate: 400_000, maxFailureRate: nil))
-            let entry = scratch.path + "/agent/cache/big/package.deb"
+            let entry = AgentCache(directory: scratch.path + "/agent/cache").packagePath("big")
             #expect(try await eventually { fileSize(entry) >= 600_000 })
             kill(pid, SIGKILL)
             try await Task.sleep(for: .seconds(1))

@@ -7,40 +7,108 @@ import Testing
 
 @Suite struct SigningTests {
     let key = ReleaseKey()
-    let order = ActivationOrder(
-        kind: .activate, change: "chg-1", release: "r1", digest: SHA256Digest(of: "x"), id: "o1",
-        issuedAt: Date(timeIntervalSince1970: 1_800_000_000))
+    let ticket = JobTicket(
+        kind: .activate, change: "chg-1", release: "r1", digest: SHA256Digest(of: "x"), agent: "a-1", sequence: 7,
+        order: "o1", origin: "change", rate: nil, attempt: 1, issuedAt: Date(timeIntervalSince1970: 1_800_000_000))
 
-    @Test func aSignedOrderOpensWithTheCoreKey() throws {
-        let envelope = try key.sign(order)
-        #expect(try envelope.open(ActivationOrder.self, trusting: key.publicKey) == order)
+    @Test func aSignedTicketOpensWithTheCoreKey() throws {
+        let envelope = try key.sign(ticket, as: .job)
+        #expect(try envelope.open(JobTicket.self, as: .job, trusting: [key.publicKey]) == ticket)
+        #expect(envelope.signatures.first?.keyid == key.publicKey.keyID)
     }
 
     @Test func anAlteredPayloadIsRefusedAsForged() throws {
-        var envelope = try key.sign(order)
-        var forged = order
-        forged.release = "evil"
+        var envelope = try key.sign(ticket, as: .job)
+        var forged = ticket
+        forged.agent = "a-2"
         envelope.payload = try StableJSON.data(forged).base64EncodedString()
         #expect(throws: SignatureRefusal.badSignature) {
-            try envelope.open(ActivationOrder.self, trusting: key.publicKey)
+            try envelope.open(JobTicket.self, as: .job, trusting: [key.publicKey])
+        }
+    }
+
+    @Test func aSignatureOverAnotherPayloadTypeIsRefused() throws {
+        // The same bytes signed as a manifest are no job: the type is inside the signature.
+        let asManifest = try key.sign(ticket, as: .releaseManifest)
+        var relabelled = asManifest
+        relabelled.payloadType = PayloadType.job.rawValue
+        #expect(throws: SignatureRefusal.badSignature) {
+            try relabelled.open(JobTicket.self, as: .job, trusting: [key.publicKey])
+        }
+        #expect(throws: SignatureRefusal.self) {
+            try asManifest.open(JobTicket.self, as: .job, trusting: [key.publicKey])
         }
     }
 
     @Test func anotherKeysSignatureIsRefused() throws {
-        let envelope = try ReleaseKey().sign(order)
-        #expect(throws: SignatureRefusal.self) { try envelope.open(ActivationOrder.self, trusting: key.publicKey) }
-        // Even when the forger claims to be the core's key, the signature gives it away.
+        let envelope = try ReleaseKey().sign(ticket, as: .job)
+        #expect(throws: SignatureRefusal.self) { try envelope.open(JobTicket.self, as: .job, trusting: [key.publicKey]) }
+        // Even when the forger claims the core's key id, the signature gives it away.
         var claimed = envelope
-        claimed.key = key.publicKey.hex
+        claimed.signatures[0].keyid = key.publicKey.keyID
         #expect(throws: SignatureRefusal.badSignature) {
-            try claimed.open(ActivationOrder.self, trusting: key.publicKey)
+            try claimed.open(JobTicket.self, as: .job, trusting: [key.publicKey])
         }
     }
 
-    @Test func anUnsignedDocumentIsRefused() throws {
-        var envelope = try key.sign(order)
-        envelope.signature = ""
-        #expect(throws: SignatureRefusal.unsigned) { try envelope.open(ActivationOrder.self, trusting: key.publicKey) }
+    @Test func anUnsignedOrUnknownFormatDocumentIsRefused() throws {
+        var envelope = try key.sign(ticket, as: .job)
+        envelope.signatures = []
+        #expect(throws: SignatureRefusal.unsigned) {
+            try envelope.open(JobTicket.self, as: .job, trusting: [key.publicKey])
+        }
+        var future = try key.sign(ticket, as: .job)
+        future.version = 3
+        #expect(throws: SignatureRefusal.unsupportedFormat(3)) {
+            try future.open(JobTicket.self, as: .job, trusting: [key.publicKey])
+        }
+    }
+
+    @Test func aThresholdCountsDistinctTrustedKeysOnly() throws {
+        let second = ReleaseKey()
+        let outsider = ReleaseKey()
+        var envelope = try key.sign(ticket, as: .job)
+        envelope = try second.signing.cosign(envelope)
+        envelope = try outsider.signing.cosign(envelope)
+        envelope = try second.signing.cosign(envelope)
+        let signers = try envelope.signers(as: .job, trusting: [key.publicKey, second.publicKey, second.publicKey])
+        #expect(Set(signers.map(\.hex)) == [key.publicKey.hex, second.publicKey.hex])
+        #expect(envelope.signatures.count == 3)
+    }
+
+    @Test func aFormatOneEnvelopeDecodesButIsNeverAccepted() throws {
+        let legacy = #"{"key":"\#(key.publicKey.hex)","payload":"e30K","signature":"AAAA"}"#
+        let envelope = try StableJSON.decode(SignedEnvelope.self, from: Data(legacy.utf8))
+        #expect(envelope.version == 1)
+        #expect(throws: SignatureRefusal.unsupportedFormat(1)) {
+            try envelope.open(JobTicket.self, as: .job, trusting: [key.publicKey])
+        }
+    }
+
+    @Test func rotationsAreFollowedOnlyWhenSignedByTheKeyTheyReplace() throws {
+        let second = ReleaseKey()
+        let third = ReleaseKey()
+        let forger = ReleaseKey()
+        let chain = [
+            try key.rotation(to: second, at: Date()), try second.rotation(to: third, at: Date()),
+        ]
+        #expect(KeyRotation.follow(chain, from: key.publicKey) == third.publicKey)
+        #expect(KeyRotation.follow(chain.reversed(), from: key.publicKey) == third.publicKey)
+        // A rotation the pinned key did not sign leads nowhere.
+        let forged = [try forger.rotation(to: ReleaseKey(), at: Date())]
+        #expect(KeyRotation.follow(forged, from: key.publicKey) == key.publicKey)
+        var relabelled = try forger.rotation(to: forger, at: Date())
+        relabelled.signatures[0].keyid = key.publicKey.keyID
+        #expect(KeyRotation.follow([relabelled], from: key.publicKey) == key.publicKey)
+    }
+
+    @Test func safeNamesRefuseEverythingThatCouldBeAPath() {
+        for bad in ["", "../../etc", "a/b", "..", ".hidden", "-rf", "a..b", "x\u{0}", String(repeating: "a", count: 129), "é"] {
+            #expect(SafeName.problem(bad) != nil, "\(bad.debugDescription) was accepted")
+        }
+        for good in ["CHG-0001", "greeterd-1.1.0", "policy:web-tls", "r1", "libfoo+bar_2.0"] {
+            #expect(SafeName.problem(good) == nil, "\(good) was refused")
+        }
     }
 
     @Test func theReleaseKeyPersistsAndAPublicKeyParsesFromHex() throws {
@@ -189,7 +257,7 @@ import Testing
             release: change, package: "p", packageVersion: "1", size: 0, digest: SHA256Digest(of: Data()),
             chunkSize: 4096,
             chunks: [], publishedAt: Date())
-        var e = try cache.open(change: change, manifest: m, signed: SignedEnvelope(payload: "", signature: "", key: ""))
+        var e = try cache.open(change: change, manifest: m, signed: SignedEnvelope(payloadType: "", payload: "", signatures: []))
         e.pinned = pinned
         e.expiresAt = expires
         try cache.save(e)
@@ -219,7 +287,7 @@ import Testing
         let m = try ReleaseManifest.build(
             file: scratch.path + "/src", release: "r", package: "p", packageVersion: "1", chunkSize: 4096)
         let cache = AgentCache(directory: scratch.path + "/cache")
-        let e = try cache.open(change: "r", manifest: m, signed: SignedEnvelope(payload: "", signature: "", key: ""))
+        let e = try cache.open(change: "r", manifest: m, signed: SignedEnvelope(payloadType: "", payload: "", signatures: []))
         var damaged = data.prefix(9000)
         damaged[5000] ^= 0xFF
         try Data(damaged).write(to: URL(fileURLWithPath: cache.packagePath("r")))

@@ -110,3 +110,18 @@ import Testing
         #expect(XML.escape("a<b & 'c'>\"") == "a&lt;b &amp; &apos;c&apos;&gt;&quot;")
     }
 }
+
+/// Clean-up after a cancellation goes through the same libvirt threads (killing a guest
+/// command after Ctrl-C, destroying a kept VM's overlay): it must not be refused.
+@Suite struct LibvirtCancellationTests {
+    @Test func aLibvirtCallStillRunsInATaskThatWasCancelled() async throws {
+        let task = Task { () -> Bool in
+            while !Task.isCancelled { try? await Task.sleep(for: .milliseconds(5)) }
+            let connection = try await Connection.open("test:///default")
+            _ = connection
+            return true
+        }
+        task.cancel()
+        #expect(try await task.value)
+    }
+}

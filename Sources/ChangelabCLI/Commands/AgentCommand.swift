@@ -70,7 +70,16 @@ struct AgentRunCommand: AsyncParsableCommand {
         guard let key = ReleasePublicKey(hex: coreKey) else {
             throw ValidationError("--core-key must be the core's 64-hex-digit release key (see 'changelab core token')")
         }
-        guard count >= 1 else { throw ValidationError("--count must be at least 1") }
+        guard (1...10_000).contains(count) else { throw ValidationError("--count must be between 1 and 10000") }
+        guard installTimeout.isFinite, installTimeout > 0, installTimeout <= 7 * 24 * 3600 else {
+            throw ValidationError("--install-timeout must be a number of seconds above 0 and at most 604800 (7 days)")
+        }
+        if let maxCheckIn, !(maxCheckIn.isFinite && maxCheckIn >= 0.05 && maxCheckIn <= 86_400) {
+            throw ValidationError("--max-check-in must be a number of seconds from 0.05 to 86400")
+        }
+        if let parallelInstalls, !(1...10_000).contains(parallelInstalls) {
+            throw ValidationError("--parallel-installs must be between 1 and 10000")
+        }
         if count > 1 && root == "/" {
             throw ValidationError("several identities cannot share root '/'; pass --root DIR (each gets DIR/NAME-NN)")
         }
@@ -91,7 +100,7 @@ struct AgentRunCommand: AsyncParsableCommand {
                 root: count == 1 ? root : "\(root)/\(id)", segment: segment, attributes: attributes, coreKey: key,
                 enrolmentToken: enrolToken)
             c.artifactURL = artifacts
-            c.installTimeout = .milliseconds(Int(installTimeout * 1000))
+            c.installTimeout = .milliseconds(Int(exactly: (installTimeout * 1000).rounded(.down)) ?? 600_000)
             c.maxCheckInInterval = maxCheckIn
             if !watch.isEmpty { c.watchedPaths = watch }
             c.installSlots = slots
