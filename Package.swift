@@ -51,7 +51,7 @@ let package = Package(
         // The CMDB: a git-backed store of pretty, stable JSON records.
         .target(
             name: "CMDB",
-            dependencies: ["Model", "Inventory", "HostIO", .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: ["Model", "HostIO", .product(name: "Crypto", package: "swift-crypto")]
         ),
         // The lab: baseline images, restore, guest exec, package builds, the matrix.
         .target(

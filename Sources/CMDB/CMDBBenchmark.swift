@@ -21,6 +21,11 @@ public enum CMDBBenchmark {
         public var transactions: Int
         public var recordSeconds: Double
         public var cellsPerSecond: Double
+        /// Whether each transaction made its objects durable (`syncfs`).
+        public var objectSync: Bool
+        /// Mean `syncfs` time per cell transaction, and its share of the cells' recording time.
+        public var syncMillisecondsPerTransaction: Double
+        public var syncShare: Double
         public var indexRebuildSeconds: Double
         public var queries: [QueryTiming]
         public var slowestQuerySeconds: Double
@@ -41,10 +46,12 @@ public enum CMDBBenchmark {
     ///
     /// - Parameter acknowledge: called with each cell's id once its transaction committed.
     public static func run(
-        cells: Int, path: String, actor: String = "changelab-bench", acknowledge: (@Sendable (String) -> Void)? = nil,
+        cells: Int, path: String, actor: String = "changelab-bench", objectSync: Bool = true,
+        keyring: CMDBKeyring = .default, acknowledge: (@Sendable (String) -> Void)? = nil,
         progress: (@Sendable (String) -> Void)? = nil
     ) async throws -> Result {
-        let writer = try await CMDBWriter(path: path, actor: actor)
+        let writer = try await CMDBWriter(
+            path: path, actor: actor, lockTimeout: .seconds(120), keyring: keyring, objectSync: objectSync)
         let baselineCount = 10
         var baselines: [(BaselineVersionRecord, InventorySnapshot)] = []
         for i in 0..<baselineCount {
@@ -56,6 +63,7 @@ public enum CMDBBenchmark {
         progress?("recording \(cells) cells, one transaction each")
         let started = ContinuousClock.now
         var cellSeconds = 0.0
+        var syncSeconds = 0.0
         var transactions = 0
         var recorded = 0
         var runNumber = 0
@@ -85,7 +93,7 @@ public enum CMDBBenchmark {
                     reason: failed ? "regression suite failed" : nil, startedAt: Date(), seconds: 30,
                     before: baseline.inventory, installDelta: delta)
                 let cellStart = ContinuousClock.now
-                try await writer.record(cell: cell)
+                syncSeconds += try await writer.record(cell: cell).syncSeconds
                 cellSeconds += cellStart.secondsSince
                 transactions += 1
                 recorded += 1
@@ -114,12 +122,14 @@ public enum CMDBBenchmark {
             timings.append(QueryTiming(query: text, matches: matches, seconds: best))
         }
         progress?("verifying")
-        let report = try await store.verify()
+        let report = try await store.verify(trustedKeys: keyring.trustedKeysPath)
         let slowest = timings.map(\.seconds).max() ?? 0
         let perSecond = cellSeconds > 0 ? Double(cells) / cellSeconds : 0
         return Result(
             path: store.path, cells: cells, transactions: transactions, recordSeconds: recordSeconds,
-            cellsPerSecond: perSecond, indexRebuildSeconds: rebuildSeconds, queries: timings,
+            cellsPerSecond: perSecond, objectSync: objectSync,
+            syncMillisecondsPerTransaction: syncSeconds * 1000 / Double(max(1, cells)),
+            syncShare: cellSeconds > 0 ? syncSeconds / cellSeconds : 0, indexRebuildSeconds: rebuildSeconds, queries: timings,
             slowestQuerySeconds: slowest, verifySeconds: report.seconds, verifyPassed: report.passed,
             targets: ["query ≤ 200 ms": slowest <= 0.2, "recording ≥ 50 cells/s": perSecond >= 50])
     }

@@ -106,7 +106,8 @@ extension CMDBWriter {
     }
 
     /// Records a cell; `after`, when given, is stored in full and linked.
-    public func record(cell: CellRecord, after: InventorySnapshot? = nil) async throws {
+    @discardableResult
+    public func record(cell: CellRecord, after: InventorySnapshot? = nil) async throws -> CMDBCommit {
         try await transaction("record cell \(cell.recordID) (\(cell.verdict.rawValue))", operation: "record-cell") {
             tx in
             var cell = cell

@@ -28,7 +28,10 @@ public struct CMDBStore: Sendable {
     public let path: String
 
     public static let formatName = "changelab-cmdb"
-    public static let formatVersion = 1
+    /// 2: every commit is signed (version 1 CMDBs were not; `cmdb upgrade` raises them).
+    public static let formatVersion = 2
+    /// The trailer of the signed commit that accepts the unsigned history before it.
+    static let checkpointTrailer = "Changelab-Checkpoint"
     static let branch = "main"
 
     var gitDirectory: String { path + "/.git" }
@@ -94,6 +97,14 @@ public struct CMDBStore: Sendable {
                 "\(path) has a format.json but no git repository", why: "the audit trail (.git) is missing",
                 fix: "restore the CMDB from its git remote ('git clone REMOTE \(path)')")
         }
+    }
+
+    /// The version in format.json (checked by `checkFormat`).
+    func formatVersion() throws -> Int {
+        guard let data = FileManager.default.contents(atPath: path + "/format.json"),
+            let format = try? StableJSON.decode(FormatFile.self, from: data)
+        else { throw ChangelabError("\(path)/format.json cannot be read", fix: "run 'changelab cmdb verify'") }
+        return format.version
     }
 
     /// The commit the branch points at; nil before the first transaction.

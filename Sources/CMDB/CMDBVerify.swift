@@ -3,6 +3,42 @@ import Foundation
 import HostIO
 import Model
 
+/// A recorded head: `cmdb checkpoint FILE` writes it, `cmdb verify --against FILE` checks
+/// that the history still contains it. Keep it where the CMDB's writers cannot change it.
+public struct CMDBCheckpoint: Codable, Sendable, Equatable {
+    public var format = "changelab-cmdb-checkpoint"
+    public var version = 1
+    public var commit: String
+    public var commits: Int
+    public var recordedAt: Date
+    public var cmdb: String
+
+    public init(commit: String, commits: Int, recordedAt: Date, cmdb: String) {
+        self.commit = commit
+        self.commits = commits
+        self.recordedAt = recordedAt
+        self.cmdb = cmdb
+    }
+
+    static func load(_ file: String) throws -> CMDBCheckpoint {
+        guard let data = FileManager.default.contents(atPath: file),
+            let checkpoint = try? StableJSON.decode(CMDBCheckpoint.self, from: data),
+            checkpoint.format == "changelab-cmdb-checkpoint"
+        else {
+            throw ChangelabError(
+                "\(file) is not a CMDB checkpoint file", fix: "write one with 'changelab cmdb checkpoint FILE'")
+        }
+        guard checkpoint.version == 1, checkpoint.commit.count == 40,
+            checkpoint.commit.allSatisfy({ $0.isHexDigit })
+        else {
+            throw ChangelabError(
+                "the checkpoint file \(file) has version \(checkpoint.version) or a malformed commit id",
+                fix: "write it again with this changelab ('changelab cmdb checkpoint FILE')")
+        }
+        return checkpoint
+    }
+}
+
 /// What `cmdb verify` found.
 public struct CMDBVerifyReport: Codable, Sendable {
     public struct Finding: Codable, Sendable, Equatable, CustomStringConvertible {
@@ -29,8 +65,15 @@ extension CMDBStore {
     /// Checks the whole CMDB: no unfinished transaction; every record parses, validates,
     /// sits at the path its id names and refers only to records that exist; inventories
     /// match their digest; the work tree equals the last commit (a hand-edited or truncated
-    /// record is named); every commit was made by changelab; `git fsck` passes.
-    public func verify() async throws -> CMDBVerifyReport {
+    /// record is named); every commit is signed by a trusted writer key (or lies below the
+    /// signed upgrade checkpoint); `git fsck` passes.
+    ///
+    /// - Parameters:
+    ///   - trustedKeys: the trusted writer keys file (default: `CMDBKeyring.default`'s).
+    ///   - against: a replica (a git remote name, URL or path) or a checkpoint file written by
+    ///     `writeCheckpoint(to:)`; its head must be in this history, so a rewrite of an old
+    ///     commit, a rolled-back branch or a replaced CMDB is found.
+    public func verify(trustedKeys: String? = nil, against: String? = nil) async throws -> CMDBVerifyReport {
         let started = ContinuousClock.now
         var problems: [CMDBVerifyReport.Finding] = []
         var warnings: [CMDBVerifyReport.Finding] = []
@@ -53,34 +96,19 @@ extension CMDBStore {
             problem("git fsck", fsck.tail(20).isEmpty ? "failed with status \(fsck.status)" : fsck.tail(20))
         }
 
-        // History: a line of changelab commits back to the first.
+        // History: every commit signed by a trusted writer, or below the signed checkpoint.
         var commits = 0
-        if head != nil {
-            let log = try await HostCommand.run(
-                "git",
-                [
-                    "-C", path, "log", "--format=%H%x1f%P%x1f%(trailers:key=Changelab-Operation,valueonly)%x1e",
-                    CMDBStore.branch,
-                ],
-                timeout: .seconds(600))
-            if !log.succeeded { problem("history", "git log failed: \(log.tail(5))") }
-            for entry in log.stdoutText.split(separator: "\u{1e}") {
-                let fields = entry.trimmingCharacters(in: .whitespacesAndNewlines).split(
-                    separator: "\u{1f}", omittingEmptySubsequences: false)
-                guard fields.count == 3 else { continue }
-                commits += 1
-                if fields[1].split(separator: " ").count > 1 {
-                    warnings.append(.init(item: "commit \(fields[0].prefix(12))", message: "is a merge"))
-                }
-                if fields[2].trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
-                    warnings.append(
-                        .init(
-                            item: "commit \(fields[0].prefix(12))",
-                            message: "was not made by changelab (edited by hand with git?)"))
-                }
-            }
+        if let head {
+            let trustedPath = trustedKeys.map(CMDBStore.absolute) ?? CMDBKeyring.default.trustedKeysPath
+            let history = try await checkSignatures(head: head, trustedKeysPath: trustedPath)
+            commits = history.commits
+            problems += history.problems
+            warnings += history.warnings
         } else {
             problem("history", "the branch '\(CMDBStore.branch)' has no commit")
+        }
+        if let against {
+            problems += try await compare(head: head, against: against)
         }
 
         // The work tree against the last commit.
@@ -96,6 +124,206 @@ extension CMDBStore {
         return CMDBVerifyReport(
             path: path, commit: head, records: records, commits: commits, problems: problems, warnings: warnings,
             seconds: started.secondsSince)
+    }
+
+    /// Checks every commit's signature; unsigned commits are accepted only below a valid
+    /// checkpoint (`cmdb upgrade`).
+    func checkSignatures(head: String, trustedKeysPath: String) async throws -> (
+        commits: Int, problems: [CMDBVerifyReport.Finding], warnings: [CMDBVerifyReport.Finding]
+    ) {
+        var problems: [CMDBVerifyReport.Finding] = []
+        var warnings: [CMDBVerifyReport.Finding] = []
+        let trusted: CMDBTrustedKeys
+        do {
+            guard let file = try CMDBTrustedKeys.load(trustedKeysPath) else {
+                throw ChangelabError(
+                    "there is no trusted keys file at \(trustedKeysPath)",
+                    fix: "pass the CMDB writers' public keys with --trusted-keys FILE (a writer's own is in "
+                        + "~/.config/changelab/cmdb-trusted-keys.json; 'changelab cmdb key' prints it)")
+            }
+            trusted = file
+        } catch {
+            return (0, [.init(item: "signatures", message: "cannot be checked: \(error)")], [])
+        }
+        let list = try await HostCommand.check(
+            "git", ["-C", path, "rev-list", "--parents", head], timeout: .seconds(600))
+        var order: [String] = []
+        var parents: [String: [String]] = [:]
+        for line in list.stdoutText.split(separator: "\n") {
+            let ids = line.split(separator: " ").map(String.init)
+            guard let id = ids.first else { continue }
+            order.append(id)
+            parents[id] = Array(ids.dropFirst())
+        }
+        let objects = try await HostCommand.check(
+            "git", ["-C", path, "cat-file", "--batch"], input: Data((order.joined(separator: "\n") + "\n").utf8),
+            timeout: .seconds(600)
+        ).stdout
+        let raw = Self.splitBatch(objects)
+        var unsigned: [String] = []
+        var checkpoints: [String] = []
+        var subjects: [String: String] = [:]
+        for id in order {
+            guard let object = raw[id] else {
+                problems.append(.init(item: "commit \(id.prefix(12))", message: "cannot be read (run git fsck)"))
+                continue
+            }
+            let text = String(decoding: object, as: UTF8.self)
+            let subject = text.components(separatedBy: "\n\n").dropFirst().first?
+                .split(separator: "\n").first.map(String.init) ?? ""
+            subjects[id] = subject
+            if (parents[id]?.count ?? 0) > 1 {
+                warnings.append(.init(item: "commit \(id.prefix(12))", message: "is a merge"))
+            }
+            guard let parsed = CommitSignature.parse(object) else {
+                unsigned.append(id)
+                continue
+            }
+            let keyID = CommitSignature.trailer("Changelab-Key", in: parsed.signed)?
+                .split(separator: " ").first.map(String.init) ?? ""
+            guard let key = trusted.key(id: keyID), let publicKey = key.key else {
+                problems.append(
+                    .init(
+                        item: "commit \(id.prefix(12))",
+                        message: "('\(subject)') is signed by writer key \(keyID.isEmpty ? "(none named)" : keyID), "
+                            + "which \(trustedKeysPath) does not list; if that writer is trusted, add its public key "
+                            + "('changelab cmdb key' on its machine prints it)"))
+                continue
+            }
+            guard publicKey.isValidSignature(parsed.signature, for: CommitSignature.payload(parsed.signed)) else {
+                problems.append(
+                    .init(
+                        item: "commit \(id.prefix(12))",
+                        message: "('\(subject)') has a signature that does not match it: forged, or altered after "
+                            + "\(key.name) signed it"))
+                continue
+            }
+            if CommitSignature.trailer(Self.checkpointTrailer, in: parsed.signed) != nil { checkpoints.append(id) }
+        }
+        // Everything a valid checkpoint descends from was accepted by the upgrade.
+        var accepted = Set<String>()
+        var stack = checkpoints.flatMap { parents[$0] ?? [] }
+        while let id = stack.popLast() {
+            guard accepted.insert(id).inserted else { continue }
+            stack += parents[id] ?? []
+        }
+        let foreign = unsigned.filter { !accepted.contains($0) }
+        let legacy = checkpoints.isEmpty && (try? formatVersion()) ?? 1 < 2
+        for id in foreign.prefix(20) {
+            problems.append(
+                .init(
+                    item: "commit \(id.prefix(12))",
+                    message: "('\(subjects[id] ?? "")') is not signed by a CMDB writer (made by hand with git?)"
+                        + (legacy
+                            ? "; if this CMDB was written before changelab signed commits, run 'changelab cmdb "
+                                + "upgrade' once to accept its history"
+                            : "; undo it with git (the commits after it must be rewritten by a writer)")))
+        }
+        if foreign.count > 20 {
+            problems.append(.init(item: "history", message: "\(foreign.count - 20) more commits are not signed"))
+        }
+        return (order.count, problems, warnings)
+    }
+
+    /// `git cat-file --batch` output: id → object bytes.
+    static func splitBatch(_ data: Data) -> [String: Data] {
+        let bytes = [UInt8](data)
+        var result: [String: Data] = [:]
+        var offset = 0
+        while offset < bytes.count {
+            guard let newline = bytes[offset...].firstIndex(of: 0x0a) else { break }
+            let header = String(decoding: bytes[offset..<newline], as: UTF8.self).split(separator: " ")
+            offset = newline + 1
+            guard header.count == 3, let size = Int(header[2]), size >= 0, size <= bytes.count - offset else {
+                continue
+            }
+            result[String(header[0])] = Data(bytes[offset..<offset + size])
+            offset += size + 1
+        }
+        return result
+    }
+
+    /// Compares the head with a replica or a checkpoint file: its head must be in this
+    /// history (equal, or an ancestor of ours).
+    func compare(head: String?, against: String) async throws -> [CMDBVerifyReport.Finding] {
+        var isDirectory: ObjCBool = false
+        let local = FileManager.default.fileExists(atPath: against, isDirectory: &isDirectory)
+        let theirs: String
+        let what: String
+        if local, !isDirectory.boolValue {
+            let file = CMDBStore.absolute(against)
+            do {
+                theirs = try CMDBCheckpoint.load(file).commit
+            } catch {
+                return [.init(item: "against \(against)", message: "\(error)")]
+            }
+            what = "the checkpoint file \(against)"
+        } else {
+            let remote = local ? CMDBStore.absolute(against) : against
+            let listing = try await HostCommand.run(
+                "git", ["-C", path, "ls-remote", "--heads", remote, "refs/heads/\(CMDBStore.branch)"],
+                timeout: .seconds(120))
+            guard listing.succeeded,
+                let id = listing.stdoutText.split(separator: "\t").first.map(String.init), id.count == 40
+            else {
+                return [
+                    .init(
+                        item: "against \(against)",
+                        message: "cannot read the replica's branch '\(CMDBStore.branch)'"
+                            + (listing.succeeded ? " (it has none)" : ": \(listing.tail(3))")
+                            + "; pass a git remote, a replica's path or a checkpoint file ('changelab cmdb checkpoint')"
+                    )
+                ]
+            }
+            theirs = id
+            what = "the replica \(against)"
+        }
+        guard let head else {
+            return [.init(item: "against \(against)", message: "this CMDB has no commit; \(what) is at \(theirs)")]
+        }
+        if theirs == head { return [] }
+        let known = try await HostCommand.run(
+            "git", ["-C", path, "cat-file", "-e", "\(theirs)^{commit}"], timeout: .seconds(60)
+        ).succeeded
+        if known {
+            let theirsIsOlder = try await HostCommand.run(
+                "git", ["-C", path, "merge-base", "--is-ancestor", theirs, head], timeout: .seconds(120)
+            ).succeeded
+            if theirsIsOlder { return [] }
+            let oursIsOlder = try await HostCommand.run(
+                "git", ["-C", path, "merge-base", "--is-ancestor", head, theirs], timeout: .seconds(120)
+            ).succeeded
+            if oursIsOlder {
+                return [
+                    .init(
+                        item: "against \(against)",
+                        message: "this CMDB is behind \(what): its head \(head.prefix(12)) is older than "
+                            + "\(theirs.prefix(12)); commits were rolled back here (or it was restored from an old "
+                            + "backup): restore them from the replica")
+                ]
+            }
+        }
+        return [
+            .init(
+                item: "against \(against)",
+                message: "the history differs from \(what): its head \(theirs.prefix(12)) is not in this CMDB's "
+                    + "history, so a commit was rewritten (here or there) or the CMDB was replaced; compare with "
+                    + "'git -C \(path) fetch REPLICA main && git log --oneline main...FETCH_HEAD'")
+        ]
+    }
+
+    /// Records the head in `file`, for a later `verify(against: file)`.
+    public func writeCheckpoint(to file: String) async throws -> CMDBCheckpoint {
+        guard let head else {
+            throw ChangelabError("the CMDB at \(path) has no commit to record", fix: "record something first")
+        }
+        let count = try await HostCommand.check(
+            "git", ["-C", path, "rev-list", "--count", head], timeout: .seconds(300)
+        ).stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+        let checkpoint = CMDBCheckpoint(
+            commit: head, commits: Int(count) ?? 0, recordedAt: wholeSeconds(Date()), cmdb: path)
+        try AtomicFile.write(try StableJSON.data(checkpoint), to: CMDBStore.absolute(file))
+        return checkpoint
     }
 
     /// Every file below the CMDB folder except .git, relative.

@@ -91,6 +91,17 @@ public struct CMDBCommit: Sendable, Equatable {
     /// The commit id; unchanged when the transaction changed nothing.
     public var id: String
     public var changed: [String]
+    /// How long making its objects durable (`syncfs`) took.
+    public var syncSeconds: Double = 0
+}
+
+/// Who a transaction is recorded as, and how changelab knows.
+public enum CMDBActorSource: String, Sendable, Codable {
+    /// Named by the caller: an operator (`--actor`, `CHANGELAB_ACTOR`, the core's operator
+    /// name) or a service such as `changelab-matrix`.
+    case `operator`
+    /// Nobody was named: the local account the process runs as (`local:USER@HOST`).
+    case localUser = "local-user"
 }
 
 /// What recovery did with a transaction a crashed writer left.
@@ -123,29 +134,81 @@ public actor CMDBWriter {
     public nonisolated let store: CMDBStore
     /// Who the commits name as author: a person, or a service such as `changelab-matrix`.
     public nonisolated let actor: String
+    /// Whether `actor` was named by the caller or is the local account (a fallback).
+    public nonisolated let actorSource: CMDBActorSource
+    /// The key that signs every commit, kept outside the CMDB.
+    public nonisolated let key: CMDBWriterKey
     let lockTimeout: Duration
+    /// False only in `bench cmdb --skip-object-sync`, to measure what durability costs.
+    let objectSync: Bool
     private var cache: TreeCache?
 
     /// Opens the CMDB at `path` for writing, creating it when the folder is missing or empty.
-    public init(path: String, actor: String, lockTimeout: Duration = .seconds(120)) async throws {
+    ///
+    /// - Parameters:
+    ///   - actor: the operator or service the commits name; a name starting `local:` (as
+    ///     `localUserActor`) is recorded as a fallback, not as a named operator.
+    ///   - keyring: where this writer's signing key is (created on first use).
+    public init(
+        path: String, actor: String, lockTimeout: Duration = .seconds(120), keyring: CMDBKeyring = .default
+    ) async throws {
+        try await self.init(path: path, actor: actor, lockTimeout: lockTimeout, keyring: keyring, objectSync: true)
+    }
+
+    init(path: String, actor: String, lockTimeout: Duration, keyring: CMDBKeyring, objectSync: Bool) async throws {
         let store = CMDBStore(uncheckedPath: CMDBStore.absolute(path))
         self.store = store
-        self.actor = actor.isEmpty ? "changelab" : actor
+        let name = actor.isEmpty ? "changelab" : actor
+        try Self.checkActor(name)
+        self.actor = name
+        self.actorSource = name.hasPrefix("local:") ? .localUser : .operator
+        self.key = try keyring.writerKey(name: name, refusingInside: store.path)
         self.lockTimeout = lockTimeout
+        self.objectSync = objectSync
         if !FileManager.default.fileExists(atPath: store.path + "/format.json") {
-            try await Self.create(store, actor: self.actor, lockTimeout: lockTimeout)
+            try await Self.create(store, signer: signer, lockTimeout: lockTimeout)
         }
         try store.checkFormat()
     }
 
-    /// `CHANGELAB_ACTOR`, else `USER@hostname`.
+    var signer: Signer { Signer(actor: actor, source: actorSource, key: key, objectSync: objectSync) }
+
+    /// What signs and names a commit.
+    struct Signer: Sendable {
+        var actor: String
+        var source: CMDBActorSource
+        var key: CMDBWriterKey
+        var objectSync = true
+    }
+
+    static func checkActor(_ name: String) throws {
+        guard name.count <= 200, !name.contains(where: { $0.isNewline || $0 == "<" || $0 == ">" }),
+            !name.unicodeScalars.contains(where: { $0.properties.generalCategory == .control })
+        else {
+            throw ChangelabError(
+                "the actor '\(name.prefix(60))' cannot name a CMDB commit",
+                why: "an actor is at most 200 characters, without control characters, '<' or '>'",
+                fix: "pass the operator's name, for example --actor alice")
+        }
+    }
+
+    /// `CHANGELAB_ACTOR` when set (an operator named by the environment), else the fallback
+    /// `localUserActor`.
     public static var defaultActor: String {
         let environment = ProcessInfo.processInfo.environment
         if let actor = environment["CHANGELAB_ACTOR"], !actor.isEmpty { return actor }
-        return "\(environment["USER"] ?? "root")@\(ProcessInfo.processInfo.hostName)"
+        return localUserActor
     }
 
-    private static func create(_ store: CMDBStore, actor: String, lockTimeout: Duration) async throws {
+    /// `local:USER@HOST` from the process's real account (not `$USER`, which anyone can set):
+    /// labelled so the log shows that no operator was named.
+    public static var localUserActor: String {
+        var user = "uid-\(geteuid())"
+        if let pw = getpwuid(geteuid()), let name = pw.pointee.pw_name { user = String(cString: name) }
+        return "local:\(user)@\(ProcessInfo.processInfo.hostName)"
+    }
+
+    private static func create(_ store: CMDBStore, signer: Signer, lockTimeout: Duration) async throws {
         let fm = FileManager.default
         let existing = (try? fm.contentsOfDirectory(atPath: store.path)) ?? []
         guard existing.allSatisfy({ $0 == ".git" }) else {
@@ -169,7 +232,7 @@ public actor CMDBWriter {
         var cache = TreeCache(commit: store.head)
         if cache.commit != nil { cache = try await TreeCache.load(repository: store.path, commit: cache.commit) }
         _ = try await commit(
-            transaction, cache: cache, store: store, message: "create the CMDB", operation: "create", actor: actor)
+            transaction, cache: cache, store: store, message: "create the CMDB", operation: "create", signer: signer)
         try? await syncGitIndex(store)
     }
 
@@ -220,9 +283,44 @@ public actor CMDBWriter {
         try transaction.checkReferences()
         let (result, newCache) = try await Self.commit(
             transaction, cache: cache ?? TreeCache(commit: head), store: store, message: message,
-            operation: operation, actor: actor)
+            operation: operation, signer: signer)
         cache = newCache
         return result
+    }
+
+    /// What `upgrade()` did.
+    public enum UpgradeOutcome: Sendable, Equatable {
+        /// The checkpoint commit, accepting `unsignedCommits` commits before it.
+        case checkpointed(commit: String, unsignedCommits: Int)
+        /// The CMDB was created signed or upgraded before; nothing was written.
+        case alreadySigned
+    }
+
+    /// Accepts the unsigned history a changelab before signing wrote, once: a signed
+    /// checkpoint commit that raises format.json to version 2. `verify` accepts unsigned
+    /// commits only below such a checkpoint; the signature covers its parent, so a rewrite
+    /// of that history breaks the checkpoint.
+    public func upgrade() async throws -> UpgradeOutcome {
+        let lock = try await Self.acquireLock(store, timeout: lockTimeout)
+        defer { lock.release() }
+        if let outcome = try await Self.recoverLocked(store) {
+            FileHandle.standardError.write(Data("changelab: \(outcome)\n".utf8))
+        }
+        guard try store.formatVersion() < CMDBStore.formatVersion, let head = store.head else { return .alreadySigned }
+        let count = try await HostCommand.check(
+            "git", ["-C", store.path, "rev-list", "--count", head], timeout: .seconds(300)
+        ).stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+        let tree = try await TreeCache.load(repository: store.path, commit: head)
+        var transaction = CMDBTransaction(store: store, cache: tree)
+        transaction.setFile(
+            "format.json",
+            try StableJSON.data(CMDBStore.FormatFile(format: CMDBStore.formatName, version: CMDBStore.formatVersion)))
+        let (result, newCache) = try await Self.commit(
+            transaction, cache: tree, store: store, message: "upgrade: sign every transaction from here on",
+            operation: "upgrade", signer: signer,
+            trailers: [(CMDBStore.checkpointTrailer, "accepts the unsigned history up to \(head)")])
+        cache = newCache
+        return .checkpointed(commit: result.id, unsignedCommits: Int(count) ?? 0)
     }
 
     /// Finishes or rolls back a transaction a crashed writer left; nil when there was none.
@@ -262,7 +360,7 @@ public actor CMDBWriter {
 
     static func commit(
         _ transaction: CMDBTransaction, cache: TreeCache, store: CMDBStore, message: String, operation: String,
-        actor: String
+        signer: Signer, trailers: [(String, String)] = []
     ) async throws -> (CMDBCommit, TreeCache) {
         let writer = GitObjectWriter(gitDirectory: store.gitDirectory)
         let writes = transaction.writes
@@ -278,14 +376,22 @@ public actor CMDBWriter {
             for path in blobs.keys { try writer.write(.blob, writes[path] ?? Data()) }
             let tree = try cache.apply(blobs, writer: writer)
             let now = Int(Date().timeIntervalSince1970)
-            let person = actor.filter { $0 != "<" && $0 != ">" && $0 != "\n" }
+            let person = signer.actor
             var text = "tree \(tree)\n"
             if let parent = cache.commit { text += "parent \(parent)\n" }
             text += "author \(person) <changelab@localhost> \(now) +0000\n"
             text += "committer changelab <changelab@localhost> \(now) +0000\n\n"
             text += message.replacingOccurrences(of: "\n", with: " ") + "\n\n"
             text += "Changelab-Operation: \(operation)\nChangelab-Actor: \(person)\n"
+            text += "Changelab-Actor-Source: \(signer.source.rawValue)\n"
+            for (key, value) in trailers { text += "\(key): \(value.replacingOccurrences(of: "\n", with: " "))\n" }
+            text += "Changelab-Key: \(signer.key.publicKey.id) \(signer.key.name.replacingOccurrences(of: "\n", with: " "))\n"
+            text += try signer.key.signature(forCommitText: text)
             let commit = try writer.write(.commit, Data(text.utf8))
+            // Every object of the commit durable before anything names it (journal, branch).
+            let syncStart = ContinuousClock.now
+            if signer.objectSync { try syncFileSystem(of: store.gitDirectory + "/objects") }
+            let syncSeconds = syncStart.secondsSince
             let journal = Journal(
                 message: message, operation: operation, actor: person, pid: pid, startedAt: Date(),
                 parent: cache.commit, commit: commit, writes: blobs.compactMapValues { $0 })
@@ -294,10 +400,10 @@ public actor CMDBWriter {
                 try AtomicFile.write(writes[path] ?? Data(), to: "\(store.path)/\(path)")
             }
             if let pause = crashTestPause { usleep(pause) }
-            try writer.updateBranch(CMDBStore.branch, to: commit)
+            try writer.updateBranch(CMDBStore.branch, to: commit, expecting: cache.commit)
             unlink(store.journalPath)
             cache.commit = commit
-            return (CMDBCommit(id: commit, changed: blobs.keys.sorted()), cache)
+            return (CMDBCommit(id: commit, changed: blobs.keys.sorted(), syncSeconds: syncSeconds), cache)
         }
     }
 
@@ -315,7 +421,7 @@ public actor CMDBWriter {
         if head == journal.parent || head == journal.commit {
             if head == journal.parent {
                 try GitObjectWriter(gitDirectory: store.gitDirectory).updateBranch(
-                    CMDBStore.branch, to: journal.commit)
+                    CMDBStore.branch, to: journal.commit, expecting: journal.parent)
             }
             try await HostCommand.check(
                 "git", ["-C", store.path, "checkout", journal.commit, "--"] + paths, timeout: .seconds(300))

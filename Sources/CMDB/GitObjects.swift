@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import HostIO
+import Model
 
 #if canImport(Glibc)
     import Glibc
@@ -33,11 +34,10 @@ struct GitObjectWriter {
         return id
     }
 
-    /// Temp file + rename, without fsync, as git itself long wrote loose objects
-    /// (`core.fsyncObjectFiles=false`), trusting a journalling file system to order data
-    /// before the rename. The journal, the record files and the branch are fsynced. Each
-    /// fsync costs 1–6 ms on this machine's shared disk; five more per transaction would
-    /// halve the recording rate. A power cut that loses an object shows in `cmdb verify`.
+    /// Temp file + rename, without an fsync each: the writer makes all of a transaction's
+    /// objects durable with one `syncfs` before the journal and the branch name them (as
+    /// git's `core.fsyncMethod=batch`). An fsync per object costs 1–6 ms on this machine's
+    /// shared disk, five of them per transaction would halve the recording rate.
     static func writeObjectFile(_ data: Data, directory: String, path: String) throws {
         if mkdir(directory, 0o755) != 0 && errno != EEXIST { throw IOFailure.last("create \(directory)") }
         let temp = "\(directory)/tmp_obj_\(getpid())_\(UInt32.random(in: 0...UInt32.max))"
@@ -155,12 +155,51 @@ struct GitObjectWriter {
         return nil
     }
 
-    /// Points the branch at `id` the way git does: write `NAME.lock`, fsync, rename.
-    func updateBranch(_ name: String, to id: String) throws {
+    /// Points the branch at `id` the way git does: create `NAME.lock` exclusively, write,
+    /// fsync, rename over the ref.
+    ///
+    /// The lock is git's own: while another git command holds it (a `git commit`, `gc`,
+    /// `fetch` in the CMDB) this waits up to `timeout`, then fails naming the lock, and never
+    /// removes it. With the lock held, the branch must still be at `expecting`, or a commit
+    /// made behind the CMDB's back would be silently dropped.
+    func updateBranch(_ name: String, to id: String, expecting: String?, timeout: Duration = .seconds(10)) throws {
         let path = "\(gitDirectory)/refs/heads/\(name)"
-        // Our CMDB lock is held, so a leftover .lock is from a writer that died; take it over.
-        unlink(path + ".lock")
-        try AtomicFile.write(id + "\n", to: path)
+        let lockPath = path + ".lock"
+        let deadline = ContinuousClock.now + timeout
+        var fd: Int32 = -1
+        while true {
+            fd = open(lockPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+            if fd >= 0 { break }
+            guard errno == EEXIST else { throw IOFailure.last("create \(lockPath)") }
+            guard ContinuousClock.now < deadline else {
+                throw ChangelabError(
+                    "cannot move the CMDB branch: git's lock \(lockPath) has been held for over \(timeout)",
+                    why: "another git command is updating the branch, or one was killed and left its lock",
+                    fix: "wait for that git command to finish; if no git runs in the CMDB any more, remove "
+                        + "\(lockPath) and run 'changelab cmdb recover' (nothing acknowledged was lost)")
+            }
+            usleep(20_000)
+        }
+        var renamed = false
+        defer {
+            close(fd)
+            if !renamed { unlink(lockPath) }
+        }
+        let current = readBranch(name)
+        guard current == expecting else {
+            throw ChangelabError(
+                "the CMDB branch '\(name)' moved to \(current?.prefix(12) ?? "nothing") while this transaction was "
+                    + "based on \(expecting?.prefix(12) ?? "no commit")",
+                why: "something other than changelab committed to the CMDB (git by hand?)",
+                fix: "run 'changelab cmdb verify' to see the foreign commit; undo it with git, then write again")
+        }
+        let line = Array((id + "\n").utf8)
+        let written = line.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        guard written == line.count else { throw IOFailure.last("write \(lockPath)") }
+        guard fsync(fd) == 0 else { throw IOFailure.last("fsync \(lockPath)") }
+        guard rename(lockPath, path) == 0 else { throw IOFailure.last("rename \(lockPath)") }
+        renamed = true
+        AtomicFile.syncDirectory((path as NSString).deletingLastPathComponent)
     }
 }
 

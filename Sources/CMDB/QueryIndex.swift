@@ -246,12 +246,12 @@ final class QueryIndex: @unchecked Sendable {
         let index = QueryIndex()
         let commit = try decoder.string()
         index.commit = commit.isEmpty ? nil : commit
-        let inventoryCount = try decoder.int()
+        let inventoryCount = try decoder.count()
         for _ in 0..<inventoryCount {
             let digest = try decoder.string()
             var items: [InventoryCategory: [String: InventoryItem]] = [:]
             for category in InventoryCategory.allCases {
-                let count = try decoder.int()
+                let count = try decoder.count()
                 var byKey: [String: InventoryItem] = [:]
                 byKey.reserveCapacity(count)
                 for _ in 0..<count {
@@ -267,7 +267,7 @@ final class QueryIndex: @unchecked Sendable {
             index.inventories.append(digest)
             index.states.append(InventoryState(items: items))
         }
-        let subjectCount = try decoder.int()
+        let subjectCount = try decoder.count()
         index.subjects.reserveCapacity(subjectCount)
         for _ in 0..<subjectCount {
             let path = try decoder.string()
@@ -276,7 +276,7 @@ final class QueryIndex: @unchecked Sendable {
             let attributes = Dictionary(try decoder.pairs(), uniquingKeysWith: { a, _ in a })
             let base = try decoder.int() - 1
             guard base < index.states.count else { throw Corrupt() }
-            let changeCount = try decoder.int()
+            let changeCount = try decoder.count()
             var changes: [IndexChange] = []
             changes.reserveCapacity(changeCount)
             for _ in 0..<changeCount {
@@ -427,11 +427,11 @@ struct IndexDecoder {
         bytes = [UInt8](data)
         guard bytes.starts(with: magic) else { throw QueryIndex.Corrupt() }
         offset = magic.count
-        let count = try int()
+        let count = try self.count()
         strings.reserveCapacity(count)
         for _ in 0..<count {
             let length = try int()
-            guard offset + length <= bytes.count else { throw QueryIndex.Corrupt() }
+            guard length <= bytes.count - offset else { throw QueryIndex.Corrupt() }
             strings.append(String(decoding: bytes[offset..<offset + length], as: UTF8.self))
             offset += length
         }
@@ -450,6 +450,14 @@ struct IndexDecoder {
         }
     }
 
+    /// A count of elements that follow: each takes at least one byte, so a count beyond the
+    /// bytes left is corrupt (and would make `reserveCapacity` trap or exhaust memory).
+    mutating func count() throws -> Int {
+        let count = try int()
+        guard count <= bytes.count - offset else { throw QueryIndex.Corrupt() }
+        return count
+    }
+
     mutating func string() throws -> String {
         let id = try int()
         guard id < strings.count else { throw QueryIndex.Corrupt() }
@@ -457,7 +465,7 @@ struct IndexDecoder {
     }
 
     mutating func pairs() throws -> [(String, String)] {
-        let count = try int()
+        let count = try self.count()
         var result: [(String, String)] = []
         result.reserveCapacity(count)
         for _ in 0..<count { result.append((try string(), try string())) }

@@ -172,7 +172,9 @@ public enum InventoryParser {
                 ? state == "0A" : (state == "07" && remote.split(separator: ":").last == "0000")
             guard listening else { continue }
             let local = f[1].split(separator: ":")
-            guard local.count == 2, let port = Int(local[1], radix: 16), let address = decodeAddress(local[0]) else {
+            guard local.count == 2, let port = Int(local[1], radix: 16), (0...65535).contains(port),
+                let address = decodeAddress(local[0])
+            else {
                 continue
             }
             let record = PortRecord(transport: transport, address: address, port: port)
@@ -255,7 +257,9 @@ public enum InventoryParser {
         var files: [FileRecord] = []
         for line in lines {
             let f = line.split(separator: "\t", maxSplits: 6, omittingEmptySubsequences: false).map(String.init)
-            guard f.count == 7, let mode = Int(f[1], radix: 8), let uid = Int(f[2]), let gid = Int(f[3]) else {
+            guard f.count == 7, let mode = Int(f[1], radix: 8), (0...0o7777).contains(mode), let uid = UInt32(f[2]),
+                let gid = UInt32(f[3])
+            else {
                 warnings.append("unreadable file line: \(line)")
                 continue
             }
@@ -272,8 +276,8 @@ public enum InventoryParser {
             while modeText.count < 4 { modeText = "0" + modeText }
             files.append(
                 FileRecord(
-                    path: path, kind: kind, mode: modeText, owner: userNames[uid] ?? String(uid),
-                    group: groupNames[gid] ?? String(gid), size: kind == .file ? Int(f[4]) : nil,
+                    path: path, kind: kind, mode: modeText, owner: userNames[Int(uid)] ?? String(uid),
+                    group: groupNames[Int(gid)] ?? String(gid), size: kind == .file ? Int(f[4]).flatMap { $0 >= 0 ? $0 : nil } : nil,
                     sha256: kind == .file ? sums[path] : nil, linkTarget: kind == .symlink ? f[5] : nil))
         }
         return files

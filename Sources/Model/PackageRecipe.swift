@@ -143,8 +143,8 @@ public struct PackageRecipe: Sendable, Equatable, Codable {
             reader.report(at: root.value("sources"), "source '\(source)' must be a path inside packages/\(name)/")
         }
         recipe.defaultTimeoutSeconds = root.optional("timeout", default: recipe.defaultTimeoutSeconds)
-        if recipe.defaultTimeoutSeconds < 1 {
-            reader.report(at: root.value("timeout"), "'timeout' must be a positive number of seconds")
+        if !(1...PackageRecipe.maximumTimeoutSeconds).contains(recipe.defaultTimeoutSeconds) {
+            reader.report(at: root.value("timeout"), "'timeout' must be a positive number of seconds, at most 604800 (a week)")
         }
         recipe.build = steps(root, "build", default: recipe.defaultTimeoutSeconds, rebootAllowed: false)
         if root.has("install") {
@@ -183,11 +183,16 @@ public struct PackageRecipe: Sendable, Equatable, Codable {
         return recipe
     }
 
+    /// A week: longer is a typo, and callers convert timeouts to narrower types.
+    static let maximumTimeoutSeconds = 604_800
+
     private static func steps(_ root: SpecMapping, _ key: String, default timeout: Int, rebootAllowed: Bool) -> [Step] {
         var result: [Step] = []
         for (index, entry) in root.mappings(key, keys: ["name", "run", "reboot", "timeout"]).enumerated() {
             let stepTimeout = entry.optional("timeout", default: timeout)
-            if stepTimeout < 1 { entry.reader.report(at: entry.value("timeout"), "'timeout' must be a positive number of seconds") }
+            if !(1...PackageRecipe.maximumTimeoutSeconds).contains(stepTimeout) {
+                entry.reader.report(at: entry.value("timeout"), "'timeout' must be a positive number of seconds, at most 604800 (a week)")
+            }
             let script = entry.optional("run", String.self)
             let reboot = entry.optional("reboot", default: false)
             let name = entry.optional("name", default: reboot ? "reboot" : "\(key) step \(index + 1)")

@@ -240,6 +240,15 @@ private struct QueryParser {
     var tokens: [QueryToken] = []
     var position = 0
     var lexError: QuerySyntaxError?
+    /// How deep `not` and parentheses nest right now.
+    var depth = 0
+    /// Predicates read so far: each `and`/`or` deepens the expression tree by one, and
+    /// evaluating or freeing it recurses that deep.
+    var predicates = 0
+
+    /// Far beyond any query a person writes; far below what overflows a thread's stack.
+    static let maximumDepth = 64
+    static let maximumPredicates = 512
 
     init(text: String) {
         self.text = text
@@ -403,18 +412,27 @@ private struct QueryParser {
     }
 
     mutating func parseUnary() throws -> QueryExpression {
+        guard current.isKeyword("not") || current.kind == .open else {
+            predicates += 1
+            guard predicates <= Self.maximumPredicates else {
+                throw error("at most \(Self.maximumPredicates) predicates in one query (split it into several queries)")
+            }
+            return try parsePredicate()
+        }
+        guard depth < Self.maximumDepth else {
+            throw error("at most \(Self.maximumDepth) nested 'not' or '(' (simplify the query: 'not not X' is X)")
+        }
+        depth += 1
+        defer { depth -= 1 }
         if current.isKeyword("not") {
             position += 1
             return .not(try parseUnary())
         }
-        if current.kind == .open {
-            position += 1
-            let inner = try parseOr()
-            guard current.kind == .close else { throw error("')' or 'and'/'or'") }
-            position += 1
-            return inner
-        }
-        return try parsePredicate()
+        position += 1
+        let inner = try parseOr()
+        guard current.kind == .close else { throw error("')' or 'and'/'or'") }
+        position += 1
+        return inner
     }
 
     mutating func parsePredicate() throws -> QueryExpression {

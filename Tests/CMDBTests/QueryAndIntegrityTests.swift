@@ -106,11 +106,13 @@ import Testing
             toFile: "\(path)/\(file)", atomically: true, encoding: .utf8)
         _ = try await git(path, "-c", "user.name=mallory", "-c", "user.email=m@example.org", "commit", "-qam", "tweak")
         let report = try await store.verify()
+        let tweak = try #require(store.head)
         #expect(
-            report.problems.map(\.description) == ["\(file): does not match its digest (changed after it was recorded)"]
-        )
-        #expect(report.warnings.count == 1)
-        #expect(report.warnings.first?.message.contains("not made by changelab") == true)
+            report.problems.map(\.description) == [
+                "commit \(tweak.prefix(12)): ('tweak') is not signed by a CMDB writer (made by hand with git?); undo it "
+                    + "with git (the commits after it must be rewritten by a writer)",
+                "\(file): does not match its digest (changed after it was recorded)",
+            ])
     }
 
     @Test func aTornTransactionBlocksReadersAndTheNextWriterFinishesIt() async throws {
@@ -130,7 +132,7 @@ import Testing
             parent: parent, commit: commit,
             writes: [torn: try #require(tree.blob(at: torn))])
         try AtomicFile.write(try StableJSON.data(journal), to: store.journalPath)
-        try GitObjectWriter(gitDirectory: store.gitDirectory).updateBranch("main", to: parent)
+        try GitObjectWriter(gitDirectory: store.gitDirectory).updateBranch("main", to: parent, expecting: commit)
 
         await #expect(throws: ChangelabError.self) { _ = try await store.query(try Query("site = nantes")) }
         let report = try await store.verify()

@@ -74,17 +74,17 @@ import Testing
         let path = Fixture.temporaryFolder()
         defer { Fixture.remove(path) }
         _ = try await CMDBWriter(path: path, actor: "t")
-        try "{\n  \"format\" : \"changelab-cmdb\",\n  \"version\" : 2\n}\n".write(
+        try "{\n  \"format\" : \"changelab-cmdb\",\n  \"version\" : 3\n}\n".write(
             toFile: path + "/format.json", atomically: true, encoding: .utf8)
         #expect(throws: ChangelabError.self) { try CMDBStore.open(path) }
         do {
             _ = try await CMDBWriter(path: path, actor: "t")
             Issue.record("a writer opened a newer CMDB")
         } catch {
-            #expect("\(error)".contains("format version 2"))
+            #expect("\(error)".contains("format version 3"))
             #expect("\(error)".contains("fix:"))
         }
-        #expect(try String(contentsOfFile: path + "/format.json", encoding: .utf8).contains("2"))
+        #expect(try String(contentsOfFile: path + "/format.json", encoding: .utf8).contains("3"))
     }
 
     @Test func aFolderThatIsNotACMDBIsRefusedAndLeftAlone() async throws {

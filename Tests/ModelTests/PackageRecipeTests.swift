@@ -65,7 +65,7 @@ import Testing
                 "packages/bad/package.yaml:5:5: a build step cannot reboot (only install and uninstall steps can)",
                 "packages/bad/package.yaml:7:5: a step needs 'run: <shell script>' or 'reboot: true'",
                 "packages/bad/package.yaml:9:5: a step either runs a script or reboots, not both",
-                "packages/bad/package.yaml:12:14: 'timeout' must be a positive number of seconds",
+                "packages/bad/package.yaml:12:14: 'timeout' must be a positive number of seconds, at most 604800 (a week)",
                 "packages/bad/package.yaml:14:9: 'disk' is in MiB and cannot be negative",
                 "packages/bad/package.yaml:15:13: 'UPPER' is not a valid Debian package name",
             ]

@@ -133,3 +133,31 @@ import Testing
         }
     }
 }
+
+/// Deep or long queries end in a `QuerySyntaxError`, never a stack overflow.
+@Suite struct QueryLimitTests {
+    @Test(arguments: [
+        String(repeating: "not ", count: 100_000) + "site = paris",
+        String(repeating: "(", count: 100_000) + "site = paris" + String(repeating: ")", count: 100_000),
+        String(repeating: "not (", count: 50_000) + "site = paris",
+        Array(repeating: "site = paris", count: 100_000).joined(separator: " and "),
+    ])
+    func aQueryTooDeepOrLongIsRefusedWithAClearError(text: String) {
+        #expect {
+            _ = try Query(text)
+        } throws: { error in
+            let description = "\(error)"
+            return error is QuerySyntaxError && description.contains("at most")
+        }
+    }
+
+    @Test func queriesWithinTheLimitsStillParseAndEvaluate() throws {
+        let nested = String(repeating: "not ", count: 64) + "site = paris"
+        let subject = QuerySubject(attributes: ["site": "paris"], inventory: nil)
+        #expect(try Query(nested).matches(subject))
+        let long = Array(repeating: "site = paris", count: 512).joined(separator: " and ")
+        #expect(try Query(long).matches(subject))
+        let parenthesised = String(repeating: "(", count: 64) + "site = lyon" + String(repeating: ")", count: 64)
+        #expect(try Query(parenthesised).matches(subject) == false)
+    }
+}

@@ -18,6 +18,12 @@ extension BenchCommand {
         var keep: String?
         @Flag(name: .long, help: "Print 'recorded CELL' on stdout as each cell's transaction commits.")
         var acknowledge = false
+        @Flag(
+            name: .long,
+            help: ArgumentHelp(
+                "Skip the syncfs that makes each transaction's objects durable, to measure what it costs "
+                    + "(only ever on this throwaway CMDB)."))
+        var skipObjectSync = false
 
         func run() async throws {
             guard cells > 0 else {
@@ -37,13 +43,14 @@ extension BenchCommand {
             var onProgress: (@Sendable (String) -> Void)?
             if !output.json { onProgress = { text in note(text) } }
             let result = try await CMDBBenchmark.run(
-                cells: cells, path: path, acknowledge: onRecorded, progress: onProgress)
+                cells: cells, path: path, objectSync: !skipObjectSync, acknowledge: onRecorded, progress: onProgress)
             if output.json { return try printJSON(result) }
             var lines = [
                 "cells recorded        \(result.cells) in \(result.transactions) transactions, "
                     + String(format: "%.1f s", result.recordSeconds),
                 "recording rate        " + String(format: "%.1f cells/s", result.cellsPerSecond)
                     + " (target ≥ 50)",
+                "object sync (syncfs)  " + syncLine(result),
                 "query index rebuild   " + String(format: "%.2f s", result.indexRebuildSeconds),
             ]
             for timing in result.queries {
@@ -59,6 +66,12 @@ extension BenchCommand {
                     + (result.verifyPassed ? " (passed)" : " (FAILED)"))
             if keep != nil { lines.append("kept at               \(result.path)") }
             write(lines)
+        }
+
+        func syncLine(_ result: CMDBBenchmark.Result) -> String {
+            guard result.objectSync else { return "skipped (--skip-object-sync)" }
+            let perTransaction = String(format: "%.2f ms per cell transaction", result.syncMillisecondsPerTransaction)
+            return perTransaction + String(format: ", %.1f%% of the recording time", result.syncShare * 100)
         }
     }
 }

@@ -14,8 +14,8 @@ struct CMDBCommand: AsyncParsableCommand {
             unique prefix. Without a kind, NAME@N is a baseline version and RUN/CELL a cell.
             """,
         subcommands: [
-            Show.self, Log.self, Diff.self, Query.self, Verify.self, Export.self, Init.self, Recover.self,
-            RecordTarget.self,
+            Show.self, Log.self, Diff.self, Query.self, Verify.self, Checkpoint.self, Export.self, Init.self,
+            Recover.self, Upgrade.self, Key.self, RecordTarget.self,
         ]
     )
 
@@ -247,12 +247,34 @@ struct CMDBCommand: AsyncParsableCommand {
 
     struct Verify: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Check every record, reference, the work tree against history, and git fsck.")
+            abstract: "Check every record, reference, commit signature, the work tree against history, and git fsck.",
+            discussion: """
+                Every commit must be signed by a writer key the trusted keys file lists (unsigned commits only below \
+                the checkpoint 'cmdb upgrade' writes). --against compares the head with a replica or a checkpoint \
+                file, which finds a rewritten or rolled-back history. Exit status 1 when anything is wrong.
+                """)
         @OptionGroup var options: CMDBOptions
         @OptionGroup var output: OutputOptions
+        @Option(
+            name: .long,
+            help: ArgumentHelp(
+                "The writer public keys to trust (default: ~/.config/changelab/cmdb-trusted-keys.json, or "
+                    + "$CHANGELAB_CMDB_KEYS/cmdb-trusted-keys.json).", valueName: "file"))
+        var trustedKeys: String?
+        @Option(
+            name: .long,
+            help: ArgumentHelp(
+                "A replica (git remote name, URL or path) or a checkpoint file whose head must be in this history.",
+                valueName: "remote-or-file"))
+        var against: String?
 
         func run() async throws {
-            let report = try await options.store().verify()
+            if let trustedKeys, !FileManager.default.fileExists(atPath: trustedKeys) {
+                throw ChangelabError(
+                    "--trusted-keys \(trustedKeys) does not exist",
+                    fix: "pass the trusted writer keys file (a writer's own is ~/.config/changelab/cmdb-trusted-keys.json)")
+            }
+            let report = try await options.store().verify(trustedKeys: trustedKeys, against: against)
             if output.json {
                 try printJSON(report)
             } else {
@@ -265,6 +287,89 @@ struct CMDBCommand: AsyncParsableCommand {
                 ])
             }
             if !report.passed { throw ExitCode(1) }
+        }
+    }
+
+    struct Checkpoint: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Verify the CMDB, then record its head in a file for 'cmdb verify --against FILE'.",
+            discussion: "Keep the file where the CMDB's writers cannot change it (another machine, read-only media).")
+        @OptionGroup var options: CMDBOptions
+        @OptionGroup var output: OutputOptions
+        @Option(name: .long, help: ArgumentHelp("The trusted writer keys file.", valueName: "file"))
+        var trustedKeys: String?
+        @Argument(help: "The checkpoint file to write.") var file: String
+
+        func run() async throws {
+            let store = try options.store()
+            let report = try await store.verify(trustedKeys: trustedKeys)
+            guard report.passed else {
+                for finding in report.problems { write(["problem: \(finding)"]) }
+                throw ChangelabError(
+                    "refusing to record a checkpoint of a CMDB that does not verify",
+                    why: "\(report.problems.count) problem(s), listed above", fix: "fix them, then run this again")
+            }
+            let checkpoint = try await store.writeCheckpoint(to: file)
+            if output.json { return try printJSON(checkpoint) }
+            write(["recorded \(checkpoint.commit.prefix(12)) (\(checkpoint.commits) commits) in \(file)"])
+        }
+    }
+
+    struct Upgrade: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Accept a CMDB's unsigned history once, with a signed checkpoint commit (format version 2).",
+            discussion: """
+                CMDBs written before changelab signed its commits fail 'cmdb verify' until this is run once. Check \
+                the history first (git log -p): everything up to now is accepted as it is.
+                """)
+        @OptionGroup var options: CMDBOptions
+        @OptionGroup var actor: ActorOptions
+        @OptionGroup var output: OutputOptions
+
+        func run() async throws {
+            let store = try options.store()
+            let writer = try await CMDBWriter(path: store.path, actor: actor.name)
+            let outcome = try await writer.upgrade()
+            await writer.close()
+            struct View: Encodable {
+                var upgraded: Bool
+                var commit: String?
+                var acceptedUnsignedCommits: Int?
+            }
+            switch outcome {
+            case .alreadySigned:
+                if output.json { return try printJSON(View(upgraded: false)) }
+                write(["\(store.path) already signs every commit: nothing to upgrade"])
+            case .checkpointed(let commit, let count):
+                if output.json {
+                    return try printJSON(View(upgraded: true, commit: commit, acceptedUnsignedCommits: count))
+                }
+                write([
+                    "upgraded \(store.path): checkpoint \(commit.prefix(12)) accepts the \(count) commits before it; "
+                        + "every commit from now on is signed by \(writer.key.publicKey.id)"
+                ])
+            }
+        }
+    }
+
+    struct Key: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "This writer's CMDB signing key: its public half, for other verifiers' trusted keys files.",
+            discussion: """
+                The private key is ~/.config/changelab/cmdb-writer.key (or $CHANGELAB_CMDB_KEYS/…), mode 0600, \
+                created on first use; --json prints the entry to add to a cmdb-trusted-keys.json.
+                """)
+        @OptionGroup var actor: ActorOptions
+        @OptionGroup var output: OutputOptions
+
+        func run() async throws {
+            let keyring = CMDBKeyring.default
+            let key = try keyring.writerKey(name: actor.name)
+            if output.json { return try printJSON(key.publicKey) }
+            write([
+                "writer key  \(key.publicKey.id)  \(key.name)", "public key  \(key.publicKey.publicKey)",
+                "private     \(keyring.keyPath)", "trusted by  \(keyring.trustedKeysPath)",
+            ])
         }
     }
 

@@ -1,0 +1,24 @@
+import FuzzDriver
+import Foundation
+import Model
+import Wire
+
+/// libFuzzer entry: every JSON message the core and the agents exchange, decoded with
+/// StableJSON exactly as they do; hostile bytes are a decoding error, never a trap.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzWire(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
+    let data = Data(bytes: start, count: count)
+    _ = try? StableJSON.decode(EnrolRequest.self, from: data)
+    _ = try? StableJSON.decode(EnrolReply.self, from: data)
+    if let checkIn = try? StableJSON.decode(CheckIn.self, from: data) { _ = checkIn.inventory?.digest }
+    _ = try? StableJSON.decode(CheckInReply.self, from: data)
+    _ = try? StableJSON.decode(Job.self, from: data)
+    _ = try? StableJSON.decode(AgentEvent.self, from: data)
+    _ = try? StableJSON.decode(SignedEnvelope.self, from: data)
+    return 0
+}
+
+@_cdecl("fuzz_wire_main")
+public func main(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+    runFuzzer(argc, argv) { fuzzWire($0, $1) }
+}
