@@ -200,11 +200,7 @@ public struct GuestAgent: Sendable {
                     try await drain(&err, final: exited, onOutput: onOutput)
                 }
                 if exited {
-                    if let code = status["exitcode"] as? Int {
-                        exitCode = Int32(code)
-                    } else if let signal = status["signal"] as? Int {
-                        exitCode = 128 + Int32(signal)
-                    }
+                    exitCode = Self.exitCode(status) ?? -1
                     break
                 }
                 if let deadline, !timedOut, ContinuousClock.now >= deadline {
@@ -254,7 +250,7 @@ public struct GuestAgent: Sendable {
             let status = try await sendForObject("guest-exec-status", ["pid": pid])
             if (status["exited"] as? Bool) ?? false {
                 let decode = { (key: String) in (status[key] as? String).flatMap { Data(base64Encoded: $0) } ?? Data() }
-                let code = (status["exitcode"] as? Int).map(Int32.init) ?? (status["signal"] as? Int).map { 128 + Int32($0) } ?? -1
+                let code = Self.exitCode(status) ?? -1
                 return GuestExecResult(
                     exitCode: code, stdout: decode("out-data"), stderr: decode("err-data"), timedOut: false,
                     seconds: started.secondsSince)
@@ -294,6 +290,15 @@ public struct GuestAgent: Sendable {
         onOutput: (@Sendable (Stream, Data) -> Void)? = nil
     ) async throws -> GuestExecResult {
         try await exec(["/bin/sh", "-c", script], input: input, timeout: timeout, onOutput: onOutput)
+    }
+
+    /// The exit status guest-exec-status reports: the exit code, or 128 + the signal. Both
+    /// come from the guest, so anything outside 0…255 (or a signal outside 1…127) is nil,
+    /// never a trap.
+    public static func exitCode(_ status: [String: Any]) -> Int32? {
+        if let code = status["exitcode"] as? Int, (0...255).contains(code) { return Int32(code) }
+        if let signal = status["signal"] as? Int, (1...127).contains(signal) { return 128 + Int32(signal) }
+        return nil
     }
 
     /// Kills a command's whole process group (read from `groupFile`) and the pid itself.

@@ -125,3 +125,14 @@ import Testing
         #expect(try await task.value)
     }
 }
+
+@Suite struct GuestStatusTests {
+    @Test func anExitStatusFromTheGuestOutsideItsRangeIsNeverATrap() {
+        #expect(GuestAgent.exitCode(["exitcode": 3]) == 3)
+        #expect(GuestAgent.exitCode(["signal": 9]) == 137)
+        #expect(GuestAgent.exitCode(["exitcode": 1 << 40]) == nil)
+        #expect(GuestAgent.exitCode(["exitcode": -1]) == nil)
+        #expect(GuestAgent.exitCode(["signal": Int.max]) == nil)
+        #expect(GuestAgent.exitCode(["exitcode": "3"]) == nil)
+    }
+}
