@@ -124,7 +124,11 @@ public actor Agent {
     public func run() async throws {
         try installer.prepareRoot()
         try loadLedger()
-        cache.migrateLegacyLayout()
+        let legacy = cache.migrateLegacyLayout()
+        if !legacy.isEmpty {
+            for record in legacy { ledger.adopt(record, now: Date()) }
+            try ledgerFile.save(ledger)
+        }
         try await enrolIfNeeded()
         resumeInterruptedSeeding()
         await withTaskGroup(of: Void.self) { group in

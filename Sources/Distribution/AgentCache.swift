@@ -124,18 +124,43 @@ public struct AgentCache: Sendable {
         }
     }
 
+    /// What an entry of the layout before the ledger knew of the orders it carried out.
+    public struct LegacyRecord: Sendable {
+        public var change: String
+        public var package: String
+        public var version: String
+        public var activated: Bool
+        public var previousVersion: String?
+        public var ordersDone: [String]
+    }
+
     /// Moves entries of the layout before digest-named folders (`cache/<change>/`) to their
-    /// digest folder; a folder whose name is not a safe change id is left where it is.
-    public func migrateLegacyLayout() {
+    /// digest folder, and returns what they recorded of installs and orders so the agent's
+    /// ledger can take it over; a folder whose name is not a safe change id is left alone.
+    public func migrateLegacyLayout() -> [LegacyRecord] {
+        struct Legacy: Decodable {
+            var change: String
+            var manifest: ReleaseManifest
+            var phase: TargetPhase
+            var previousVersion: String?
+            var ordersDone: [String]?
+        }
+        var records: [LegacyRecord] = []
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
         for name in names where !(name.count == 64 && SHA256Digest(hex: name) != nil) {
             guard SafeName.problem(name) == nil,
                 let data = FileManager.default.contents(atPath: "\(directory)/\(name)/entry.json"),
-                let entry = try? StableJSON.decode(CacheEntry.self, from: data), entry.change == name,
+                let legacy = try? StableJSON.decode(Legacy.self, from: data), legacy.change == name,
                 !FileManager.default.fileExists(atPath: folder(name))
             else { continue }
             try? FileManager.default.moveItem(atPath: "\(directory)/\(name)", toPath: folder(name))
+            records.append(
+                LegacyRecord(
+                    change: name, package: legacy.manifest.package, version: legacy.manifest.packageVersion,
+                    activated: legacy.phase == .activated, previousVersion: legacy.previousVersion,
+                    ordersDone: legacy.ordersDone ?? []))
         }
+        return records
     }
 
     /// Opens (or starts) the entry for a job's release.

@@ -66,6 +66,21 @@ public struct AgentLedger: Codable, Sendable, Equatable {
         minimumVersion[install.package] = install.previousVersion
     }
 
+    /// Takes over what a cache entry of the layout before the ledger recorded.
+    public mutating func adopt(_ legacy: AgentCache.LegacyRecord, now: Date) {
+        for order in legacy.ordersDone where executed[order] == nil {
+            executed[order] = Executed(
+                kind: .activate, change: legacy.change, release: legacy.change, exitCode: 0, outputTail: "",
+                at: now, keepUntil: now.addingTimeInterval(8 * 24 * 3600))
+        }
+        guard legacy.activated, installs[legacy.change] == nil else { return }
+        installs[legacy.change] = Install(
+            package: legacy.package, version: legacy.version, previousVersion: legacy.previousVersion)
+        if downgrade(package: legacy.package, to: legacy.version) == nil {
+            minimumVersion[legacy.package] = legacy.version
+        }
+    }
+
     private mutating func record(_ ticket: JobTicket, order: String, result: InstallResult, now: Date) {
         executed[order] = Executed(
             kind: ticket.kind, change: ticket.change, release: ticket.release, exitCode: result.exitCode,

@@ -346,3 +346,39 @@ import Testing
         #expect(throws: ChangelabError.self) { try file.load() }
     }
 }
+
+@Suite struct AgentUpgradeTests {
+    @Test func anAgentUpgradedInPlaceMovesItsCacheAndKeepsWhatItInstalled() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        let cache = AgentCache(directory: scratch.path + "/cache")
+        let manifest = ReleaseManifest(
+            release: "r1", package: "demo", packageVersion: "1.1", size: 0, digest: SHA256Digest(of: Data()),
+            chunkSize: 4096, chunks: [], publishedAt: Date())
+        // An entry as the agent before the ledger wrote it: cache/<change>/, orders inside.
+        let entry = try cache.open(
+            change: "r1", manifest: manifest, signed: SignedEnvelope(payloadType: "", payload: "", signatures: []))
+        var json = try #require(
+            try JSONSerialization.jsonObject(with: StableJSON.data(entry)) as? [String: Any])
+        json["phase"] = "activated"
+        json["ordersDone"] = ["o-legacy"]
+        json["previousVersion"] = "1.0"
+        let old = scratch.path + "/cache/r1"
+        try FileManager.default.moveItem(
+            atPath: (cache.packagePath("r1") as NSString).deletingLastPathComponent, toPath: old)
+        try JSONSerialization.data(withJSONObject: json).write(to: URL(fileURLWithPath: old + "/entry.json"))
+        // A folder named like a traversal is not touched.
+        try FileManager.default.createDirectory(atPath: scratch.path + "/cache/..x", withIntermediateDirectories: true)
+
+        let records = cache.migrateLegacyLayout()
+        #expect(records.map(\.change) == ["r1"])
+        #expect(cache.entry("r1")?.release == "r1")
+        #expect(!FileManager.default.fileExists(atPath: old))
+        #expect(FileManager.default.fileExists(atPath: scratch.path + "/cache/..x"))
+        var ledger = AgentLedger()
+        for record in records { ledger.adopt(record, now: Date()) }
+        #expect(ledger.installs["r1"] == AgentLedger.Install(package: "demo", version: "1.1", previousVersion: "1.0"))
+        #expect(ledger.executed["o-legacy"] != nil)
+        #expect(ledger.downgrade(package: "demo", to: "1.0") != nil)
+    }
+}
