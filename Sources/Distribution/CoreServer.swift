@@ -82,7 +82,8 @@ public struct CoreServer: Sendable {
         await coordinator.setLimits(limits)
         let router = Router()
         routes(router)
-        let http1 = HTTP1Channel.Configuration(idleTimeout: .milliseconds(limits.idleTimeoutMilliseconds))
+        let http1 = HTTP1Channel.Configuration(
+            additionalChannelHandlers: [ClosedByClient()], idleTimeout: .milliseconds(limits.idleTimeoutMilliseconds))
         let app = Application(
             router: router,
             server: try .tls(.http1(configuration: http1), tlsConfiguration: try tls.serverConfiguration()),
@@ -576,6 +577,27 @@ public struct CoreServer: Sendable {
     func bearer(_ request: Request) -> String? {
         guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else { return nil }
         return String(header.dropFirst(7))
+    }
+}
+
+/// Closes a connection whose client closed its side (TCP FIN or TLS close_notify).
+///
+/// The server allows half-closure, so without this a client that went away stays "connected"
+/// until a write fails: an agent's job stream then keeps the agent online for two ping rounds.
+final class ClosedByClient: ChannelInboundHandler, RemovableChannelHandler {
+    // The parts pass through untouched: this handler only watches for the end of input.
+    typealias InboundIn = NIOAny
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        context.fireChannelRead(data)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 }
 
