@@ -6,7 +6,6 @@ import PackageDescription
 //                                    Lab → Libvirt → CLibvirt
 let package = Package(
     name: "changelab",
-    platforms: [.macOS(.v14)],
     products: [
         .executable(name: "changelab", targets: ["changelab"])
     ],
@@ -18,6 +17,11 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.5.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.20.0"),
+        // The core serves HTTPS only: its certificate is made at first start and pinned by clients.
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.29.0"),
+        .package(url: "https://github.com/apple/swift-certificates", from: "1.0.0"),
+        .package(url: "https://github.com/apple/swift-asn1", from: "1.0.0"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
         // Already pulled in by Hummingbird; named so the core can shut down gracefully.
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.0.0"),
     ],
@@ -58,7 +62,6 @@ let package = Package(
             name: "Lab",
             dependencies: [
                 "Libvirt", "Model", "Inventory", "CMDB", "HostIO",
-                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // Seed-and-activate distribution: core server, agents, rollout control.
@@ -68,9 +71,19 @@ let package = Package(
                 "Model", "Inventory", "CMDB", "HostIO",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
             ]
         ),
         // Command-line front end: one file per command under Commands/.
@@ -79,6 +92,7 @@ let package = Package(
             dependencies: [
                 "Lab", "CMDB", "Inventory", "Distribution", "Model", "Libvirt", "HostIO",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ]
         ),
         .executableTarget(name: "changelab", dependencies: ["ChangelabCLI"]),
@@ -95,6 +109,9 @@ let package = Package(
                 "Distribution", "CMDB", "Model", "HostIO", "changelab",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ]
         ),
     ],

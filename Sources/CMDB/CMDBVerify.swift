@@ -114,7 +114,7 @@ extension CMDBStore {
         // The work tree against the last commit.
         let committed = try await TreeCache.load(repository: path, commit: head).allBlobs
         let files = workTreeFiles()
-        let (records, recordProblems) = try await onThread { [self] in
+        let (records, recordProblems) = try await BlockingWork.run { [self] in
             self.checkRecords(files: files, committed: committed)
         }
         problems += recordProblems

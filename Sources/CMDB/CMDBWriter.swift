@@ -365,7 +365,7 @@ public actor CMDBWriter {
         let writer = GitObjectWriter(gitDirectory: store.gitDirectory)
         let writes = transaction.writes
         let pid = getpid()
-        return try await onThread {
+        return try await BlockingWork.run {
             var cache = cache
             var blobs: [String: String?] = [:]
             for (path, data) in writes {
@@ -464,15 +464,3 @@ extension CMDBTransaction {
     mutating func setFile(_ path: String, _ data: Data) { writes[path] = data }
 }
 
-/// Runs blocking file work on a thread of its own, never on Swift's cooperative pool.
-func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        BlockingThread.start {
-            do {
-                continuation.resume(returning: try body())
-            } catch {
-                continuation.resume(throwing: error)
-            }
-        }
-    }
-}

@@ -8,7 +8,10 @@ import Model
 /// How one agent identity is set up.
 public struct AgentConfiguration: Sendable {
     public var name: String
+    /// The core, `https://HOST:PORT`: the only base URL that ever receives the agent's credential.
     public var coreURL: String
+    /// How the HTTP client checks it reached the real core (see ``HTTPLink/makeClient(trust:core:)``).
+    public var coreTrust: CoreTrust = .system
     /// Where packages are fetched from (default: the core).
     public var artifactURL: String?
     /// The agent's own state: identity, cache.
@@ -19,7 +22,8 @@ public struct AgentConfiguration: Sendable {
     public var attributes: [String: String]
     /// The core's release key: the only key whose manifests and orders this agent obeys.
     public var coreKey: ReleasePublicKey
-    /// Enrolment token, used once when the agent has no identity yet.
+    /// Enrolment token, used when the agent has no identity yet, or when the core refuses the
+    /// identity it has (401: a core restored from backup, a revoked agent): then it enrols again.
     public var enrolmentToken: String?
     public var installTimeout: Duration = .seconds(600)
     public var cacheLifetime: TimeInterval = 60 * 24 * 3600
@@ -85,6 +89,8 @@ public actor Agent {
     private var pendingEvents: [AgentEvent] = []
     private var lastProgress: [String: ContinuousClock.Instant] = [:]
     private var nextCheckIn: Double = 5
+    /// Whether this run already enrolled again after a 401 (the token is single-use).
+    private var reenrolled = false
     /// The last inventory collected, and when: collected at start, after every activation
     /// or rollback, and otherwise every `inventoryInterval`.
     private var inventory: InventorySnapshot?
@@ -114,8 +120,15 @@ public actor Agent {
 
     public var agentID: String? { identity?.agent }
 
+    /// A link to the core, or to `base` (a mirror or peer): only the core gets the credential.
     func link(_ base: String? = nil) -> HTTPLink {
-        HTTPLink(baseURL: base ?? configuration.coreURL, credential: identity?.credential, client: client)
+        let target = base ?? configuration.coreURL
+        let isCore = Self.trimmed(target) == Self.trimmed(configuration.coreURL)
+        return HTTPLink(baseURL: target, credential: isCore ? identity?.credential : nil, client: client)
+    }
+
+    static func trimmed(_ url: String) -> String {
+        (url.hasSuffix("/") ? String(url.dropLast()) : url).lowercased()
     }
 
     // MARK: Life cycle
@@ -145,9 +158,10 @@ public actor Agent {
         ledger = try ledgerFile.load()
     }
 
-    /// Loads the identity, or enrols with the token and saves it.
-    public func enrolIfNeeded() async throws {
-        if let data = FileManager.default.contents(atPath: identityPath) {
+    /// Loads the identity, or enrols with the token and saves it; with `replacing`, enrols
+    /// again (the core refused the identity) and replaces the saved one.
+    public func enrolIfNeeded(replacing: Bool = false) async throws {
+        if !replacing, let data = FileManager.default.contents(atPath: identityPath) {
             identity = try StableJSON.decode(AgentIdentity.self, from: data)
             return
         }
@@ -167,7 +181,7 @@ public actor Agent {
                 try AtomicFile.write(try StableJSON.data(identity), to: identityPath, permissions: 0o600)
                 self.identity = identity
                 return
-            } catch let error as LinkError where error.status == 401 {
+            } catch let error as LinkError where error.status == 401 || error.status == 400 || error.status == 409 {
                 throw ChangelabError(
                     "the core refused to enrol agent \(configuration.name)", why: "\(error)",
                     fix: "create a fresh token with 'changelab core token' and pass it with --enrol-token")
@@ -233,7 +247,19 @@ public actor Agent {
                 return
             } catch let error as LinkError where error.status == 401 {
                 logger.error("the core refused this agent: \(error)")
-                try? await Task.sleep(for: .seconds(min(60, nextCheckIn)))
+                // A core restored from backup or a revoked identity: enrol again with the token
+                // this agent was started with, once per start (a token is single-use).
+                if configuration.enrolmentToken != nil && !reenrolled {
+                    reenrolled = true
+                    do {
+                        try await enrolIfNeeded(replacing: true)
+                        logger.info("enrolled again as \(identity?.agent ?? "?")")
+                        continue
+                    } catch {
+                        logger.error("enrolling again failed: \(error)")
+                    }
+                }
+                try? await Task.sleep(for: .seconds(min(60, max(1, nextCheckIn.isFinite ? nextCheckIn : 60))))
             } catch {
                 failures += 1
                 try? await Task.sleep(for: .milliseconds(min(15_000, 250 << min(failures, 6))))
@@ -422,7 +448,7 @@ public actor Agent {
         do {
             try await seeder.seed(entry) { bytes in await self.progress(change, release: release, bytes: bytes) }
             let cache = self.cache
-            guard try await onBlockingThread({ try cache.verifyWhole(entry) }) else {
+            guard try await BlockingWork.run({ try cache.verifyWhole(entry) }) else {
                 throw SeedingFailure(
                     failure: Failure(reason: .hashMismatch, detail: "the whole package does not match its digest"))
             }
@@ -454,7 +480,7 @@ public actor Agent {
     /// Whether the cached package still holds the bytes that verified, hashed off the actor.
     func stillVerified(_ entry: CacheEntry) async -> Bool {
         let cache = self.cache
-        return (try? await onBlockingThread { cache.stillVerified(entry) }) ?? false
+        return (try? await BlockingWork.run { cache.stillVerified(entry) }) ?? false
     }
 
     /// Runs an activation or rollback order once, from the verified cache only, after the

@@ -182,15 +182,15 @@ public enum DistributionBench {
         try? FileManager.default.removeItem(atPath: work)
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
         let processes = ProcessList()
-        let http = HTTPLink.makeClient()
+        let clients = ClientList()
         do {
-            let report = try await measure(fleet, work: work, http: http, processes: processes, progress: progress)
+            let report = try await measure(fleet, work: work, clients: clients, processes: processes, progress: progress)
             await teardown(processes, fleet: fleet, work: work)
-            try? await http.shutdown()
+            await clients.shutdown()
             return report
         } catch {
             await teardown(processes, fleet: fleet, work: work)
-            try? await http.shutdown()
+            await clients.shutdown()
             throw error
         }
     }
@@ -203,7 +203,7 @@ public enum DistributionBench {
     }
 
     static func measure(
-        _ fleet: TestFleet, work: String, http: HTTPClient, processes: ProcessList,
+        _ fleet: TestFleet, work: String, clients: ClientList, processes: ProcessList,
         progress: @escaping @Sendable (String) -> Void
     ) async throws -> BenchReport {
         let o = fleet.options
@@ -220,12 +220,29 @@ public enum DistributionBench {
                 [
                     "netns", "exec", fleet.coreNamespace, o.executable, "core", "serve", "--state", coreState,
                     "--listen",
-                    "0.0.0.0:\(fleet.port)", "--check-in", "10",
+                    "0.0.0.0:\(fleet.port)", "--check-in", "10", "--tls-name", fleet.coreAddress,
+                    "--tls-name", try await fleet.managementAddress(),
                 ],
                 log: work + "/core.log"))
         let tokenPath = CoreLayout(directory: coreState).adminToken
-        let admin = try await waitForCore(
-            url: "http://\(try await fleet.managementAddress()):\(fleet.port)", tokenPath: tokenPath, http: http)
+        let certificate = CoreLayout(directory: coreState).tls + "/certificate.pem"
+        let managementURL = "https://\(try await fleet.managementAddress()):\(fleet.port)"
+        _ = try await poll(.seconds(30)) { FileManager.default.isReadableFile(atPath: certificate) }
+        let pin = try CorePin.of(certificateFile: certificate)
+        // The core may still be starting: the pinned connection is retried until it answers.
+        var pinned: HTTPClient?
+        let deadline = ContinuousClock.now + .seconds(30)
+        while pinned == nil && ContinuousClock.now < deadline {
+            pinned = try? await HTTPLink.makeClient(trust: .pin(pin), core: managementURL)
+            if pinned == nil { try await Task.sleep(for: .milliseconds(200)) }
+        }
+        guard let http = pinned else {
+            // Once more, so the error says why the core cannot be reached.
+            _ = try await HTTPLink.makeClient(trust: .pin(pin), core: managementURL)
+            throw ChangelabError("the core did not answer over TLS", fix: "see core.log in the bench folder")
+        }
+        clients.add(http)
+        let admin = try await waitForCore(url: managementURL, tokenPath: tokenPath, http: http)
         let manifest = try await admin.publish(file: deb, release: "bench-1")
         let token = try await admin.createToken(uses: total, lifetime: 3600)
 
@@ -242,7 +259,8 @@ public enum DistributionBench {
                         [
                             "netns", "exec", fleet.namespace(segment: segment, host: host), o.executable, "agent",
                             "run",
-                            "--core", "http://\(fleet.coreAddress):\(fleet.port)", "--core-key", token.coreKey,
+                            "--core", "https://\(fleet.coreAddress):\(fleet.port)", "--core-key", token.coreKey,
+                            "--core-pin", pin,
                             "--enrol-token", token.token, "--state", "\(work)/agents/\(name)", "--root",
                             "\(work)/roots/\(name)", "--name", name, "--segment", "s\(segment)", "--attribute",
                             "site=site-\(segment)", "--count", String(count), "--watch", "/etc",
@@ -390,5 +408,27 @@ final class ProcessList: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         return processes
+    }
+}
+
+/// HTTP clients a run made, shut down when it ends.
+final class ClientList: @unchecked Sendable {
+    // @unchecked: guarded by `lock`.
+    private let lock = NSLock()
+    private var clients: [HTTPClient] = []
+
+    func add(_ client: HTTPClient) {
+        lock.lock()
+        clients.append(client)
+        lock.unlock()
+    }
+
+    func shutdown() async {
+        let all = lock.withLock {
+            let all = clients
+            clients = []
+            return all
+        }
+        for client in all { try? await client.shutdown() }
     }
 }

@@ -38,6 +38,11 @@ public actor Coordinator {
     private var watchers: [UUID: AsyncStream<Void>.Continuation] = [:]
     /// Bytes-served counts not yet saved: they are saved with the next change or tick.
     private var dirty = false
+    /// Numbers every snapshot handed to the store, so it never writes an older one last.
+    private var saveSequence: UInt64 = 0
+    private var inventorySequence: UInt64 = 0
+    /// What agents may report about themselves (set by the server).
+    private var limits = CoreLimits()
 
     public init(
         store: any CoreStore, key: ReleaseKey, settings: CoreSettings = CoreSettings(),
@@ -88,8 +93,20 @@ public actor Coordinator {
 
     private func commit() async throws {
         dirty = false
-        try await store.save(state)
+        saveSequence += 1
+        try await store.save(state, sequence: saveSequence)
         for watcher in watchers.values { watcher.yield() }
+    }
+
+    /// Saves an agent's inventory, numbered so that a slower, older save cannot land last.
+    private func persistInventory(_ inventory: InventorySnapshot, agent: String) async throws {
+        inventorySequence += 1
+        try await store.saveInventory(inventory, agent: agent, sequence: inventorySequence)
+    }
+
+    /// Sets what agents may report about themselves (the server's limits).
+    public func setLimits(_ limits: CoreLimits) {
+        self.limits = limits
     }
 
     /// Called once a second: redeploys whose back-off ended, ring gates, deferred saves.
@@ -110,6 +127,12 @@ public actor Coordinator {
 
     /// Creates an enrolment token good for `uses` agents; only its hash is kept.
     public func createToken(uses: Int, lifetime: Double) async throws -> String {
+        guard (1...100_000).contains(uses) else {
+            throw CoreRefusal.badRequest("a token's uses must be between 1 and 100000, not \(uses)")
+        }
+        guard lifetime.isFinite, lifetime > 0, lifetime <= 366 * 86_400 else {
+            throw CoreRefusal.badRequest("a token's lifetime must be between 0 and 366 days (in seconds), not \(lifetime)")
+        }
         let token = randomSecret()
         let hash = SHA256Digest(of: token).hex
         state.tokens[hash] = EnrolmentToken(hash: hash, usesLeft: max(1, uses), expiresAt: clock() + lifetime)
@@ -119,10 +142,20 @@ public actor Coordinator {
 
     public func enrol(_ request: EnrolRequest) async throws -> EnrolReply {
         if let refusal = WireProtocol.refusal(request.protocolVersion) { throw CoreRefusal.badRequest(refusal) }
+        let problems = AgentFacts.problems(
+            name: request.name, segment: request.segment, addresses: request.addresses,
+            attributes: request.attributes, limits: limits)
+        guard problems.isEmpty else {
+            throw CoreRefusal.badRequest("the enrolment is refused: " + problems.joined(separator: "; "))
+        }
         let hash = SHA256Digest(of: request.token).hex
         guard var token = state.tokens[hash], token.usesLeft > 0, token.expiresAt > clock() else {
             throw CoreRefusal.unauthorized("the enrolment token is unknown, used up or expired")
         }
+        // The name must be free before the token is spent on it.
+        try checkFacts(
+            of: nil, name: request.name, segment: request.segment, addresses: request.addresses,
+            attributes: request.attributes)
         token.usesLeft -= 1
         if token.usesLeft == 0 { state.tokens[hash] = nil } else { state.tokens[hash] = token }
         let id = "a-" + UUID().uuidString.lowercased().prefix(13).replacingOccurrences(of: "-", with: "")
@@ -134,6 +167,32 @@ public actor Coordinator {
             enrolledAt: now, lastSeen: now)
         try await commit()
         return EnrolReply(agent: id, secret: secret)
+    }
+
+    /// Refuses what an agent says about itself when it is malformed, or when its name is
+    /// another live agent's: names are unique per core, at enrolment and at every check-in.
+    private func checkFacts(
+        of id: String?, name: String, segment: String, addresses: [String], attributes: [String: String]
+    ) throws {
+        let problems = AgentFacts.problems(
+            name: name, segment: segment, addresses: addresses, attributes: attributes, limits: limits)
+        guard problems.isEmpty else {
+            throw CoreRefusal.badRequest("the agent's report is refused: " + problems.joined(separator: "; "))
+        }
+        if let holder = state.agents.values.first(where: { $0.name == name && $0.id != id && !$0.revoked }) {
+            throw CoreRefusal.conflict(
+                "the agent name \(name) is taken by agent \(holder.id); names are unique per core "
+                    + "(revoke the old agent with 'changelab core revoke \(holder.id)' if it is gone)")
+        }
+    }
+
+    /// Refuses an inventory that lists more items than the core keeps for one agent.
+    private func checkSize(of inventory: InventorySnapshot) throws {
+        let items = inventory.itemCount
+        guard items <= limits.maxInventoryItems else {
+            throw CoreRefusal.badRequest(
+                "the inventory lists \(items) items, the core keeps at most \(limits.maxInventoryItems) per agent")
+        }
     }
 
     /// The agent whose credential this is, or a refusal naming why.
@@ -242,6 +301,10 @@ public actor Coordinator {
     public func checkIn(agent id: String, _ checkIn: CheckIn) async throws -> CheckInReply {
         guard var record = state.agents[id] else { throw CoreRefusal.unauthorized("unknown agent") }
         if let refusal = WireProtocol.refusal(checkIn.protocolVersion) { throw CoreRefusal.badRequest(refusal) }
+        try checkFacts(
+            of: id, name: checkIn.name, segment: checkIn.segment, addresses: checkIn.addresses,
+            attributes: checkIn.attributes)
+        if let inventory = checkIn.inventory { try checkSize(of: inventory) }
         record.name = checkIn.name
         record.segment = checkIn.segment
         record.addresses = checkIn.addresses
@@ -251,7 +314,7 @@ public actor Coordinator {
         if let inventory = checkIn.inventory, inventories[id] != inventory {
             inventories[id] = inventory
             inventoryDigests[id] = inventory.digest
-            try await store.saveInventory(inventory, agent: id)
+            try await persistInventory(inventory, agent: id)
         }
         reconcile(agent: id, with: checkIn.cache)
         applyPolicies(to: id)
@@ -274,8 +337,18 @@ public actor Coordinator {
     }
 
     public func record(events: [AgentEvent], from agent: String) async throws {
+        for inventory in events.compactMap(\.inventory) { try checkSize(of: inventory) }
         state.agents[agent]?.lastSeen = clock()
-        let changing = events.filter { $0.kind != .inventory }
+        // What an agent writes into the core's state is bounded: output tails and failure details.
+        let changing = events.filter { $0.kind != .inventory }.map { event in
+            var event = event
+            event.outputTail = event.outputTail?.boundedTail(limits.maxOutputTail)
+            if var failure = event.failure {
+                failure.detail = failure.detail.boundedTail(limits.maxFailureDetail)
+                event.failure = failure
+            }
+            return event
+        }
         for event in changing { apply(event, from: agent) }
         if let refusal = changing.last(where: { $0.kind == .refused }) {
             let detail = refusal.failure?.detail ?? "no reason given"
@@ -286,7 +359,7 @@ public actor Coordinator {
         if let inventory = events.compactMap(\.inventory).last {
             inventories[agent] = inventory
             inventoryDigests[agent] = inventory.digest
-            try await store.saveInventory(inventory, agent: agent)
+            try await persistInventory(inventory, agent: agent)
             if let record = state.agents[agent] {
                 await observer?.agentReported(record, inventory: inventory, inventoryDigest: inventoryDigests[agent])
             }
@@ -655,6 +728,87 @@ public actor Coordinator {
 
     /// The core's record of one agent.
     public func agentRecord(_ id: String) -> AgentRecord? { state.agents[id] }
+
+    // MARK: Operators and the audit trail
+
+    /// The operator whose token this is (`NAME:SECRET`), or a refusal.
+    public func authenticateOperator(name: String, secret: String) throws -> OperatorRecord {
+        guard let record = state.operators?[name],
+            constantTimeEqual(record.tokenHash, SHA256Digest(of: secret).hex)
+        else { throw CoreRefusal.unauthorized("unknown operator or wrong token") }
+        return record
+    }
+
+    /// Creates operator `name` with a fresh token (returned once, stored as its hash).
+    public func addOperator(name: String, role: OperatorRole, by actor: String) async throws -> String {
+        if let problem = AgentFacts.identifierProblem(name, what: "operator name", limit: 64) {
+            throw CoreRefusal.badRequest(problem)
+        }
+        guard state.operators?[name] == nil else {
+            throw CoreRefusal.conflict("operator \(name) exists (remove it first to give it a new token)")
+        }
+        let secret = randomSecret()
+        try setOperator(name: name, role: role, tokenHash: SHA256Digest(of: secret).hex)
+        appendAudit("add-operator", subject: "\(name) (\(role.rawValue))", by: actor)
+        try await commit()
+        return "\(name):\(secret)"
+    }
+
+    /// Registers the core's original single admin token as operator `admin`, once.
+    public func adoptLegacyAdmin(token: String) async throws {
+        guard state.operators?["admin"] == nil else { return }
+        try setOperator(name: "admin", role: .admin, tokenHash: SHA256Digest(of: token).hex)
+        try await commit()
+    }
+
+    private func setOperator(name: String, role: OperatorRole, tokenHash: String) throws {
+        var operators = state.operators ?? [:]
+        operators[name] = OperatorRecord(name: name, role: role, tokenHash: tokenHash, createdAt: clock())
+        state.operators = operators
+    }
+
+    public func removeOperator(name: String, by actor: String) async throws {
+        guard let record = state.operators?[name] else { throw CoreRefusal.notFound("no operator \(name)") }
+        let admins = (state.operators ?? [:]).values.filter { $0.role == .admin }
+        if record.role == .admin && admins.count == 1 {
+            throw CoreRefusal.conflict("\(name) is the last admin operator; add another admin before removing it")
+        }
+        state.operators?[name] = nil
+        appendAudit("remove-operator", subject: name, by: actor)
+        try await commit()
+    }
+
+    public func operators() -> [OperatorSummary] {
+        (state.operators ?? [:]).values.sorted { $0.name < $1.name }.map {
+            OperatorSummary(name: $0.name, role: $0.role, createdAt: $0.createdAt)
+        }
+    }
+
+    public func operatorRecord(named name: String) -> OperatorRecord? { state.operators?[name] }
+
+    /// Records that `actor` did `action` to `subject`, durably, and tells the observer.
+    public func recordAction(_ action: String, subject: String, by actor: String) async throws {
+        appendAudit(action, subject: subject, by: actor)
+        try await commit()
+        if let entry = state.audit?.last { await observer?.operatorActed(entry) }
+    }
+
+    private func appendAudit(_ action: String, subject: String, by actor: String) {
+        var audit = state.audit ?? []
+        audit.append(AuditEntry(action: action, subject: subject, operatorName: actor, at: clock()))
+        if audit.count > 10_000 { audit.removeFirst(audit.count - 10_000) }
+        state.audit = audit
+    }
+
+    /// The audit trail, oldest first.
+    public func auditTrail() -> [AuditEntry] { state.audit ?? [] }
+}
+
+/// An operator as the admin API lists it (no token hash).
+public struct OperatorSummary: Codable, Sendable, Equatable {
+    public var name: String
+    public var role: OperatorRole
+    public var createdAt: Date
 }
 
 /// Where change control hooks into rollouts: promote and activate ask the gate first.

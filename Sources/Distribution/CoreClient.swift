@@ -8,8 +8,27 @@ import NIOCore
 public struct CoreClient: Sendable {
     public let link: HTTPLink
 
+    /// `adminToken` is an operator's `NAME:TOKEN`, or the core's original admin token alone.
     public init(url: String, adminToken: String, client: HTTPClient) {
-        self.link = HTTPLink(baseURL: url, credential: "admin:\(adminToken)", client: client)
+        let credential = adminToken.contains(":") ? adminToken : "admin:\(adminToken)"
+        self.link = HTTPLink(baseURL: url, credential: credential, client: client)
+    }
+
+    public func addOperator(_ name: String, role: OperatorRole) async throws -> OperatorReply {
+        try await link.post("/v1/admin/operators", OperatorRequest(name: name, role: role), as: OperatorReply.self)
+    }
+
+    public func operators() async throws -> [OperatorSummary] {
+        try await link.get("/v1/admin/operators", as: [OperatorSummary].self)
+    }
+
+    public func removeOperator(_ name: String) async throws {
+        _ = try await link.send(
+            .DELETE, "/v1/admin/operators/\(name)", body: Optional<Empty>.none, as: [String: String].self)
+    }
+
+    public func auditTrail() async throws -> [AuditEntry] {
+        try await link.get("/v1/admin/audit", as: [AuditEntry].self)
     }
 
     /// Uploads a .deb as release `name`; the core hashes, chunks and signs it.
@@ -84,30 +103,37 @@ public struct CoreClient: Sendable {
     }
 }
 
-/// A file read in 1 MiB pieces on a thread of its own, as a request body.
+/// A file read in 1 MiB pieces, each on a thread of its own, as a request body.
+///
+/// Pull-based: a piece is read only when the consumer asks for it, so nothing runs (or
+/// spins) once the consumer is gone, and the file is closed when the iterator goes.
 struct FileChunks: AsyncSequence, Sendable {
     typealias Element = ByteBuffer
     let path: String
+    var pieceSize = 1 << 20
 
-    func makeAsyncIterator() -> AsyncStream<ByteBuffer>.Iterator {
-        let (stream, continuation) = AsyncStream<ByteBuffer>.makeStream(bufferingPolicy: .bufferingOldest(4))
-        let path = self.path
-        BlockingThread.start {
-            guard let handle = FileHandle(forReadingAtPath: path) else {
-                continuation.finish()
-                return
-            }
-            defer { try? handle.close() }
-            while let data = try? handle.read(upToCount: 1 << 20), !data.isEmpty {
-                // Wait while the buffer is full rather than dropping data.
-                while true {
-                    if case .enqueued = continuation.yield(ByteBuffer(data: data)) { break }
-                    usleep(2000)
-                }
-            }
-            continuation.finish()
+    final class Reader: @unchecked Sendable {
+        // @unchecked: used by one iterator, one read at a time.
+        let handle: FileHandle?
+        init(path: String) { handle = FileHandle(forReadingAtPath: path) }
+        deinit { try? handle?.close() }
+    }
+
+    struct AsyncIterator: AsyncIteratorProtocol {
+        let reader: Reader
+        let pieceSize: Int
+
+        mutating func next() async throws -> ByteBuffer? {
+            guard let handle = reader.handle else { return nil }
+            let size = pieceSize
+            let data = try await BlockingWork.run { try handle.read(upToCount: size) }
+            guard let data, !data.isEmpty else { return nil }
+            return ByteBuffer(data: data)
         }
-        return stream.makeAsyncIterator()
+    }
+
+    func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(reader: Reader(path: path), pieceSize: pieceSize)
     }
 }
 
@@ -125,6 +151,9 @@ public enum ByteCount {
             body = String(body.dropLast())
         }
         guard let value = Double(body), value >= 0, value.isFinite else { return nil }
-        return Int64(value * factor)
+        // 2^62 bytes is far beyond any real size or rate, and keeps the conversion from trapping.
+        let bytes = (value * factor).rounded()
+        guard bytes < 4.6e18 else { return nil }
+        return Int64(exactly: bytes)
     }
 }

@@ -2,9 +2,12 @@ import Foundation
 import HTTPTypes
 import HostIO
 import Hummingbird
+import HummingbirdCore
+import HummingbirdTLS
 import Logging
 import Model
 import NIOCore
+import NIOSSL
 import ServiceLifecycle
 
 /// Where a core keeps everything: state, release key, admin token, artifacts.
@@ -19,6 +22,8 @@ public struct CoreLayout: Sendable {
     public var adminToken: String { directory + "/admin.token" }
     public var artifacts: String { directory + "/artifacts" }
     public var incoming: String { directory + "/incoming" }
+    /// The TLS key (made at first start, mode 0600), its certificate and the names it covers.
+    public var tls: String { directory + "/tls" }
 
     /// Reads the admin token, creating it (mode 0600) the first time.
     public func loadOrCreateAdminToken() throws -> String {
@@ -41,14 +46,24 @@ public struct CoreServer: Sendable {
     let adminToken: String
     let logger: Logger
     let shutdown = Shutdown()
+    public let limits: CoreLimits
+    /// The core's TLS identity: agents and the CLI pin ``CoreTLSIdentity/pin``.
+    public let tls: CoreTLSIdentity
+    let checkIns: CheckInLimiter
+    let sessions = Sessions()
 
     /// Opens (or creates) the core in `directory`; `observer` (a ``CMDBFleetRecorder``)
-    /// hears every check-in.
+    /// hears every check-in. The TLS certificate covers `localhost`, 127.0.0.1, ::1 and `tlsNames`.
     public init(
-        directory: String, settings: CoreSettings = CoreSettings(), observer: (any FleetObserver)? = nil
+        directory: String, settings: CoreSettings = CoreSettings(), limits: CoreLimits = CoreLimits(),
+        tlsNames: [String] = [], observer: (any FleetObserver)? = nil
     ) throws {
+        try settings.validate()
         let layout = CoreLayout(directory: directory)
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        self.limits = limits
+        self.checkIns = CheckInLimiter(burst: limits.checkInBurst, perSecond: limits.checkInsPerSecond)
+        self.tls = try CoreTLSIdentity.loadOrCreate(directory: layout.tls, names: tlsNames)
         self.layout = layout
         let key = try ReleaseKey.loadOrCreate(at: layout.releaseKey)
         self.coordinator = try Coordinator(
@@ -62,11 +77,19 @@ public struct CoreServer: Sendable {
 
     /// Serves on `host:port` until cancelled; `onReady` gets the bound port (useful with port 0).
     public func run(host: String, port: Int, onReady: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
+        // The original single admin token keeps working: it is operator "admin".
+        try await coordinator.adoptLegacyAdmin(token: adminToken)
+        await coordinator.setLimits(limits)
         let router = Router()
         routes(router)
+        let http1 = HTTP1Channel.Configuration(
+            additionalChannelHandlers: [ClosedByClient()], idleTimeout: .milliseconds(limits.idleTimeoutMilliseconds))
         let app = Application(
             router: router,
-            configuration: .init(address: .hostname(host, port: port), serverName: "changelab-core"),
+            server: try .tls(.http1(configuration: http1), tlsConfiguration: try tls.serverConfiguration()),
+            configuration: .init(
+                address: .hostname(host, port: port), serverName: "changelab-core", backlog: 1024,
+                availableConnectionsDelegate: .maximum(limits.maxConnections, logger: logger)),
             onServerRunning: { channel in await onReady(channel.localAddress?.port ?? port) },
             logger: logger)
         let ticker = Task {
@@ -96,31 +119,47 @@ public struct CoreServer: Sendable {
     // MARK: Routes
 
     func routes(_ router: Router<BasicRequestContext>) {
-        router.get("/") { request, _ in
-            Response(
-                status: .ok, headers: [.contentType: "text/html; charset=utf-8"],
-                body: .init(byteBuffer: ByteBuffer(string: Dashboard.html)))
-        }
+        router.get("/") { _, _ in Dashboard.response(Dashboard.html, type: "text/html; charset=utf-8") }
+        router.get("/dashboard.js") { _, _ in Dashboard.response(Dashboard.script, type: "text/javascript") }
+        router.get("/dashboard.css") { _, _ in Dashboard.response(Dashboard.style, type: "text/css") }
         router.get("/v1/key") { _, _ in
-            try json(["key": await coordinator.publicKey.hex])
+            try json(["key": await coordinator.publicKey.hex, "tlsPin": tls.pin])
+        }
+        router.post("/v1/login") { request, _ in
+            try await handle {
+                try checkOrigin(request)
+                let body = try await decode(LoginRequest.self, request, limit: limits.smallBody)
+                let (name, secret) = Self.split(operatorToken: body.token)
+                let record = try await coordinator.authenticateOperator(name: name, secret: secret)
+                let session = sessions.open(for: record.name)
+                var response = try json(["operator": record.name, "role": record.role.rawValue])
+                response.headers[.setCookie] =
+                    "\(Sessions.cookie)=\(session); Path=/; Max-Age=\(Sessions.lifetime); HttpOnly; Secure; SameSite=Strict"
+                return response
+            }
         }
         router.post("/v1/enrol") { request, _ in
             try await handle {
-                let body = try await decode(EnrolRequest.self, request)
+                let body = try await decode(EnrolRequest.self, request, limit: limits.smallBody)
                 return try json(try await coordinator.enrol(body))
             }
         }
         router.post("/v1/agent/checkin") { request, _ in
             try await handle {
                 let agent = try await authenticateAgent(request)
-                let body = try await decode(CheckIn.self, request, limit: 64 << 20)
+                guard checkIns.allow(agent.id) else {
+                    throw HTTPRefusal(
+                        .tooManyRequests,
+                        "agent \(agent.id) checks in too often (at most \(limits.checkInsPerSecond) a second, bursts of \(Int(limits.checkInBurst))); slow down")
+                }
+                let body = try await decode(CheckIn.self, request, limit: limits.agentBody)
                 return try json(try await coordinator.checkIn(agent: agent.id, body))
             }
         }
         router.post("/v1/agent/events") { request, _ in
             try await handle {
                 let agent = try await authenticateAgent(request)
-                let events = try await decode([AgentEvent].self, request, limit: 64 << 20)
+                let events = try await decode([AgentEvent].self, request, limit: limits.agentBody)
                 try await coordinator.record(events: events, from: agent.id)
                 return try json(["recorded": events.count])
             }
@@ -133,121 +172,187 @@ public struct CoreServer: Sendable {
         }
         router.get("/v1/artifacts/sha256/:hex") { request, context in
             try await handle {
-                let agent = try await authenticateAgent(request)
+                // Agents fetch with their credential; a mirror that syncs from the core with a viewer's token.
+                let agent: String?
+                if let credential = bearer(request), credential.hasPrefix("a-") {
+                    agent = try await authenticateAgent(request).id
+                } else {
+                    _ = try await authorize(request, .viewer)
+                    agent = nil
+                }
                 guard let digest = SHA256Digest(hex: context.parameters.get("hex") ?? ""),
                     await coordinator.isPublished(digest)
                 else { throw CoreRefusal.notFound("no such artifact") }
-                return try await artifact(digest, request: request, context: context, agent: agent.id)
+                return try await artifact(digest, request: request, context: context, agent: agent)
             }
         }
 
-        // Admin API.
+        // Admin API: every route names the least role it needs.
         router.put("/v1/admin/releases/:name") { request, context in
             try await handle {
-                try authenticateAdmin(request)
+                let caller = try await authorize(request, .admin)
                 let name = try validName(context.parameters.get("name"), what: "release name")
-                let chunkSize = request.uri.queryParameters["chunk-size"].flatMap { Int(String($0)) } ?? 256 * 1024
+                let text = request.uri.queryParameters["chunk-size"].map(String.init)
+                let chunkSize = try text.map { text -> Int in
+                    guard let value = Int(text) else {
+                        throw CoreRefusal.badRequest("chunk size '\(text)' is not a whole number of bytes")
+                    }
+                    return value
+                } ?? 256 * 1024
                 guard chunkSize >= 4096, chunkSize <= 64 << 20 else {
                     throw CoreRefusal.badRequest("chunk size must be between 4 KiB and 64 MiB")
                 }
-                return try json(try await publish(name, chunkSize: chunkSize, body: request.body, context: context))
+                guard let length = request.headers[.contentLength].flatMap({ Int($0) }) else {
+                    throw HTTPRefusal(.lengthRequired, "send the package with a Content-Length")
+                }
+                guard length <= limits.publishBody else {
+                    throw HTTPRefusal(
+                        .contentTooLarge, "the package is \(length) bytes, the core takes at most \(limits.publishBody)")
+                }
+                let manifest = try await publish(name, chunkSize: chunkSize, body: request.body, context: context)
+                try await coordinator.recordAction("publish", subject: name, by: caller.name)
+                return try json(manifest)
             }
         }
         router.get("/v1/admin/releases") { request, _ in
             try await handle {
-                try authenticateAdmin(request)
+                _ = try await authorize(request, .viewer)
                 return try json(await coordinator.releases())
             }
         }
         router.post("/v1/admin/tokens") { request, _ in
             try await handle {
-                try authenticateAdmin(request)
-                let body = try await decode(TokenRequest.self, request)
+                let caller = try await authorize(request, .admin)
+                let body = try await decode(TokenRequest.self, request, limit: limits.smallBody)
                 let token = try await coordinator.createToken(uses: body.uses, lifetime: body.lifetime)
-                return try json(TokenReply(token: token, coreKey: await coordinator.publicKey.hex, uses: body.uses))
+                try await coordinator.recordAction("create-token", subject: "\(body.uses) use(s)", by: caller.name)
+                return try json(
+                    TokenReply(token: token, coreKey: await coordinator.publicKey.hex, uses: body.uses, corePin: tls.pin))
             }
         }
         router.get("/v1/admin/agents") { request, _ in
             try await handle {
-                try authenticateAdmin(request)
+                _ = try await authorize(request, .viewer)
                 return try json(await coordinator.agents())
             }
         }
         router.post("/v1/admin/agents/:id/revoke") { request, context in
             try await handle {
-                try authenticateAdmin(request)
-                try await coordinator.revoke(agent: context.parameters.get("id") ?? "")
-                return try json(["revoked": context.parameters.get("id") ?? ""])
+                let caller = try await authorize(request, .admin)
+                let id = context.parameters.get("id") ?? ""
+                try await coordinator.revoke(agent: id)
+                try await coordinator.recordAction("revoke", subject: id, by: caller.name)
+                return try json(["revoked": id])
+            }
+        }
+        router.get("/v1/admin/operators") { request, _ in
+            try await handle {
+                _ = try await authorize(request, .admin)
+                return try json(await coordinator.operators())
+            }
+        }
+        router.post("/v1/admin/operators") { request, _ in
+            try await handle {
+                let caller = try await authorize(request, .admin)
+                let body = try await decode(OperatorRequest.self, request, limit: limits.smallBody)
+                let token = try await coordinator.addOperator(name: body.name, role: body.role, by: caller.name)
+                return try json(OperatorReply(name: body.name, role: body.role, token: token))
+            }
+        }
+        router.delete("/v1/admin/operators/:name") { request, context in
+            try await handle {
+                let caller = try await authorize(request, .admin)
+                let name = context.parameters.get("name") ?? ""
+                try await coordinator.removeOperator(name: name, by: caller.name)
+                return try json(["removed": name])
+            }
+        }
+        router.get("/v1/admin/audit") { request, _ in
+            try await handle {
+                _ = try await authorize(request, .viewer)
+                return try json(await coordinator.auditTrail())
             }
         }
         router.get("/v1/admin/changes") { request, _ in
             try await handle {
-                try authenticateAdmin(request)
+                _ = try await authorize(request, .viewer)
                 return try json(await coordinator.changes())
             }
         }
         router.post("/v1/admin/changes/:change/promote") { request, context in
             try await handle {
-                try authenticateAdmin(request)
+                let caller = try await authorize(request, .deployer)
                 let change = try validName(context.parameters.get("change"), what: "change id")
-                let body = try await decode(PromoteRequest.self, request)
+                let body = try await decode(PromoteRequest.self, request, limit: limits.smallBody)
+                try body.validate()
                 let rings = try Ring.parseList(body.rings ?? "all")
-                return try json(
-                    try await coordinator.promote(
-                        change: change, release: body.release ?? change, query: body.targets, rings: rings,
-                        rate: body.rate, maxFailureRate: body.maxFailureRate))
+                let report = try await coordinator.promote(
+                    change: change, release: body.release ?? change, query: body.targets, rings: rings,
+                    rate: body.rate, maxFailureRate: body.maxFailureRate)
+                try await coordinator.recordAction("promote", subject: change, by: caller.name)
+                return try json(report)
             }
         }
         router.post("/v1/admin/changes/:change/activate") { request, context in
             try await handle {
-                try authenticateAdmin(request)
-                return try json(try await coordinator.activate(change: context.parameters.get("change") ?? ""))
+                let caller = try await authorize(request, .deployer)
+                let change = context.parameters.get("change") ?? ""
+                let report = try await coordinator.activate(change: change)
+                try await coordinator.recordAction("activate", subject: change, by: caller.name)
+                return try json(report)
             }
         }
         router.post("/v1/admin/changes/:change/rollback") { request, context in
             try await handle {
-                try authenticateAdmin(request)
-                return try json(try await coordinator.rollback(change: context.parameters.get("change") ?? ""))
+                let caller = try await authorize(request, .deployer)
+                let change = context.parameters.get("change") ?? ""
+                let report = try await coordinator.rollback(change: change)
+                try await coordinator.recordAction("rollback", subject: change, by: caller.name)
+                return try json(report)
             }
         }
         router.get("/v1/admin/changes/:change/status") { request, context in
             try await handle {
-                try authenticateAdmin(request)
+                _ = try await authorize(request, .viewer)
                 return try json(try await coordinator.status(change: context.parameters.get("change") ?? ""))
             }
         }
         router.get("/v1/admin/changes/:change/chase") { request, context in
             try await handle {
-                try authenticateAdmin(request)
+                _ = try await authorize(request, .viewer)
                 return try json(try await coordinator.chase(change: context.parameters.get("change") ?? ""))
             }
         }
         router.get("/v1/admin/events") { request, _ in
             try await handle {
-                try authenticateAdmin(request)
+                _ = try await authorize(request, .viewer)
                 let change = request.uri.queryParameters["change"].map(String.init)
                 return statusStream(change: change)
             }
         }
         router.get("/v1/admin/policies") { request, _ in
             try await handle {
-                try authenticateAdmin(request)
+                _ = try await authorize(request, .viewer)
                 return try json(await coordinator.policies())
             }
         }
         router.put("/v1/admin/policies/:name") { request, context in
             try await handle {
-                try authenticateAdmin(request)
+                let caller = try await authorize(request, .deployer)
                 let name = try validName(context.parameters.get("name"), what: "policy name")
-                let body = try await decode(PolicyRequest.self, request)
-                return try json(try await coordinator.setPolicy(name: name, query: body.targets, release: body.release))
+                let body = try await decode(PolicyRequest.self, request, limit: limits.smallBody)
+                let policy = try await coordinator.setPolicy(name: name, query: body.targets, release: body.release)
+                try await coordinator.recordAction("set-policy", subject: name, by: caller.name)
+                return try json(policy)
             }
         }
         router.delete("/v1/admin/policies/:name") { request, context in
             try await handle {
-                try authenticateAdmin(request)
-                try await coordinator.removePolicy(name: context.parameters.get("name") ?? "")
-                return try json(["removed": context.parameters.get("name") ?? ""])
+                let caller = try await authorize(request, .deployer)
+                let name = context.parameters.get("name") ?? ""
+                try await coordinator.removePolicy(name: name)
+                try await coordinator.recordAction("remove-policy", subject: name, by: caller.name)
+                return try json(["removed": name])
             }
         }
     }
@@ -256,7 +361,7 @@ public struct CoreServer: Sendable {
 
     /// Serves a published package, whole or from a Range (`bytes=N-` or `bytes=N-M`), counting
     /// what leaves the core per agent.
-    func artifact(_ digest: SHA256Digest, request: Request, context: BasicRequestContext, agent: String)
+    func artifact(_ digest: SHA256Digest, request: Request, context: BasicRequestContext, agent: String?)
         async throws -> Response
     {
         let path = repository.path(of: digest)
@@ -278,6 +383,7 @@ public struct CoreServer: Sendable {
         headers[.contentLength] = String(size == 0 ? 0 : range.count)
         guard size > 0 else { return Response(status: status, headers: headers) }
         let body = try await FileIO().loadFile(path: path, range: range, context: context)
+        guard let agent else { return Response(status: status, headers: headers, body: body) }
         let coordinator = self.coordinator
         let counted = body.map { buffer in
             await coordinator.served(buffer.readableBytes, of: digest, to: agent)
@@ -321,7 +427,7 @@ public struct CoreServer: Sendable {
             throw CoreRefusal.badRequest("the package's control file has no Package or Version field")
         }
         let repository = self.repository
-        let manifest = try await onBlockingThread {
+        let manifest = try await BlockingWork.run {
             let manifest = try ReleaseManifest.build(
                 file: temp, release: name, package: package, packageVersion: version, chunkSize: chunkSize)
             try repository.add(file: temp, digest: manifest.digest)
@@ -373,9 +479,11 @@ public struct CoreServer: Sendable {
         _ produce: @escaping @Sendable (AsyncStream<String>.Continuation) async -> @Sendable () async -> Void
     ) -> Response {
         let shutdown = self.shutdown
+        let pingSeconds = max(1, limits.streamPingSeconds)
         let body = ResponseBody { writer in
             let (events, sink) = AsyncStream<String>.makeStream()
-            shutdown.register(sink)
+            let registration = shutdown.register(sink)
+            defer { shutdown.unregister(registration) }
             let producer = Task {
                 let cleanup = await produce(sink)
                 sink.finish()
@@ -383,7 +491,7 @@ public struct CoreServer: Sendable {
             }
             let ping = Task {
                 while !Task.isCancelled {
-                    try? await Task.sleep(for: .seconds(15))
+                    try? await Task.sleep(for: .seconds(pingSeconds))
                     if !Task.isCancelled { sink.yield(": ping\n\n") }
                 }
             }
@@ -410,14 +518,60 @@ public struct CoreServer: Sendable {
             agent: String(credential[..<colon]), secret: String(credential[credential.index(after: colon)...]))
     }
 
-    /// `Authorization: Bearer admin:TOKEN`, or `?token=TOKEN` for the dashboard's browser.
-    func authenticateAdmin(_ request: Request) throws {
-        let given =
-            bearer(request).map { $0.hasPrefix("admin:") ? String($0.dropFirst(6)) : $0 }
-            ?? request.uri.queryParameters["token"].map(String.init)
-        guard let given, constantTimeEqual(given, adminToken) else {
-            throw CoreRefusal.unauthorized("admin token missing or wrong")
+    /// The operator behind an admin request, refused unless their role is at least `needed`.
+    ///
+    /// Programs send `Authorization: Bearer NAME:TOKEN` (a bare token is the original admin
+    /// token, operator `admin`); browsers send the session cookie the login step set, and a
+    /// state-changing request from a browser must come from the core's own page (Origin).
+    /// Never a token in the URL: URLs end up in logs, history and Referer headers.
+    func authorize(_ request: Request, _ needed: OperatorRole) async throws -> OperatorRecord {
+        let record: OperatorRecord
+        if let credential = bearer(request) {
+            let (name, secret) = Self.split(operatorToken: credential)
+            record = try await coordinator.authenticateOperator(name: name, secret: secret)
+        } else if let session = Self.cookie(Sessions.cookie, in: request), let name = sessions.name(for: session) {
+            if request.method != .get && request.method != .head { try checkOrigin(request, required: true) }
+            guard let known = await coordinator.operatorRecord(named: name) else {
+                throw CoreRefusal.unauthorized("operator \(name) no longer exists; log in again")
+            }
+            record = known
+        } else {
+            throw CoreRefusal.unauthorized(
+                "no operator credential: send 'Authorization: Bearer NAME:TOKEN' or log in on the dashboard")
         }
+        guard record.role >= needed else {
+            throw HTTPRefusal(
+                .forbidden, "operator \(record.name) is a \(record.role.rawValue); this needs a \(needed.rawValue)")
+        }
+        return record
+    }
+
+    /// `NAME:SECRET`, or a bare secret for the original admin token.
+    static func split(operatorToken token: String) -> (name: String, secret: String) {
+        guard let colon = token.firstIndex(of: ":") else { return ("admin", token) }
+        return (String(token[..<colon]), String(token[token.index(after: colon)...]))
+    }
+
+    /// Refuses a browser request whose Origin is not this core's own (`https://HOST`).
+    func checkOrigin(_ request: Request, required: Bool = false) throws {
+        guard let origin = request.headers[.origin] else {
+            if required { throw HTTPRefusal(.forbidden, "a browser request that changes state must carry Origin") }
+            return
+        }
+        let host = request.head.authority ?? ""
+        guard !host.isEmpty, origin == "https://\(host)" else {
+            throw HTTPRefusal(.forbidden, "requests from \(origin) are not accepted; use the core's own dashboard")
+        }
+    }
+
+    static func cookie(_ name: String, in request: Request) -> String? {
+        for header in request.headers[values: .cookie] {
+            for part in header.split(separator: ";") {
+                let pair = part.trimmingCharacters(in: .whitespaces).split(separator: "=", maxSplits: 1)
+                if pair.count == 2, pair[0] == name { return String(pair[1]) }
+            }
+        }
+        return nil
     }
 
     func bearer(_ request: Request) -> String? {
@@ -426,31 +580,107 @@ public struct CoreServer: Sendable {
     }
 }
 
+/// Closes a connection whose client closed its side (TCP FIN or TLS close_notify).
+///
+/// The server allows half-closure, so without this a client that went away stays "connected"
+/// until a write fails: an agent's job stream then keeps the agent online for two ping rounds.
+final class ClosedByClient: ChannelInboundHandler, RemovableChannelHandler {
+    // The parts pass through untouched: this handler only watches for the end of input.
+    typealias InboundIn = NIOAny
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        context.fireChannelRead(data)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+}
+
+/// Dashboard sessions: an unguessable id in an HttpOnly cookie, kept in memory (a restarted
+/// core asks operators to log in again).
+final class Sessions: @unchecked Sendable {
+    // @unchecked: `open` is guarded by `lock`.
+    static let cookie = "changelab_session"
+    static let lifetime = 12 * 3600
+    private let lock = NSLock()
+    private var sessions: [String: (name: String, expires: Date)] = [:]
+
+    func open(for name: String) -> String {
+        let id = randomSecret()
+        lock.lock()
+        defer { lock.unlock() }
+        let now = Date()
+        sessions = sessions.filter { $0.value.expires > now }
+        sessions[id] = (name, now.addingTimeInterval(Double(Self.lifetime)))
+        return id
+    }
+
+    func name(for id: String) -> String? {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let session = sessions[id], session.expires > Date() else { return nil }
+        return session.name
+    }
+}
+
 /// Fires once on shutdown so long-lived streams end and the server can stop.
 final class Shutdown: @unchecked Sendable {
     // @unchecked: guarded by `lock`.
     private let lock = NSLock()
     private var fired = false
-    private var sinks: [AsyncStream<String>.Continuation] = []
+    private var next = 0
+    private var sinks: [Int: AsyncStream<String>.Continuation] = [:]
 
     func fire() {
         lock.lock()
         fired = true
-        let all = sinks
-        sinks = []
+        let all = sinks.values
+        sinks = [:]
         lock.unlock()
         for sink in all { sink.finish() }
     }
 
-    func register(_ sink: AsyncStream<String>.Continuation) {
+    /// Registers a stream to end on shutdown; pass the number back to ``unregister(_:)`` when it ends.
+    func register(_ sink: AsyncStream<String>.Continuation) -> Int {
         lock.lock()
         if fired {
             lock.unlock()
             sink.finish()
-            return
+            return -1
         }
-        sinks.append(sink)
+        next += 1
+        sinks[next] = sink
         lock.unlock()
+        return next
+    }
+
+    func unregister(_ registration: Int) {
+        lock.lock()
+        sinks[registration] = nil
+        lock.unlock()
+    }
+
+    /// Streams registered now (for tests: it must not grow with every reconnect).
+    var registered: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return sinks.count
+    }
+}
+
+/// A refusal with its own HTTP status: 403, 411, 413, 429.
+struct HTTPRefusal: Error, CustomStringConvertible {
+    var status: HTTPResponse.Status
+    var description: String
+
+    init(_ status: HTTPResponse.Status, _ description: String) {
+        self.status = status
+        self.description = description
     }
 }
 
@@ -471,6 +701,33 @@ public struct TokenReply: Codable, Sendable {
     public var token: String
     public var coreKey: String
     public var uses: Int
+    /// `sha256:HEX` of the core's TLS key, for `--core-pin` (nil from a core before TLS).
+    public var corePin: String?
+}
+
+public struct LoginRequest: Codable, Sendable {
+    public var token: String
+
+    public init(token: String) {
+        self.token = token
+    }
+}
+
+public struct OperatorRequest: Codable, Sendable {
+    public var name: String
+    public var role: OperatorRole
+
+    public init(name: String, role: OperatorRole) {
+        self.name = name
+        self.role = role
+    }
+}
+
+/// A new operator's token, shown once.
+public struct OperatorReply: Codable, Sendable {
+    public var name: String
+    public var role: OperatorRole
+    public var token: String
 }
 
 public struct PromoteRequest: Codable, Sendable {
@@ -486,6 +743,19 @@ public struct PromoteRequest: Codable, Sendable {
         self.rings = rings
         self.rate = rate
         self.maxFailureRate = maxFailureRate
+    }
+}
+
+extension PromoteRequest {
+    /// Refuses numbers the rollout cannot compute with (they would be stored and crash every tick).
+    func validate() throws {
+        if let rate = maxFailureRate, !(rate.isFinite && rate >= 0 && rate <= 1) {
+            throw CoreRefusal.badRequest("maxFailureRate must be between 0 and 1 (a share), not \(rate)")
+        }
+        if let rate, rate <= 0 {
+            throw CoreRefusal.badRequest("rate must be a positive number of bytes per second, not \(rate)")
+        }
+        if targets.utf8.count > 4096 { throw CoreRefusal.badRequest("the target query is longer than 4096 bytes") }
     }
 }
 
@@ -533,6 +803,8 @@ func handle(_ body: () async throws -> Response) async throws -> Response {
         case .badRequest: status = .badRequest
         }
         return errorResponse(status, refusal.description)
+    } catch let refusal as HTTPRefusal {
+        return errorResponse(refusal.status, refusal.description)
     } catch let error as ChangelabError {
         return errorResponse(.badRequest, error.description)
     } catch let error as DecodingError {
@@ -548,13 +820,16 @@ func errorResponse(_ status: HTTPResponse.Status, _ message: String) -> Response
         status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(data: data)))
 }
 
-func decode<T: Decodable>(_ type: T.Type, _ request: Request, limit: Int = 1 << 20) async throws -> T {
+func decode<T: Decodable>(_ type: T.Type, _ request: Request, limit: Int) async throws -> T {
     var request = request
+    if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > limit {
+        throw HTTPRefusal(.contentTooLarge, "the request body is \(length) bytes, this endpoint takes at most \(limit)")
+    }
     let buffer: ByteBuffer
     do {
         buffer = try await request.collectBody(upTo: limit)
     } catch {
-        throw CoreRefusal.badRequest("the request body is larger than \(limit) bytes")
+        throw HTTPRefusal(.contentTooLarge, "the request body is larger than \(limit) bytes, the most this endpoint takes")
     }
     return try StableJSON.decode(T.self, from: Data(buffer: buffer))
 }
@@ -577,13 +852,4 @@ func constantTimeEqual(_ a: String, _ b: String) -> Bool {
     var difference: UInt8 = 0
     for i in 0..<x.count { difference |= x[i] ^ y[i] }
     return difference == 0
-}
-
-/// Runs blocking work (hashing, copying, fsync) on a thread of its own and awaits it.
-func onBlockingThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        BlockingThread.start {
-            continuation.resume(with: Result { try work() })
-        }
-    }
 }

@@ -190,6 +190,60 @@ public struct CoreSnapshot: Codable, Sendable, Equatable {
     public var releases: [String: ReleaseRecord] = [:]
     public var deployments: [String: Deployment] = [:]
     public var policies: [String: Policy] = [:]
+    /// Named operators (nil in a state written before operators existed).
+    public var operators: [String: OperatorRecord]? = nil
+    /// Who published, promoted, activated, rolled back…, oldest first (bounded).
+    public var audit: [AuditEntry]? = nil
 
     public init() {}
+}
+
+/// What an operator may do. Each role includes the ones before it.
+public enum OperatorRole: String, Codable, Sendable, CaseIterable, Comparable {
+    /// Reads status, agents, releases, the chase list and the live stream.
+    case viewer
+    /// Also promotes, activates, rolls back and sets policies.
+    case deployer
+    /// Also publishes releases, creates enrolment tokens, revokes agents and manages operators.
+    case admin
+
+    var rank: Int { Self.allCases.firstIndex(of: self) ?? 0 }
+    public static func < (lhs: OperatorRole, rhs: OperatorRole) -> Bool { lhs.rank < rhs.rank }
+}
+
+/// A named operator: the identity that publishes, promotes, activates and rolls back.
+public struct OperatorRecord: Codable, Sendable, Equatable {
+    public var name: String
+    public var role: OperatorRole
+    /// SHA-256 of the operator's token: the token itself is never stored.
+    public var tokenHash: String
+    public var createdAt: Date
+}
+
+/// Who did what to the fleet, kept in the core's state.
+public struct AuditEntry: Codable, Sendable, Equatable {
+    /// `publish`, `promote`, `activate`, `rollback`, `set-policy`, `remove-policy`, `create-token`,
+    /// `revoke`, `add-operator`, `remove-operator`.
+    public var action: String
+    /// The release, change, agent or operator acted on.
+    public var subject: String
+    public var operatorName: String
+    public var at: Date
+}
+
+extension CoreSnapshot {
+    /// The snapshot with every number a rollout computes with back in range, so that a value
+    /// stored by an older core (which did not validate it) cannot crash this one on every tick.
+    func sanitized() -> CoreSnapshot {
+        var copy = self
+        for (change, deployment) in deployments {
+            let rate = deployment.maxFailureRate
+            copy.deployments[change]?.maxFailureRate = rate.isFinite ? min(1, max(0, rate)) : 0
+            if let r = deployment.rate, r <= 0 { copy.deployments[change]?.rate = nil }
+            copy.deployments[change]?.rings = deployment.rings.map { ring in
+                Ring(name: ring.name, share: ring.share.isFinite ? min(1, max(0, ring.share)) : 1)
+            }
+        }
+        return copy
+    }
 }

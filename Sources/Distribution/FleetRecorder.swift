@@ -10,12 +10,19 @@ public protocol FleetObserver: Sendable {
     /// `inventoryDigest` is the core's digest of `inventory` (``InventorySnapshot/digest``),
     /// passed along so that nothing is hashed again on every check-in.
     func agentReported(_ agent: AgentRecord, inventory: InventorySnapshot?, inventoryDigest: String?) async
+    /// An operator published, promoted, activated, rolled back…: `entry.operatorName` is the actor.
+    func operatorActed(_ entry: AuditEntry) async
 }
 
-/// Records the fleet's targets in the CMDB: each agent as a `target` item with its
-/// attributes (site, department, …, plus its segment and agent id) and the inventory it
-/// last reported, so `cmdb query` answers for targets and `cmdb diff target:NAME
-/// baseline:web` shows a target's drift from its approved baseline.
+extension FleetObserver {
+    public func operatorActed(_ entry: AuditEntry) async {}
+}
+
+/// Records the fleet's targets in the CMDB: each agent as a `target` item named by the
+/// core-issued agent id (never by the name the agent reports, so an agent calling itself
+/// `paris-1` cannot overwrite another's record), with its attributes (site, department, …,
+/// plus its name, segment and agent id) and the inventory it last reported, so `cmdb query`
+/// answers for targets and `cmdb diff target:AGENT-ID baseline:web` shows a target's drift.
 ///
 /// Check-ins must stay fast, so reports are coalesced here and written by one background
 /// task: every `interval`, everything that changed becomes one CMDB transaction. Reports
@@ -58,17 +65,18 @@ public actor CMDBFleetRecorder: FleetObserver {
         self.log = log
     }
 
-    /// The attributes a target is recorded with: the agent's own, its segment and its id.
+    /// The attributes a target is recorded with: the agent's own, its name, segment and id.
     static func attributes(of agent: AgentRecord) -> [String: String] {
         var attributes = agent.attributes
+        attributes["name"] = agent.name
         attributes["segment"] = agent.segment
         attributes["agent"] = agent.id
         return attributes
     }
 
     public func agentReported(_ agent: AgentRecord, inventory: InventorySnapshot?, inventoryDigest: String?) {
-        let name = agent.name
-        if let problem = cmdbNameProblem(name, what: "the agent name") {
+        let name = agent.id
+        if let problem = cmdbNameProblem(name, what: "the agent id") {
             if refused.insert(name).inserted { log("not recording \(name) in the CMDB: \(problem)") }
             return
         }

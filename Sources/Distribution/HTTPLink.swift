@@ -3,6 +3,7 @@ import Foundation
 import Model
 import NIOCore
 import NIOHTTP1
+import NIOSSL
 
 /// JSON over HTTP to the core, with the caller's credential; used by agents and the CLI.
 public struct HTTPLink: Sendable {
@@ -11,15 +12,49 @@ public struct HTTPLink: Sendable {
     public var credential: String?
     public let client: HTTPClient
 
+    /// A credential is only ever sent over HTTPS: given a plain-HTTP base URL (a peer or a
+    /// mirror), the link sends none.
     public init(baseURL: String, credential: String?, client: HTTPClient) {
         self.baseURL = baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL
-        self.credential = credential
+        self.credential = baseURL.lowercased().hasPrefix("https://") ? credential : nil
         self.client = client
     }
 
-    /// An HTTP client sized for many long-lived streams and parallel downloads to one host.
-    public static func makeClient() -> HTTPClient {
+    /// An HTTP client sized for many long-lived streams and parallel downloads to one host,
+    /// that talks to the core at `core` only once it proved to be the core `trust` names.
+    ///
+    /// With a pin, one connection to the core checks the key it presents with swift-nio-ssl's
+    /// custom verification callback (exactly the pinned key, nothing else); the client then
+    /// trusts that certificate alone, with full verification including the host name. There
+    /// is no way to turn verification off.
+    public static func makeClient(trust: CoreTrust, core: String) async throws -> HTTPClient {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.minimumTLSVersion = .tlsv12
+        switch trust {
+        case .system:
+            break
+        case .caBundle(let path):
+            let certificates: [NIOSSLCertificate]
+            do {
+                certificates = try NIOSSLCertificate.fromPEMFile(path)
+            } catch {
+                throw ChangelabError(
+                    "cannot read the CA bundle \(path)", why: "\(error)", fix: "pass a PEM file of CA certificates")
+            }
+            guard !certificates.isEmpty else {
+                throw ChangelabError("the CA bundle \(path) holds no certificate", fix: "pass a PEM file of CA certificates")
+            }
+            tls.trustRoots = .certificates(certificates)
+        case .pin(let pin):
+            tls.trustRoots = .certificates([try await PinnedCertificate.fetch(url: core, pin: pin)])
+        }
+        return makeClient(tls: tls)
+    }
+
+    /// A client trusting what `tls` says (the system's roots by default).
+    public static func makeClient(tls: TLSConfiguration = .makeClientConfiguration()) -> HTTPClient {
         var configuration = HTTPClient.Configuration()
+        configuration.tlsConfiguration = tls
         configuration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 512)
         configuration.timeout = .init(connect: .seconds(5), read: .seconds(45))
         return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)

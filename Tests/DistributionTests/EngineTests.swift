@@ -206,7 +206,7 @@ import Testing
             let manifest = try await admin.publish(file: deb, release: "r1", chunkSize: 64 * 1024)
             // First response: a flipped byte in chunk 3; second: cut off in chunk 6; then honest.
             let proxy = try await FaultyMirror.start(
-                upstream: core.url, http: http,
+                upstream: core.url, http: http, credential: try core.adminCredential,
                 faults: [.corrupt(at: 3 * 65536 + 100), .truncate(after: 3 * 65536)])
             defer { proxy.stop() }
             let group = try await startAgents(["pc"], core: core, scratch: scratch, http: http) {
@@ -222,6 +222,8 @@ import Testing
             #expect(await core.server.coordinator.target(agent.id, change: "r1")?.seedAttempts == 1)
             let ranges = proxy.requestedRanges
             #expect(ranges.count == 3)
+            // A mirror serves verified content and never sees the agent's credential.
+            #expect(proxy.credentialsSeen.isEmpty)
             // The retries start at the first chunk not yet verified: the corrupt chunk 3 is fetched again.
             #expect(ranges.first == "bytes=0-")
             #expect(ranges.dropFirst().first == "bytes=\(3 * 65536)-")
@@ -234,7 +236,7 @@ import Testing
             let deb = try await TestPackage.build(in: scratch.path, size: 300_000)
             _ = try await admin.publish(file: deb, release: "r1", chunkSize: 64 * 1024)
             let proxy = try await FaultyMirror.start(
-                upstream: core.url, http: http, faults: Array(repeating: .corrupt(at: 70_000), count: 100))
+                upstream: core.url, http: http, credential: try core.adminCredential, faults: Array(repeating: .corrupt(at: 70_000), count: 100))
             defer { proxy.stop() }
             let group = try await startAgents(["pc"], core: core, scratch: scratch, http: http) {
                 $0.artifactURL = proxy.url
@@ -533,7 +535,7 @@ import Testing
             #expect(try await eventually(.seconds(10)) { seen.value.last?.activationRequested == true })
             watcher.cancel()
             // The dashboard page is served.
-            let page = try await http.execute(HTTPClientRequest(url: core.url + "/"), timeout: .seconds(5))
+            let page = try await http.execute(HTTPClientRequest(url: core.url + "/dashboard.js"), timeout: .seconds(5))
             #expect(String(buffer: try await page.body.collect(upTo: 1 << 20)).contains("EventSource"))
         }
     }

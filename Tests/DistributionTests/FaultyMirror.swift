@@ -5,7 +5,8 @@ import Hummingbird
 import NIOCore
 
 /// A hostile mirror between agents and the core's artifact repository: it forwards each
-/// request (Range and credential included) and damages the responses as scripted.
+/// request's Range with its own credential (a mirror never gets the agent's) and damages the
+/// responses as scripted. It records any credential an agent sent it.
 final class FaultyMirror: @unchecked Sendable {
     enum Fault: Sendable {
         /// Flip the byte at this offset of the package.
@@ -17,6 +18,7 @@ final class FaultyMirror: @unchecked Sendable {
     private let lock = NSLock()
     private var faults: [Fault]
     private var ranges: [String] = []
+    private var credentials: [String] = []
     private var task: Task<Void, Error>?
     private(set) var port = 0
 
@@ -32,23 +34,33 @@ final class FaultyMirror: @unchecked Sendable {
         self.faults = faults
     }
 
-    private func next(range: String) -> Fault? {
+    /// Authorization headers agents sent the mirror: it must stay empty.
+    var credentialsSeen: [String] {
+        lock.lock()
+        defer { lock.unlock() }
+        return credentials
+    }
+
+    private func next(range: String, credential: String?) -> Fault? {
         lock.lock()
         defer { lock.unlock() }
         ranges.append(range)
+        if let credential { credentials.append(credential) }
         return faults.isEmpty ? nil : faults.removeFirst()
     }
 
-    static func start(upstream: String, http: HTTPClient, faults: [Fault]) async throws -> FaultyMirror {
+    static func start(upstream: String, http: HTTPClient, credential: String? = nil, faults: [Fault]) async throws
+        -> FaultyMirror
+    {
         let mirror = FaultyMirror(faults: faults)
         let router = Router()
         router.get("/v1/artifacts/sha256/:hex") { request, context -> Response in
             var forward = HTTPClientRequest(url: upstream + request.uri.path)
             let range = request.headers[.range] ?? ""
             if !range.isEmpty { forward.headers.add(name: "Range", value: range) }
-            if let auth = request.headers[.authorization] { forward.headers.add(name: "Authorization", value: auth) }
+            if let credential { forward.headers.add(name: "Authorization", value: "Bearer \(credential)") }
             let upstreamResponse = try await http.execute(forward, timeout: .seconds(30))
-            let fault = mirror.next(range: range)
+            let fault = mirror.next(range: range, credential: request.headers[.authorization])
             let start = Int64(range.dropFirst(6).split(separator: "-").first ?? "0") ?? 0
             let body = ResponseBody { writer in
                 var offset = start

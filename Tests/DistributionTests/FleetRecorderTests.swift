@@ -26,7 +26,7 @@ import Testing
         await lab.close()
 
         let recorder = try await CMDBFleetRecorder(path: cmdb, interval: .seconds(3600), log: { _ in })
-        try await withCore(observer: recorder) { core, _, http in
+        let id = try await withCore(observer: recorder) { core, _, http -> String in
             let admin = try core.admin
             let token = try await admin.createToken(uses: 1, lifetime: 600)
             let link = HTTPLink(baseURL: core.url, credential: nil, client: http)
@@ -51,13 +51,18 @@ import Testing
             await recorder.flush()
             #expect(await recorder.lastError == nil)
             let store = try CMDBStore.open(cmdb)
-            var target = try store.read(Model.TargetRecord.self, "pc-7")
-            #expect(target.attributes == ["site": "paris", "baseline": "web@1", "segment": "s1", "agent": reply.agent])
+            // The target is the core-issued id, not the name the agent reports.
+            #expect(!store.exists(CMDBReference(.target, "pc-7")))
+            var target = try store.read(Model.TargetRecord.self, reply.agent)
+            #expect(
+                target.attributes == [
+                    "site": "paris", "baseline": "web@1", "name": "pc-7", "segment": "s1", "agent": reply.agent,
+                ])
             #expect(target.baseline == BaselineRef("web@1"))
             #expect(target.inventory == InventoryRecord(reported).digest)
             #expect(try store.inventory(try #require(target.inventory)) == reported.normalized())
             let afterFirst = try await commits(cmdb)
-            #expect(afterFirst.first == "record target pc-7 (agent check-in)")
+            #expect(afterFirst.first == "record target \(reply.agent) (agent check-in)")
 
             // Check-ins that repeat what the CMDB holds write nothing.
             try await checkIn(nil, digest: reported.digest)
@@ -70,15 +75,16 @@ import Testing
             try await checkIn(reported, digest: reported.digest)
             await recorder.flush()
             #expect(try await commits(cmdb).count == afterFirst.count + 1)
-            target = try store.read(Model.TargetRecord.self, "pc-7")
+            target = try store.read(Model.TargetRecord.self, reply.agent)
             #expect(target.inventory == InventoryRecord(reported).digest)
-            let drift = try store.diff(try store.resolve("baseline:web"), try store.resolve("target:pc-7"))
+            let drift = try store.diff(try store.resolve("baseline:web"), try store.resolve("target:\(reply.agent)"))
             let changed = drift[.packages].changed.map(\.key)
             #expect(changed == ["openssl:amd64"], "drift: \(drift.summary())")
             // Queries over the CMDB answer for targets.
             let matches = try await store.query(try Query("package:openssl >= 3.0.13"))
-            #expect(matches.map { "\($0.kind.rawValue):\($0.id)" } == ["target:pc-7"])
-            #expect(try await store.query(try Query("site = paris"), kinds: [.target]).map(\.id) == ["pc-7"])
+            #expect(matches.map { "\($0.kind.rawValue):\($0.id)" } == ["target:\(reply.agent)"])
+            #expect(try await store.query(try Query("site = paris"), kinds: [.target]).map(\.id) == [reply.agent])
+            return reply.agent
         }
         await recorder.close()
 
@@ -86,9 +92,9 @@ import Testing
         let before = try await commits(cmdb)
         let again = try await CMDBFleetRecorder(path: cmdb, interval: .seconds(3600), log: { _ in })
         let store = try CMDBStore.open(cmdb)
-        let target = try store.read(Model.TargetRecord.self, "pc-7")
+        let target = try store.read(Model.TargetRecord.self, id)
         let agent = AgentRecord(
-            id: try #require(target.attributes["agent"]), name: "pc-7", segment: "s1", addresses: [],
+            id: id, name: "pc-7", segment: "s1", addresses: [],
             attributes: ["site": "paris", "baseline": "web@1"], secretHash: "", revoked: false, enrolledAt: Date(),
             lastSeen: Date())
         let stored = try store.inventory(try #require(target.inventory))
@@ -123,12 +129,12 @@ import Testing
         await blocked.flush()
         #expect(await blocked.lastError == nil)
         #expect(await blocked.queued == 0)
-        #expect(try CMDBStore.open(cmdb).read(Model.TargetRecord.self, "pc-1").inventory != nil)
+        #expect(try CMDBStore.open(cmdb).read(Model.TargetRecord.self, "a-1").inventory != nil)
         await blocked.close()
         await recorder.close()
-        // An agent name the CMDB cannot hold is reported once and skipped.
+        // An agent id the CMDB cannot hold is reported once and skipped.
         var odd = agent
-        odd.name = "pc 1/evil"
+        odd.id = "pc 1/evil"
         await recorder.agentReported(odd, inventory: nil, inventoryDigest: nil)
         await recorder.agentReported(odd, inventory: nil, inventoryDigest: nil)
         #expect(await recorder.queued == 0)
@@ -146,13 +152,13 @@ import Testing
             revoked: false, enrolledAt: Date(), lastSeen: Date())
         await recorder.agentReported(agent, inventory: nil, inventoryDigest: nil)
         await recorder.flush()
-        let file = cmdb + "/" + CMDBReference(.target, "pc-1").path
+        let file = cmdb + "/" + CMDBReference(.target, "a-1").path
         try Data("{ hand-edited".utf8).write(to: URL(fileURLWithPath: file))
         agent.attributes["site"] = "lyon"
         await recorder.agentReported(agent, inventory: nil, inventoryDigest: nil)
         await recorder.flush()
         #expect(try String(contentsOfFile: file, encoding: .utf8) == "{ hand-edited")
-        #expect(logged.lines.contains { $0.contains("not updating target pc-1") })
+        #expect(logged.lines.contains { $0.contains("not updating target a-1") })
         await recorder.close()
     }
 }

@@ -20,6 +20,7 @@ import Testing
             let key = await core.key
             let arguments = [
                 "agent", "run", "--core", core.url, "--core-key", key.hex, "--enrol-token", token.token,
+                "--core-pin", core.server.tls.pin,
                 "--state", scratch.path + "/agent", "--root", scratch.path + "/root", "--name", "pc", "--max-check-in",
                 "1",
             ]
@@ -59,17 +60,18 @@ import Testing
         let binary = try #require(changelabExecutable(), "build the changelab executable first (swift build)")
         let scratch = Scratch()
         defer { scratch.cleanup() }
-        let http = HTTPLink.makeClient()
+        let http = try TestTLS.client()
         defer { _ = http.shutdown() }
         let port = try freePort()
         let stateDir = scratch.path + "/core"
+        try TestTLS.install(in: stateDir)
         let serve = [
             "core", "serve", "--state", stateDir, "--listen", "127.0.0.1:\(port)", "--check-in", "1", "--retry-base",
             "0.3",
         ]
         var corePID = try await spawnDetached(binary, serve, log: scratch.path + "/core-1.log")
         defer { kill(corePID, SIGKILL) }
-        let url = "http://127.0.0.1:\(port)"
+        let url = "https://127.0.0.1:\(port)"
         let tokenPath = CoreLayout(directory: stateDir).adminToken
         #expect(try await eventually(.seconds(20)) { FileManager.default.fileExists(atPath: tokenPath) })
         let admin = CoreClient(

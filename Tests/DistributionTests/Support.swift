@@ -3,7 +3,43 @@ import Distribution
 import Foundation
 import HostIO
 import Model
+import NIOSSL
 import Testing
+
+/// One TLS key and certificate (localhost, 127.0.0.1, ::1) for every test core of this run,
+/// so test clients can be made before their core starts; tests of TLS itself make their own.
+enum TestTLS {
+    static let identity: CoreTLSIdentity = {
+        let directory = "/tmp/changelab-test-tls-\(getpid())"
+        // A failure here fails every test that uses it, with this message.
+        do {
+            return try CoreTLSIdentity.loadOrCreate(directory: directory, names: [])
+        } catch {
+            fatalError("cannot make the test TLS identity in \(directory): \(error)")
+        }
+    }()
+
+    /// Gives the core state directory `directory` the shared test TLS identity.
+    static func install(in directory: String) throws {
+        let target = CoreLayout(directory: directory).tls
+        try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)
+        for file in ["key.pem", "certificate.pem", "certificate.json"] {
+            try? FileManager.default.removeItem(atPath: "\(target)/\(file)")
+            try FileManager.default.copyItem(atPath: "\(identity.directory)/\(file)", toPath: "\(target)/\(file)")
+        }
+    }
+
+    /// One client for the whole run, never shut down (a static outlives every test, so it is
+    /// never deinitialised unshut either).
+    static let sharedClient: HTTPClient? = try? client()
+
+    /// An HTTP client that trusts the shared test certificate (full verification).
+    static func client() throws -> HTTPClient {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(identity.certificatePath))
+        return HTTPLink.makeClient(tls: tls)
+    }
+}
 
 /// A fresh temporary directory, removed by `cleanup()`.
 struct Scratch {
@@ -53,13 +89,19 @@ final class TestCore: @unchecked Sendable {
     var task: Task<Void, Error>?
     var port = 0
     let http: HTTPClient
+    /// Whether `stop()` shuts `http` down (a client made for this core alone).
+    let ownsHTTP: Bool
 
     init(
-        directory: String, settings: CoreSettings = TestCore.fastSettings, observer: (any FleetObserver)? = nil,
-        http: HTTPClient
+        directory: String, settings: CoreSettings = TestCore.fastSettings, limits: CoreLimits = CoreLimits(),
+        observer: (any FleetObserver)? = nil, http: HTTPClient, sharedTLS: Bool = true, tlsNames: [String] = [],
+        ownsHTTP: Bool = false
     ) throws {
         self.directory = directory
-        self.server = try CoreServer(directory: directory, settings: settings, observer: observer)
+        self.ownsHTTP = ownsHTTP
+        if sharedTLS { try TestTLS.install(in: directory) }
+        self.server = try CoreServer(
+            directory: directory, settings: settings, limits: limits, tlsNames: tlsNames, observer: observer)
         self.http = http
     }
 
@@ -73,7 +115,7 @@ final class TestCore: @unchecked Sendable {
         return s
     }
 
-    var url: String { "http://127.0.0.1:\(port)" }
+    var url: String { "https://127.0.0.1:\(port)" }
 
     func start(port wanted: Int = 0) async throws {
         let ready = AsyncStream<Int>.makeStream()
@@ -88,6 +130,7 @@ final class TestCore: @unchecked Sendable {
     func stop() async {
         task?.cancel()
         _ = try? await task?.value
+        if ownsHTTP { try? await http.shutdown() }
     }
 
     var admin: CoreClient {
@@ -95,6 +138,14 @@ final class TestCore: @unchecked Sendable {
             let token = try String(contentsOfFile: CoreLayout(directory: directory).adminToken, encoding: .utf8)
                 .trimmingCharacters(in: .whitespacesAndNewlines)
             return CoreClient(url: url, adminToken: token, client: http)
+        }
+    }
+
+    /// `admin:TOKEN`, the original admin token as operator `admin`.
+    var adminCredential: String {
+        get throws {
+            "admin:" + (try String(contentsOfFile: CoreLayout(directory: directory).adminToken, encoding: .utf8))
+                .trimmingCharacters(in: .whitespacesAndNewlines)
         }
     }
 
@@ -173,12 +224,14 @@ func changelabExecutable() -> String? {
 /// Starts the whole test: an HTTP client, a core with one published release and an
 /// enrolment token; runs `body`, then tears everything down.
 func withCore<T>(
-    settings: CoreSettings = TestCore.fastSettings, observer: (any FleetObserver)? = nil,
+    settings: CoreSettings = TestCore.fastSettings, limits: CoreLimits = CoreLimits(),
+    observer: (any FleetObserver)? = nil,
     _ body: (TestCore, Scratch, HTTPClient) async throws -> T
 ) async throws -> T {
     let scratch = Scratch()
-    let http = HTTPLink.makeClient()
-    let core = try TestCore(directory: scratch.path + "/core", settings: settings, observer: observer, http: http)
+    let http = try TestTLS.client()
+    let core = try TestCore(
+        directory: scratch.path + "/core", settings: settings, limits: limits, observer: observer, http: http)
     try await core.start()
     do {
         let result = try await body(core, scratch, http)
@@ -228,4 +281,9 @@ extension PromoteRequest {
     static func everyone(rings: String? = nil, maxFailureRate: Double? = nil, rate: Int64? = nil) -> PromoteRequest {
         PromoteRequest(release: nil, targets: "all", rings: rings, rate: rate, maxFailureRate: maxFailureRate)
     }
+}
+
+/// This process's environment with `extra` set: for running the changelab executable.
+func testEnvironment(_ extra: [String: String]) -> [String: String] {
+    ProcessInfo.processInfo.environment.merging(extra) { _, new in new }
 }

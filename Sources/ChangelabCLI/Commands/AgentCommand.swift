@@ -14,8 +14,18 @@ struct AgentRunCommand: AsyncParsableCommand {
         commandName: "run",
         abstract: "Enrol (first time), check in, seed the cache in the background and activate on command.")
 
-    @Option(name: .long, help: ArgumentHelp("The core's URL.", valueName: "url"))
+    @Option(name: .long, help: ArgumentHelp("The core's URL (https://HOST:PORT).", valueName: "url"))
     var core: String
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("The core's TLS key pin, from 'changelab core token' or 'core serve'.", valueName: "sha256:hex"))
+    var corePin: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Trust the core's certificate when it chains to a CA in this PEM file.", valueName: "file"))
+    var caBundle: String?
 
     @Option(name: .long, help: ArgumentHelp("Where packages are fetched from (default: the core).", valueName: "url"))
     var artifacts: String?
@@ -24,7 +34,9 @@ struct AgentRunCommand: AsyncParsableCommand {
         name: .long, help: ArgumentHelp("The core's release key (hex), from 'changelab core token'.", valueName: "hex"))
     var coreKey: String
 
-    @Option(name: .long, help: "Enrolment token (needed only the first time).")
+    @Option(
+        name: .long,
+        help: "Enrolment token: needed the first time, and to enrol again when the core no longer knows this agent.")
     var enrolToken: String?
 
     @Option(name: .long, help: ArgumentHelp("State directory (identity, cache).", valueName: "dir"))
@@ -80,6 +92,25 @@ struct AgentRunCommand: AsyncParsableCommand {
         if let parallelInstalls, !(1...10_000).contains(parallelInstalls) {
             throw ValidationError("--parallel-installs must be between 1 and 10000")
         }
+        guard core.lowercased().hasPrefix("https://") else {
+            throw ChangelabError(
+                "--core \(core) is not HTTPS", why: "the core serves HTTPS only; the agent's credential never travels in the clear",
+                fix: "write it as https://HOST:PORT")
+        }
+        let trust: CoreTrust
+        switch (corePin, caBundle) {
+        case (let text?, nil):
+            guard let pin = CorePin.parse(text) else {
+                throw ChangelabError("--core-pin '\(text)' is not a TLS key pin", fix: "write it as sha256: and 64 hex digits")
+            }
+            trust = .pin(pin)
+        case (nil, let bundle?):
+            trust = .caBundle(bundle)
+        default:
+            throw ChangelabError(
+                "give exactly one of --core-pin and --ca-bundle",
+                fix: "'changelab core token' prints the core's pin; --ca-bundle takes your organisation's CA certificates")
+        }
         if count > 1 && root == "/" {
             throw ValidationError("several identities cannot share root '/'; pass --root DIR (each gets DIR/NAME-NN)")
         }
@@ -99,6 +130,7 @@ struct AgentRunCommand: AsyncParsableCommand {
                 name: id, coreURL: core, stateDirectory: count == 1 ? state : "\(state)/\(id)",
                 root: count == 1 ? root : "\(root)/\(id)", segment: segment, attributes: attributes, coreKey: key,
                 enrolmentToken: enrolToken)
+            c.coreTrust = trust
             c.artifactURL = artifacts
             c.installTimeout = .milliseconds(Int(exactly: (installTimeout * 1000).rounded(.down)) ?? 600_000)
             c.maxCheckInInterval = maxCheckIn
@@ -107,7 +139,7 @@ struct AgentRunCommand: AsyncParsableCommand {
             return c
         }
         note("changelab agent: \(count) identit\(count == 1 ? "y" : "ies") on segment \(segment), core \(core)")
-        try await withHTTPClient { client in
+        try await withHTTPClient(trust: trust, core: core) { client in
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for configuration in configurations {
                     group.addTask { try await Agent(configuration: configuration, client: client).run() }

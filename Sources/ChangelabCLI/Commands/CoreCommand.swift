@@ -11,7 +11,7 @@ struct CoreCommand: AsyncParsableCommand {
         abstract: "Run and administer the distribution core (artifact repository, agents, rollouts).",
         subcommands: [
             CoreServeCommand.self, CorePublishCommand.self, CoreTokenCommand.self, CoreAgentsCommand.self,
-            CoreRevokeCommand.self,
+            CoreRevokeCommand.self, CoreOperatorCommand.self, CorePinCommand.self,
         ])
 }
 
@@ -25,6 +25,14 @@ struct CoreServeCommand: AsyncParsableCommand {
 
     @Option(name: .long, help: ArgumentHelp("Address and port to listen on.", valueName: "host:port"))
     var listen: String = "127.0.0.1:7480"
+
+    @Option(
+        name: .long, parsing: .singleValue,
+        help: ArgumentHelp(
+            "A DNS name or IP address the TLS certificate must cover, besides localhost, 127.0.0.1, ::1, the listen "
+                + "address and this host's name (repeatable; the key stays, so pins stay valid).",
+            valueName: "name"))
+    var tlsName: [String] = []
 
     @Option(name: .long, help: "Seconds between agent check-ins.")
     var checkIn: Double = 30
@@ -56,19 +64,29 @@ struct CoreServeCommand: AsyncParsableCommand {
         settings.offlineAfter = offlineAfter
         settings.retryBase = retryBase
         settings.maxAttempts = maxAttempts
+        try settings.validate()
+        var names = tlsName
+        let listenHost = String(parts[0])
+        if listenHost != "0.0.0.0" && listenHost != "::" { names.append(listenHost) }
+        let hostName = ProcessInfo.processInfo.hostName
+        if CoreTLSIdentity.isAcceptableName(hostName) { names.append(hostName) }
         let cmdbPath = cmdb ?? ProcessInfo.processInfo.environment["CHANGELAB_CMDB"].flatMap { $0.isEmpty ? nil : $0 }
         var recorder: CMDBFleetRecorder?
         if let cmdbPath { recorder = try await CMDBFleetRecorder(path: cmdbPath) }
-        let server = try CoreServer(directory: state, settings: settings, observer: recorder)
+        let server = try CoreServer(directory: state, settings: settings, tlsNames: names, observer: recorder)
         let key = await server.coordinator.publicKey.hex
+        let pin = server.tls.pin
+        let tlsNames = server.tls.names.joined(separator: " ")
         let host = String(parts[0])
         let state = self.state
         // Whatever way the server stops, targets still queued reach the CMDB.
         do {
             try await server.run(host: host, port: port) { bound in
-                note("changelab core: serving on http://\(host):\(bound)  state \(state)")
+                note("changelab core: serving on https://\(host):\(bound)  state \(state)")
                 note("  release key: \(key)   (agents need it: --core-key \(key))")
-                note("  dashboard:   http://\(host):\(bound)/?token=$(cat \(CoreLayout(directory: state).adminToken))")
+                note("  core pin:    \(pin)   (agents and the CLI: --core-pin \(pin))")
+                note("  TLS names:   \(tlsNames)   (add more with --tls-name)")
+                note("  dashboard:   https://\(host):\(bound)/  (log in with an operator token)")
                 note("  fleet CMDB:  " + (cmdbPath.map { "targets recorded in \($0)" } ?? "targets not recorded (pass --cmdb PATH)"))
             }
         } catch {
@@ -110,7 +128,9 @@ struct CorePublishCommand: AsyncParsableCommand {
 
     func run() async throws {
         let chunk = try chunkSize.map { text -> Int in
-            guard let value = ByteCount.parse(text) else { throw ValidationError("'\(text)' is not a size (e.g. 256K)") }
+            guard let value = ByteCount.parse(text), value >= 4096, value <= 64 << 20 else {
+                throw ChangelabError("--chunk-size '\(text)' is not a chunk size", fix: "give between 4K and 64M, e.g. 256K")
+            }
             return Int(value)
         }
         var path = file ?? ""
@@ -148,15 +168,21 @@ struct CoreTokenCommand: AsyncParsableCommand {
     @OptionGroup var output: OutputOptions
 
     func run() async throws {
-        guard uses >= 1 else { throw ValidationError("--uses must be at least 1") }
+        guard (1...100_000).contains(uses) else {
+            throw ChangelabError("--uses \(uses) is out of range", fix: "give between 1 and 100000 agents")
+        }
+        guard hours.isFinite, hours > 0, hours <= 366 * 24 else {
+            throw ChangelabError("--hours \(hours) is out of range", fix: "give more than 0 and at most 8784 hours (a year)")
+        }
         let reply = try await core.withClient { try await $0.createToken(uses: uses, lifetime: hours * 3600) }
         if output.json {
             try printJSON(reply)
         } else {
             print("token:    \(reply.token)")
             print("core key: \(reply.coreKey)")
+            print("core pin: \(reply.corePin ?? "?")")
             print(
-                "enrol with: changelab agent run --core \(core.url) --enrol-token \(reply.token) --core-key \(reply.coreKey) …"
+                "enrol with: changelab agent run --core \(core.url) --enrol-token \(reply.token) --core-key \(reply.coreKey) --core-pin \(reply.corePin ?? "?") …"
             )
         }
     }
@@ -192,5 +218,83 @@ struct CoreRevokeCommand: AsyncParsableCommand {
     func run() async throws {
         try await core.withClient { try await $0.revoke(agent: agent) }
         print("revoked \(agent)")
+    }
+}
+
+/// `changelab core operator add|list|remove`: named operator tokens with roles.
+struct CoreOperatorCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "operator", abstract: "Manage named operators (admin, deployer, viewer) and their tokens.",
+        subcommands: [CoreOperatorAddCommand.self, CoreOperatorListCommand.self, CoreOperatorRemoveCommand.self])
+}
+
+struct CoreOperatorAddCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "add",
+        abstract: "Create an operator and print their token (shown once; the core keeps only its hash).",
+        discussion: "viewer reads; deployer also promotes, activates and rolls back; admin also publishes, creates tokens, revokes agents and manages operators.")
+
+    @Argument(help: "The operator's name (their identity in the core's records and the CMDB).")
+    var name: String
+
+    @Option(name: .long, help: "admin, deployer or viewer.")
+    var role: String
+
+    @OptionGroup var core: CoreOptions
+    @OptionGroup var output: OutputOptions
+
+    func run() async throws {
+        guard let role = OperatorRole(rawValue: role) else {
+            throw ChangelabError("--role '\(role)' is not a role", fix: "give admin, deployer or viewer")
+        }
+        let reply = try await core.withClient { try await $0.addOperator(name, role: role) }
+        if output.json { return try printJSON(reply) }
+        print("operator \(reply.name) (\(reply.role.rawValue)) token: \(reply.token)")
+        print("use it with CHANGELAB_ADMIN_TOKEN=\(reply.token) or log in to the dashboard with it")
+    }
+}
+
+struct CoreOperatorListCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "list", abstract: "List operators and roles.")
+
+    @OptionGroup var core: CoreOptions
+    @OptionGroup var output: OutputOptions
+
+    func run() async throws {
+        let operators = try await core.withClient { try await $0.operators() }
+        if output.json { return try printJSON(operators) }
+        for o in operators { print("\(o.name)  \(o.role.rawValue)") }
+    }
+}
+
+struct CoreOperatorRemoveCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "remove", abstract: "Remove an operator: their token stops working at once.")
+
+    @Argument(help: "The operator's name.")
+    var name: String
+
+    @OptionGroup var core: CoreOptions
+
+    func run() async throws {
+        try await core.withClient { try await $0.removeOperator(name) }
+        print("removed operator \(name)")
+    }
+}
+
+/// `changelab core pin`: the pin of the core's TLS key, read from its state directory.
+struct CorePinCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pin", abstract: "Print the core's TLS key pin (for --core-pin), from its state directory.")
+
+    @Option(name: .long, help: ArgumentHelp("State directory of the core.", valueName: "dir"))
+    var state: String = CoreServeCommand.defaultState
+
+    func run() throws {
+        let path = CoreLayout(directory: state).tls + "/certificate.pem"
+        guard FileManager.default.isReadableFile(atPath: path) else {
+            throw ChangelabError("no TLS certificate at \(path)", fix: "start the core once with 'changelab core serve --state \(state)'")
+        }
+        print(try CorePin.of(certificateFile: path))
     }
 }

@@ -8,8 +8,22 @@ import Model
 struct CoreOptions: ParsableArguments {
     @Option(
         name: .long,
-        help: ArgumentHelp("The core's URL (default: $CHANGELAB_CORE or http://127.0.0.1:7480).", valueName: "url"))
+        help: ArgumentHelp("The core's URL (default: $CHANGELAB_CORE or https://127.0.0.1:7480).", valueName: "url"))
     var core: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The core's TLS key pin, as 'changelab core serve' and 'core token' print it (default: $CHANGELAB_CORE_PIN, "
+                + "else the pin of the certificate in --core-state).",
+            valueName: "sha256:hex"))
+    var corePin: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Trust the core's certificate when it chains to a CA in this PEM file (instead of a pin).", valueName: "file"))
+    var caBundle: String?
 
     @Option(
         name: .long,
@@ -19,7 +33,28 @@ struct CoreOptions: ParsableArguments {
     var coreState: String?
 
     var url: String {
-        core ?? ProcessInfo.processInfo.environment["CHANGELAB_CORE"] ?? "http://127.0.0.1:7480"
+        core ?? ProcessInfo.processInfo.environment["CHANGELAB_CORE"] ?? "https://127.0.0.1:7480"
+    }
+
+    /// How the CLI knows it talks to the real core: a pin, a CA bundle, or the pin of the
+    /// certificate in the core's own state directory (on the core's machine).
+    func trust() throws -> CoreTrust {
+        let environment = ProcessInfo.processInfo.environment
+        if let text = corePin ?? environment["CHANGELAB_CORE_PIN"].flatMap({ $0.isEmpty ? nil : $0 }) {
+            guard let pin = CorePin.parse(text) else {
+                throw ChangelabError(
+                    "'\(text)' is not a TLS key pin", fix: "write it as sha256: and 64 hex digits, as 'changelab core token' prints it")
+            }
+            return .pin(pin)
+        }
+        if let bundle = caBundle ?? environment["CHANGELAB_CA_BUNDLE"].flatMap({ $0.isEmpty ? nil : $0 }) {
+            return .caBundle(bundle)
+        }
+        let local = CoreLayout(directory: coreState ?? CoreServeCommand.defaultState).tls + "/certificate.pem"
+        if FileManager.default.isReadableFile(atPath: local) { return .pin(try CorePin.of(certificateFile: local)) }
+        throw ChangelabError(
+            "no way to check the core's identity",
+            fix: "pass --core-pin sha256:HEX (printed by 'changelab core serve' and 'core token'), --ca-bundle FILE, or --core-state DIR on the core's machine")
     }
 
     /// `$CHANGELAB_ADMIN_TOKEN`, else the core state directory's admin.token.
@@ -38,16 +73,25 @@ struct CoreOptions: ParsableArguments {
 
     /// Runs `body` with an admin client; network failures become errors that say what to do.
     func withClient<T: Sendable>(_ body: (CoreClient) async throws -> T) async throws -> T {
+        let url = self.url
+        guard url.lowercased().hasPrefix("https://") else {
+            throw ChangelabError(
+                "the core URL \(url) is not HTTPS", why: "the core serves HTTPS only; tokens never travel in the clear",
+                fix: "write it as https://HOST:PORT")
+        }
         let token = try adminToken()
-        return try await withHTTPClient { http in
+        let trust = try trust()
+        return try await withHTTPClient(trust: trust, core: url) { http in
             try await reachingCore(url) { try await body(CoreClient(url: url, adminToken: token, client: http)) }
         }
     }
 }
 
-/// Runs `body` with an HTTP client that is shut down afterwards on every path.
-func withHTTPClient<T: Sendable>(_ body: (HTTPClient) async throws -> T) async throws -> T {
-    let client = HTTPLink.makeClient()
+/// Runs `body` with an HTTP client for the core at `core`, shut down afterwards on every path.
+func withHTTPClient<T: Sendable>(trust: CoreTrust, core: String, _ body: (HTTPClient) async throws -> T) async throws
+    -> T
+{
+    let client = try await HTTPLink.makeClient(trust: trust, core: core)
     do {
         let result = try await body(client)
         try? await client.shutdown()
@@ -75,11 +119,12 @@ func reachingCore<T>(_ url: String, _ body: () async throws -> T) async throws -
     }
 }
 
-/// Reads `--rate 10M` style values.
+/// Reads `--rate 10M` style values (at most 1 TiB/s: anything more is a typo, not a rate).
 func parseRate(_ text: String?) throws -> Int64? {
     guard let text else { return nil }
-    guard let value = ByteCount.parse(text), value > 0 else {
-        throw ValidationError("'\(text)' is not a rate; write bytes per second like 500K, 10M or 1G")
+    guard let value = ByteCount.parse(text), value > 0, value <= 1 << 40 else {
+        throw ChangelabError(
+            "--rate '\(text)' is not a rate", fix: "write bytes per second between 1 and 1T, like 500K, 10M or 1G")
     }
     return value
 }
@@ -88,10 +133,10 @@ func parseRate(_ text: String?) throws -> Int64? {
 func parseShare(_ text: String?) throws -> Double? {
     guard let text else { return nil }
     let body = text.hasSuffix("%") ? String(text.dropLast()) : text
-    guard let value = Double(body) else {
-        throw ValidationError("'\(text)' is not a share; write it like 10% or 0.1")
+    guard let value = Double(body), value.isFinite else {
+        throw ChangelabError("'\(text)' is not a share", fix: "write it like 10% or 0.1")
     }
     let share = text.hasSuffix("%") ? value / 100 : value
-    guard share >= 0, share <= 1 else { throw ValidationError("'\(text)' must be between 0% and 100%") }
+    guard share >= 0, share <= 1 else { throw ChangelabError("'\(text)' is out of range", fix: "give between 0% and 100%") }
     return share
 }

@@ -1,0 +1,1 @@
+../../../../Sources/Distribution/Manifest.swift
