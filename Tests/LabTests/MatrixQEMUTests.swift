@@ -223,6 +223,53 @@ extension LabQEMUTests {
         #expect(uninstall.passed, "\(uninstall.reason)")
     }
 
+    /// The race `lab/demo` lost on a loaded machine: after kernel-tuning's reboot step the
+    /// agent answers before the guest has finished booting, and an inventory taken then
+    /// reported `multi-user.target` and units still `activating` as changes. The cell must
+    /// wait for the guest to settle, on every approved baseline, with both cores busy.
+    @Test func theRebootPackageIsGreenOnEveryApprovedBaselineWhileBothCoresAreBusy() async throws {
+        let (lab, _) = try await SharedLab.shared.lab()
+        let hogs = try CPUHogs(count: 2)
+        defer { hogs.stop() }
+        let run = try await MatrixRunner(lab: lab).run(package: "kernel-tuning", options: Self.options([.install]))
+        #expect(Set(run.baselines.map(\.name)) == ["minimal", "web", "db"])
+        #expect(run.results.count == 3)
+        for result in run.results.values {
+            #expect(result.passed, "\(result.id): \(result.reason)")
+            let units = result.delta?.entries.filter { $0.category == .units }.map(\.entry.key) ?? []
+            #expect(units == ["kernel-tuning-boot.service"], "\(result.id): units in the delta: \(units)")
+        }
+    }
+
+    /// A unit that never finishes starting is not hidden: the step that set it going times
+    /// out and the verdict names the unit.
+    @Test func aUnitStillStartingAtTheStepsTimeOutIsATimeoutNamingIt() async throws {
+        _ = try await SharedLab.shared.lab()
+        let project = try ScratchProject(packages: [
+            "cl-stuck-probe": [
+                "package.yaml": """
+                    name: cl-stuck-probe
+                    version: 1.0
+                    sources: [src]
+                    build: [{run: mkdir -p "$DESTDIR/usr/share/doc/cl-stuck-probe"}]
+                    install:
+                      - {name: start a slow unit, run: "systemd-run --no-block --unit=cl-stuck -p Type=oneshot sleep 600", timeout: 15}
+                    """,
+                "src/README": "starts a unit that stays activating\n",
+            ]
+        ])
+        defer { project.remove() }
+        let run = try await MatrixRunner(lab: try project.lab()).run(
+            package: "cl-stuck-probe", options: Self.options([.install], baselines: ["minimal"]))
+        let cell = try #require(run.results["minimal.install"])
+        #expect(cell.verdict == .timeout)
+        #expect(cell.reason.contains("'start a slow unit'"), "\(cell.reason)")
+        #expect(cell.reason.contains("cl-stuck.service"), "\(cell.reason)")
+        let step = try #require(cell.steps.first { $0.name == "start a slow unit" })
+        #expect(step.status == .timedOut)
+        #expect(step.seconds < 40, "bounded by the step's time-out of 15 s, took \(step.seconds) s")
+    }
+
     @Test func theUpgradeLaneInstallsTheEarlierReleaseFirst() async throws {
         let (lab, _) = try await SharedLab.shared.lab()
         // Release 1.0.0 of a package, then test 1.1.0 with the upgrade lane.
@@ -424,5 +471,37 @@ extension LabCLITests {
         let result = try await changelab(["matrix", "run", "greeterd", "--lanes", "install,sideways", "--no-record"])
         #expect(result.status != 0)
         #expect(result.stderrText.contains("unknown lane 'sideways'"))
+    }
+}
+
+/// Processes that keep the host's cores busy while a test runs: a loaded lab host.
+/// Each loop ends by itself after `seconds`, so a test killed without cleanup leaves none
+/// behind for long; `stop` kills them (SIGKILL: a shell busy in builtins may not get to a
+/// SIGTERM).
+final class CPUHogs {
+    private let processes: [Process]
+
+    init(count: Int, seconds: Int = 1800) throws {
+        var started: [Process] = []
+        for _ in 0..<count {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            process.arguments = [
+                "-c",
+                "end=$(( $(date +%s) + \(seconds) )); while [ \"$(date +%s)\" -lt \"$end\" ]; do i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; done",
+            ]
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            started.append(process)
+        }
+        processes = started
+    }
+
+    func stop() {
+        for process in processes {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
     }
 }

@@ -235,7 +235,8 @@ final class CellAttempt: @unchecked Sendable {
         default: label = "install step"
         }
         for step in steps {
-            let outcome: StepOutcome
+            let stepStarted = ContinuousClock.now
+            var outcome: StepOutcome
             switch step.action {
             case .run(let script):
                 let environment = """
@@ -264,10 +265,42 @@ final class CellAttempt: @unchecked Sendable {
                     fail(.timeout, "\(label) '\(step.name)': the guest did not come back from the reboot within \(step.timeoutSeconds) s")
                 }
             }
+            if outcome.status == .passed {
+                outcome = try await settle(after: outcome, started: stepStarted, step: step, label: label, guest)
+            }
             record(outcome)
             if outcome.status != .passed { return false }
         }
         return true
+    }
+
+    /// Waits, within what is left of the step's time-out, until the guest's systemd has
+    /// finished what the step set going (a boot, or units a maintainer script restarted),
+    /// so that neither the next step nor the inventory sees units half-way. A unit still
+    /// busy at the step's deadline turns the step into a time-out that names it.
+    private func settle(
+        after outcome: StepOutcome, started: ContinuousClock.Instant, step: PackageRecipe.Step, label: String,
+        _ guest: RestoredGuest
+    ) async throws -> StepOutcome {
+        let deadline = started + .seconds(step.timeoutSeconds)
+        let left = max(.seconds(1), deadline - ContinuousClock.now)
+        var settled = outcome
+        switch try await GuestSettle.wait(guest.agent, within: left) {
+        case .settled(let state, let seconds):
+            log.append(String(format: "settled (%@) after %.1f s\n", state, seconds))
+            settled.seconds = started.secondsSince
+        case .stuck(let state, let busy, let seconds):
+            log.append(String(format: "not settled after %.1f s (%@): %@\n", seconds, state, busy.joined(separator: ", ")))
+            settled.status = .timedOut
+            settled.seconds = started.secondsSince
+            settled.detail = ([outcome.detail, "system \(state); still busy at the step's time-out:"] + busy)
+                .filter { !$0.isEmpty }.joined(separator: "\n")
+            fail(
+                .timeout,
+                "\(label) '\(step.name)': units still starting or stopping after its time-out of \(step.timeoutSeconds) s: "
+                    + Self.brief(busy))
+        }
+        return settled
     }
 
     /// Reboots the guest, waits for its agent to go away and come back on a new boot, and
