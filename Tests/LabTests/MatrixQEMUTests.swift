@@ -270,6 +270,60 @@ extension LabQEMUTests {
         #expect(step.seconds < 40, "bounded by the step's time-out of 15 s, took \(step.seconds) s")
     }
 
+    /// The incremental inventory on a real guest gives the full inventory's snapshot — and so
+    /// its delta — after every shipped package is installed and the hidden changes an
+    /// mtime-only check would miss, on the same guest.
+    @Test func theIncrementalInventoryEqualsTheFullOneOnTheSameGuest() async throws {
+        let (lab, _) = try await SharedLab.shared.lab()
+        let image = try lab.readyImage("db")
+        let watch = try lab.baselines.load("db").watch
+        let store = ArtifactStore(home: lab.home)
+        var debs: [String] = []
+        for package in ["greeterd", "kernel-tuning", "session-store"] {
+            let manifest = try await PackageBuilder(lab: lab).build(package).manifest
+            debs.append(store.debPath(manifest.digest))
+        }
+        let baseline = try await lab.baselineInventory(image)
+        try await lab.withRestored(image) { guest in
+            let (listing, _) = try await lab.slotListing(for: guest, watching: watch)
+            let agent = guest.agent
+            _ = try await agent.capture(["mkdir", "-p", "/var/tmp/changelab"])
+            for (index, deb) in debs.enumerated() {
+                try await agent.upload(file: deb, to: "/var/tmp/changelab/\(index).deb")
+            }
+            let changes = try await agent.shell(
+                """
+                set -e
+                export DEBIAN_FRONTEND=noninteractive
+                dpkg -i /var/tmp/changelab/0.deb /var/tmp/changelab/1.deb /var/tmp/changelab/2.deb
+                # content changed, its mtime forced back
+                touch -r /etc/hostname /tmp/stamp; echo changed >> /etc/hostname; touch -r /tmp/stamp /etc/hostname
+                chmod 0600 /etc/issue.net
+                chown 1:1 /etc/debian_version
+                cp -p /etc/host.conf /tmp/hc; rm /etc/host.conf; cp -p /tmp/hc /etc/host.conf
+                ln -s /etc/issue /etc/cl-link; ln -sfn /etc/motd /etc/cl-link
+                ln /etc/issue /etc/cl-hardlink
+                echo noise > /etc/ld.so.cache
+                mkdir -p /etc/__pycache__; echo noise > /etc/__pycache__/x.pyc
+                """, timeout: .seconds(300))
+            #expect(changes.succeeded, "\(changes.stderrText)")
+            let full = try await lab.collector(for: guest, watching: watch).collect().snapshot
+            let incremental = try await lab.incrementalCollector(for: guest, watching: watch).collect(against: listing)
+            #expect(incremental.inventory.snapshot == full)
+            let delta = ConfigurationDelta(from: baseline, to: incremental.inventory.snapshot)
+            #expect(delta == ConfigurationDelta(from: baseline, to: full))
+            let items = CellAttempt.describe(delta)
+            for expected in [
+                "files /etc/hostname changed", "files /etc/issue.net changed", "files /etc/debian_version changed",
+                "files /etc/cl-link added", "files /etc/cl-hardlink added", "packages session-store:all added",
+            ] {
+                #expect(items.contains(expected), "\(expected) missing from \(items)")
+            }
+            #expect(!items.contains { $0.contains("ld.so.cache") || $0.contains("__pycache__") })
+            #expect(incremental.hashed < listing.entries.count / 4, "hashed \(incremental.hashed) files")
+        }
+    }
+
     @Test func theUpgradeLaneInstallsTheEarlierReleaseFirst() async throws {
         let (lab, _) = try await SharedLab.shared.lab()
         // Release 1.0.0 of a package, then test 1.1.0 with the upgrade lane.

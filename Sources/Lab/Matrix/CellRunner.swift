@@ -19,6 +19,9 @@ struct CellContext: Sendable {
     let store: ArtifactStore
     let keepFailed: Bool
     let logPath: String
+    /// Hash only files whose metadata changed since the slot's listing (false: the old
+    /// full inventory, kept to measure against and to fall back on).
+    var incrementalInventory = true
 }
 
 /// Runs one cell on a fresh restore; infrastructure failures get one more fresh restore.
@@ -73,6 +76,8 @@ final class CellAttempt: @unchecked Sendable {
     private(set) var steps: [StepOutcome] = []
     private var verdict = CellVerdict.pass
     private var reason = ""
+    /// The restored slot's file listing, for the incremental inventory.
+    private var listing: FileListing?
 
     init(context: CellContext, host: LabHosts.Host, log: TextLog) {
         self.context = context
@@ -108,6 +113,14 @@ final class CellAttempt: @unchecked Sendable {
         var violations: [PolicyViolation] = []
         var after: InventorySnapshot?
         do {
+            if context.incrementalInventory {
+                let listed = ContinuousClock.now
+                let (listing, recorded) = try await lab.slotListing(for: guest, watching: context.watch)
+                self.listing = listing
+                if recorded {
+                    log.append(String(format: "recorded the slot's file listing (%.1f s, once per slot)\n", listed.secondsSince))
+                }
+            }
             let uploadStarted = ContinuousClock.now
             _ = try await guest.agent.capture(["mkdir", "-p", CellRunner.guestDirectory])
             for manifest in [context.artifact] + (context.plan.lane == .upgrade ? [context.previous].compactMap { $0 } : []) {
@@ -366,8 +379,17 @@ final class CellAttempt: @unchecked Sendable {
     /// the recipe's expected-delta policy (or, for the uninstall lane, for residue).
     private func inspect(_ guest: RestoredGuest) async throws -> Inspection {
         let started = ContinuousClock.now
-        let collected = try await lab.collector(for: guest, watching: context.watch).collect()
+        let collected: CollectedInventory
+        var how = "full inventory"
+        if let listing {
+            let result = try await lab.incrementalCollector(for: guest, watching: context.watch).collect(against: listing)
+            collected = result.inventory
+            how = "incremental inventory, \(result.hashed) changed files hashed"
+        } else {
+            collected = try await lab.collector(for: guest, watching: context.watch).collect()
+        }
         let delta = ConfigurationDelta(from: context.baselineInventory, to: collected.snapshot)
+        log.append(String(format: "-- %@ and delta in %.2f s\n", how, started.secondsSince))
         record(
             StepOutcome(
                 phase: .inventory, name: "inventory and delta", status: .passed, seconds: started.secondsSince,
