@@ -22,6 +22,8 @@ struct CellContext: Sendable {
     /// Hash only files whose metadata changed since the slot's listing (false: the old
     /// full inventory, kept to measure against and to fall back on).
     var incrementalInventory = true
+    /// Run each suite as one guest command (false: the old upload-and-exec per test).
+    var batchedTests = true
 }
 
 /// Runs one cell on a fresh restore; infrastructure failures get one more fresh restore.
@@ -355,7 +357,8 @@ final class CellAttempt: @unchecked Sendable {
     private func runTests(_ tests: [String], phase: StepOutcome.Phase, _ guest: RestoredGuest) async throws {
         guard !tests.isEmpty else { return }
         let outcomes = try await StandingSuite.run(
-            tests, in: guest, timeout: .seconds(recipe.defaultTimeoutSeconds), progress: { _ in })
+            tests, in: guest, timeout: .seconds(recipe.defaultTimeoutSeconds), oneByOne: !context.batchedTests,
+            progress: { _ in })
         for outcome in outcomes {
             log.append("-- \(phase.rawValue) \(outcome.name) output:\n\(outcome.outputTail)\n")
             record(
