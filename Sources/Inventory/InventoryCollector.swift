@@ -64,15 +64,7 @@ public struct InventoryCollector: Sendable {
         let started = clock.now
         let collectedAt = Date()
         let result = try await runner.runShell(script, timeout: options.timeout)
-        guard result.succeeded else {
-            let how = result.timedOut ? "timed out after \(options.timeout)" : "exited with status \(result.status)"
-            throw ChangelabError(
-                "cannot collect the inventory of \(options.normalizedRoot)",
-                why: "the collection script \(how)\(result.tail().isEmpty ? "" : ":\n\(result.tail())")",
-                fix: result.timedOut
-                    ? "watch fewer or smaller paths, or allow more time"
-                    : "check that the root folder exists and holds a Debian system (etc/, var/lib/dpkg/)")
-        }
+        guard result.succeeded else { throw Self.failure(of: result, collecting: "the inventory", options: options) }
         var (snapshot, warnings) = InventoryParser.parse(result.stdoutText, options: options)
         warnings += result.stderrText.split(separator: "\n").map(String.init)
         snapshot = snapshot.normalized()
@@ -80,5 +72,16 @@ public struct InventoryCollector: Sendable {
         return CollectedInventory(
             snapshot: snapshot, warnings: warnings, collectedAt: collectedAt,
             seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+    }
+
+    /// The error for a collection script that failed or timed out.
+    static func failure(of result: CommandResult, collecting what: String, options: InventoryOptions) -> ChangelabError {
+        let how = result.timedOut ? "timed out after \(options.timeout)" : "exited with status \(result.status)"
+        return ChangelabError(
+            "cannot collect \(what) of \(options.normalizedRoot)",
+            why: "the collection script \(how)\(result.tail().isEmpty ? "" : ":\n\(result.tail())")",
+            fix: result.timedOut
+                ? "watch fewer or smaller paths, or allow more time"
+                : "check that the root folder exists and holds a Debian system (etc/, var/lib/dpkg/)")
     }
 }

@@ -11,10 +11,57 @@ import Model
 enum InventoryScript {
     static let marker = "@@changelab "
 
-    static func render(_ options: InventoryOptions) -> String {
+    /// How the script records the watched files.
+    enum Files {
+        /// Metadata of every file and the hash of every regular file (the full inventory).
+        case hashed
+        /// Metadata, plus a `listing` section of cheap change indicators (inode, links,
+        /// mtime, ctime) from the same `find` pass, and hashes only when `hashes` is true.
+        case listed(hashes: Bool)
+    }
+
+    /// One listing line: `type mode uid gid size inode links mtime ctime` and the path, tab-separated.
+    static let listingFormat = "%y\\t%m\\t%U\\t%G\\t%s\\t%i\\t%n\\t%T@\\t%C@\\t%p\\n"
+    static let filesFormat = "%y\\t%m\\t%U\\t%G\\t%s\\t%l\\t%p\\n"
+
+    static func render(_ options: InventoryOptions, files: Files = .hashed) -> String {
         let root = options.normalizedRoot
         let watched = options.watchedPaths.map(shellQuote).joined(separator: " ")
         let prune = pruneExpression(options)
+        let hashes = """
+            sec sha256
+            for p in \(watched); do
+              if [ -e "$R$p" ]; then find "$R$p" \(prune)-type f -print0 | xargs -0 -r sha256sum; fi
+            done
+
+            """
+        let fileSections: String
+        switch files {
+        case .hashed:
+            fileSections = """
+                sec files
+                for p in \(watched); do
+                  if [ -e "$R$p" ] || [ -L "$R$p" ]; then find "$R$p" \(prune)-printf '\(filesFormat)'; fi
+                done
+
+                """ + hashes
+        case .listed(let withHashes):
+            // One pass: -fprintf writes the listing beside the files section as find walks.
+            fileSections = """
+                sec files
+                L=$(mktemp /tmp/.changelab-listing.XXXXXX) || L=/tmp/.changelab-listing.$$
+                : >"$L"
+                for p in \(watched); do
+                  if [ -e "$R$p" ] || [ -L "$R$p" ]; then
+                    find "$R$p" \(prune)-printf '\(filesFormat)' -fprintf "$L.part" '\(listingFormat)'
+                    cat "$L.part" >>"$L"
+                  fi
+                done
+                sec listing
+                cat "$L"; rm -f "$L" "$L.part"
+
+                """ + (withHashes ? hashes : "")
+        }
         return """
             R=\(shellQuote(root == "/" ? "" : root))
             if [ ! -d "${R:-/}" ]; then echo "the root folder ${R:-/} does not exist" >&2; exit 3; fi
@@ -48,15 +95,7 @@ enum InventoryScript {
             cat /proc/net/tcp /proc/net/tcp6 2>/dev/null
             sec udp
             cat /proc/net/udp /proc/net/udp6 2>/dev/null
-            sec files
-            for p in \(watched); do
-              if [ -e "$R$p" ] || [ -L "$R$p" ]; then find "$R$p" \(prune)-printf '%y\\t%m\\t%U\\t%G\\t%s\\t%l\\t%p\\n'; fi
-            done
-            sec sha256
-            for p in \(watched); do
-              if [ -e "$R$p" ]; then find "$R$p" \(prune)-type f -print0 | xargs -0 -r sha256sum; fi
-            done
-            sec end
+            \(fileSections)sec end
             exit 0
 
             """

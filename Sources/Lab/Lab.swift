@@ -207,6 +207,7 @@ public struct Lab: Sendable {
         try FileManager.default.createDirectory(
             atPath: runDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
         for path in [overlay, saveFile, console] { try? FileManager.default.removeItem(atPath: path) }
+        removeListings(disk: overlay)
         try await HostCommand.check("qemu-img", ["create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", overlay])
 
         let definition = GuestDomain(
@@ -232,6 +233,10 @@ public struct Lab: Sendable {
                 image.name,
                 String(format: "slot %d up in %.1f s (%@)", index, bootSeconds, settle.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines))
             )
+            // The listing incremental inventories compare with: this boot's inodes and ctimes.
+            if let watch = try? baselines.load(image.name).watch {
+                try await recordListing(disk: overlay, agent: agent, watching: watch)
+            }
             // A smaller memory image restores faster: drop the page cache first.
             _ = try await agent.exec(["/bin/sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"])
             try await domain.save(to: saveFile)

@@ -223,6 +223,107 @@ extension LabQEMUTests {
         #expect(uninstall.passed, "\(uninstall.reason)")
     }
 
+    /// The race `lab/demo` lost on a loaded machine: after kernel-tuning's reboot step the
+    /// agent answers before the guest has finished booting, and an inventory taken then
+    /// reported `multi-user.target` and units still `activating` as changes. The cell must
+    /// wait for the guest to settle, on every approved baseline, with both cores busy.
+    @Test func theRebootPackageIsGreenOnEveryApprovedBaselineWhileBothCoresAreBusy() async throws {
+        let (lab, _) = try await SharedLab.shared.lab()
+        let hogs = try CPUHogs(count: 2)
+        defer { hogs.stop() }
+        let run = try await MatrixRunner(lab: lab).run(package: "kernel-tuning", options: Self.options([.install]))
+        #expect(Set(run.baselines.map(\.name)) == ["minimal", "web", "db"])
+        #expect(run.results.count == 3)
+        for result in run.results.values {
+            #expect(result.passed, "\(result.id): \(result.reason)")
+            let units = result.delta?.entries.filter { $0.category == .units }.map(\.entry.key) ?? []
+            #expect(units == ["kernel-tuning-boot.service"], "\(result.id): units in the delta: \(units)")
+        }
+    }
+
+    /// A unit that never finishes starting is not hidden: the step that set it going times
+    /// out and the verdict names the unit.
+    @Test func aUnitStillStartingAtTheStepsTimeOutIsATimeoutNamingIt() async throws {
+        _ = try await SharedLab.shared.lab()
+        let project = try ScratchProject(packages: [
+            "cl-stuck-probe": [
+                "package.yaml": """
+                    name: cl-stuck-probe
+                    version: 1.0
+                    sources: [src]
+                    build: [{run: mkdir -p "$DESTDIR/usr/share/doc/cl-stuck-probe"}]
+                    install:
+                      - {name: start a slow unit, run: "systemd-run --no-block --unit=cl-stuck -p Type=oneshot sleep 600", timeout: 15}
+                    """,
+                "src/README": "starts a unit that stays activating\n",
+            ]
+        ])
+        defer { project.remove() }
+        let run = try await MatrixRunner(lab: try project.lab()).run(
+            package: "cl-stuck-probe", options: Self.options([.install], baselines: ["minimal"]))
+        let cell = try #require(run.results["minimal.install"])
+        #expect(cell.verdict == .timeout)
+        #expect(cell.reason.contains("'start a slow unit'"), "\(cell.reason)")
+        #expect(cell.reason.contains("cl-stuck.service"), "\(cell.reason)")
+        let step = try #require(cell.steps.first { $0.name == "start a slow unit" })
+        #expect(step.status == .timedOut)
+        #expect(step.seconds < 40, "bounded by the step's time-out of 15 s, took \(step.seconds) s")
+    }
+
+    /// The incremental inventory on a real guest gives the full inventory's snapshot — and so
+    /// its delta — after every shipped package is installed and the hidden changes an
+    /// mtime-only check would miss, on the same guest.
+    @Test func theIncrementalInventoryEqualsTheFullOneOnTheSameGuest() async throws {
+        let (lab, _) = try await SharedLab.shared.lab()
+        let image = try lab.readyImage("db")
+        let watch = try lab.baselines.load("db").watch
+        let store = ArtifactStore(home: lab.home)
+        var debs: [String] = []
+        for package in ["greeterd", "kernel-tuning", "session-store"] {
+            let manifest = try await PackageBuilder(lab: lab).build(package).manifest
+            debs.append(store.debPath(manifest.digest))
+        }
+        let baseline = try await lab.baselineInventory(image)
+        try await lab.withRestored(image) { guest in
+            let (listing, _) = try await lab.slotListing(for: guest, watching: watch)
+            let agent = guest.agent
+            _ = try await agent.capture(["mkdir", "-p", "/var/tmp/changelab"])
+            for (index, deb) in debs.enumerated() {
+                try await agent.upload(file: deb, to: "/var/tmp/changelab/\(index).deb")
+            }
+            let changes = try await agent.shell(
+                """
+                set -e
+                export DEBIAN_FRONTEND=noninteractive
+                dpkg -i /var/tmp/changelab/0.deb /var/tmp/changelab/1.deb /var/tmp/changelab/2.deb
+                # content changed, its mtime forced back
+                touch -r /etc/hostname /tmp/stamp; echo changed >> /etc/hostname; touch -r /tmp/stamp /etc/hostname
+                chmod 0600 /etc/issue.net
+                chown 1:1 /etc/debian_version
+                cp -p /etc/host.conf /tmp/hc; rm /etc/host.conf; cp -p /tmp/hc /etc/host.conf
+                ln -s /etc/issue /etc/cl-link; ln -sfn /etc/motd /etc/cl-link
+                ln /etc/issue /etc/cl-hardlink
+                echo noise > /etc/ld.so.cache
+                mkdir -p /etc/__pycache__; echo noise > /etc/__pycache__/x.pyc
+                """, timeout: .seconds(300))
+            #expect(changes.succeeded, "\(changes.stderrText)")
+            let full = try await lab.collector(for: guest, watching: watch).collect().snapshot
+            let incremental = try await lab.incrementalCollector(for: guest, watching: watch).collect(against: listing)
+            #expect(incremental.inventory.snapshot == full)
+            let delta = ConfigurationDelta(from: baseline, to: incremental.inventory.snapshot)
+            #expect(delta == ConfigurationDelta(from: baseline, to: full))
+            let items = CellAttempt.describe(delta)
+            for expected in [
+                "files /etc/hostname changed", "files /etc/issue.net changed", "files /etc/debian_version changed",
+                "files /etc/cl-link added", "files /etc/cl-hardlink added", "packages session-store:all added",
+            ] {
+                #expect(items.contains(expected), "\(expected) missing from \(items)")
+            }
+            #expect(!items.contains { $0.contains("ld.so.cache") || $0.contains("__pycache__") })
+            #expect(incremental.hashed < listing.entries.count / 4, "hashed \(incremental.hashed) files")
+        }
+    }
+
     @Test func theUpgradeLaneInstallsTheEarlierReleaseFirst() async throws {
         let (lab, _) = try await SharedLab.shared.lab()
         // Release 1.0.0 of a package, then test 1.1.0 with the upgrade lane.
@@ -424,5 +525,37 @@ extension LabCLITests {
         let result = try await changelab(["matrix", "run", "greeterd", "--lanes", "install,sideways", "--no-record"])
         #expect(result.status != 0)
         #expect(result.stderrText.contains("unknown lane 'sideways'"))
+    }
+}
+
+/// Processes that keep the host's cores busy while a test runs: a loaded lab host.
+/// Each loop ends by itself after `seconds`, so a test killed without cleanup leaves none
+/// behind for long; `stop` kills them (SIGKILL: a shell busy in builtins may not get to a
+/// SIGTERM).
+final class CPUHogs {
+    private let processes: [Process]
+
+    init(count: Int, seconds: Int = 1800) throws {
+        var started: [Process] = []
+        for _ in 0..<count {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            process.arguments = [
+                "-c",
+                "end=$(( $(date +%s) + \(seconds) )); while [ \"$(date +%s)\" -lt \"$end\" ]; do i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; done",
+            ]
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            started.append(process)
+        }
+        processes = started
+    }
+
+    func stop() {
+        for process in processes {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
     }
 }

@@ -65,6 +65,10 @@ struct MatrixCommand: AsyncParsableCommand {
         @OptionGroup var reports: MatrixCommand.ReportFiles
         @Flag(help: "Do not record the run in the CMDB.")
         var noRecord = false
+        @Flag(help: "The old path, to measure against: a full inventory (every file hashed) after install.")
+        var fullInventory = false
+        @Flag(help: "The old path, to measure against: one upload and guest command per test.")
+        var testPerCommand = false
 
         func validate() throws {
             if let parallel, parallel < 1 { throw ValidationError("--parallel must be at least 1") }
@@ -80,6 +84,8 @@ struct MatrixCommand: AsyncParsableCommand {
             options.lanes = try MatrixLane.parseList(lanes)
             options.parallel = parallel
             options.keepFailed = keepFailed
+            options.fullInventory = fullInventory
+            options.testPerCommand = testPerCommand
             options.cmdb = noRecord ? nil : try cmdbOptions.path()
             let result: MatrixRun
             if let resume {

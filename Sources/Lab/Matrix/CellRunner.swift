@@ -19,6 +19,11 @@ struct CellContext: Sendable {
     let store: ArtifactStore
     let keepFailed: Bool
     let logPath: String
+    /// Hash only files whose metadata changed since the slot's listing (false: the old
+    /// full inventory, kept to measure against and to fall back on).
+    var incrementalInventory = true
+    /// Run each suite as one guest command (false: the old upload-and-exec per test).
+    var batchedTests = true
 }
 
 /// Runs one cell on a fresh restore; infrastructure failures get one more fresh restore.
@@ -73,6 +78,8 @@ final class CellAttempt: @unchecked Sendable {
     private(set) var steps: [StepOutcome] = []
     private var verdict = CellVerdict.pass
     private var reason = ""
+    /// The restored slot's file listing, for the incremental inventory.
+    private var listing: FileListing?
 
     init(context: CellContext, host: LabHosts.Host, log: TextLog) {
         self.context = context
@@ -108,6 +115,14 @@ final class CellAttempt: @unchecked Sendable {
         var violations: [PolicyViolation] = []
         var after: InventorySnapshot?
         do {
+            if context.incrementalInventory {
+                let listed = ContinuousClock.now
+                let (listing, recorded) = try await lab.slotListing(for: guest, watching: context.watch)
+                self.listing = listing
+                if recorded {
+                    log.append(String(format: "recorded the slot's file listing (%.1f s, once per slot)\n", listed.secondsSince))
+                }
+            }
             let uploadStarted = ContinuousClock.now
             _ = try await guest.agent.capture(["mkdir", "-p", CellRunner.guestDirectory])
             for manifest in [context.artifact] + (context.plan.lane == .upgrade ? [context.previous].compactMap { $0 } : []) {
@@ -235,7 +250,8 @@ final class CellAttempt: @unchecked Sendable {
         default: label = "install step"
         }
         for step in steps {
-            let outcome: StepOutcome
+            let stepStarted = ContinuousClock.now
+            var outcome: StepOutcome
             switch step.action {
             case .run(let script):
                 let environment = """
@@ -264,10 +280,42 @@ final class CellAttempt: @unchecked Sendable {
                     fail(.timeout, "\(label) '\(step.name)': the guest did not come back from the reboot within \(step.timeoutSeconds) s")
                 }
             }
+            if outcome.status == .passed {
+                outcome = try await settle(after: outcome, started: stepStarted, step: step, label: label, guest)
+            }
             record(outcome)
             if outcome.status != .passed { return false }
         }
         return true
+    }
+
+    /// Waits, within what is left of the step's time-out, until the guest's systemd has
+    /// finished what the step set going (a boot, or units a maintainer script restarted),
+    /// so that neither the next step nor the inventory sees units half-way. A unit still
+    /// busy at the step's deadline turns the step into a time-out that names it.
+    private func settle(
+        after outcome: StepOutcome, started: ContinuousClock.Instant, step: PackageRecipe.Step, label: String,
+        _ guest: RestoredGuest
+    ) async throws -> StepOutcome {
+        let deadline = started + .seconds(step.timeoutSeconds)
+        let left = max(.seconds(1), deadline - ContinuousClock.now)
+        var settled = outcome
+        switch try await GuestSettle.wait(guest.agent, within: left) {
+        case .settled(let state, let seconds):
+            log.append(String(format: "settled (%@) after %.1f s\n", state, seconds))
+            settled.seconds = started.secondsSince
+        case .stuck(let state, let busy, let seconds):
+            log.append(String(format: "not settled after %.1f s (%@): %@\n", seconds, state, busy.joined(separator: ", ")))
+            settled.status = .timedOut
+            settled.seconds = started.secondsSince
+            settled.detail = ([outcome.detail, "system \(state); still busy at the step's time-out:"] + busy)
+                .filter { !$0.isEmpty }.joined(separator: "\n")
+            fail(
+                .timeout,
+                "\(label) '\(step.name)': units still starting or stopping after its time-out of \(step.timeoutSeconds) s: "
+                    + Self.brief(busy))
+        }
+        return settled
     }
 
     /// Reboots the guest, waits for its agent to go away and come back on a new boot, and
@@ -309,7 +357,8 @@ final class CellAttempt: @unchecked Sendable {
     private func runTests(_ tests: [String], phase: StepOutcome.Phase, _ guest: RestoredGuest) async throws {
         guard !tests.isEmpty else { return }
         let outcomes = try await StandingSuite.run(
-            tests, in: guest, timeout: .seconds(recipe.defaultTimeoutSeconds), progress: { _ in })
+            tests, in: guest, timeout: .seconds(recipe.defaultTimeoutSeconds), oneByOne: !context.batchedTests,
+            progress: { _ in })
         for outcome in outcomes {
             log.append("-- \(phase.rawValue) \(outcome.name) output:\n\(outcome.outputTail)\n")
             record(
@@ -333,8 +382,17 @@ final class CellAttempt: @unchecked Sendable {
     /// the recipe's expected-delta policy (or, for the uninstall lane, for residue).
     private func inspect(_ guest: RestoredGuest) async throws -> Inspection {
         let started = ContinuousClock.now
-        let collected = try await lab.collector(for: guest, watching: context.watch).collect()
+        let collected: CollectedInventory
+        var how = "full inventory"
+        if let listing {
+            let result = try await lab.incrementalCollector(for: guest, watching: context.watch).collect(against: listing)
+            collected = result.inventory
+            how = "incremental inventory, \(result.hashed) changed files hashed"
+        } else {
+            collected = try await lab.collector(for: guest, watching: context.watch).collect()
+        }
         let delta = ConfigurationDelta(from: context.baselineInventory, to: collected.snapshot)
+        log.append(String(format: "-- %@ and delta in %.2f s\n", how, started.secondsSince))
         record(
             StepOutcome(
                 phase: .inventory, name: "inventory and delta", status: .passed, seconds: started.secondsSince,

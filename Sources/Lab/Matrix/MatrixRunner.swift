@@ -20,6 +20,10 @@ public struct MatrixRunner: Sendable {
         /// Cells at once (default: every slot of every lab host).
         public var parallel: Int?
         public var keepFailed = false
+        /// The old full inventory after install instead of the incremental one.
+        public var fullInventory = false
+        /// The old way of running tests: one upload and guest command per test.
+        public var testPerCommand = false
         /// Where to record the run (nil: do not record).
         public var cmdb: String?
 
@@ -156,7 +160,8 @@ public struct MatrixRunner: Sendable {
                 packageTests: packages.tests(of: artifact.recipe), regressionTests: lab.baselines.tests(of: plan.baseline),
                 baselineInventory: inventories[plan.baseline] ?? InventorySnapshot(), watch: recipe.watch, store: store,
                 keepFailed: options.keepFailed,
-                logPath: MatrixRun.cellLogPath(lab.home, initial.id, plan.id))
+                logPath: MatrixRun.cellLogPath(lab.home, initial.id, plan.id), incrementalInventory: !options.fullInventory,
+                batchedTests: !options.testPerCommand)
         }
 
         // Wall time counts from the first cell: preparation (inventories) is not the matrix.

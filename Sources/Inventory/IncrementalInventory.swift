@@ -1,0 +1,157 @@
+import Foundation
+import HostIO
+import Model
+
+/// The watched files of a known system state, as cheap metadata with each regular file's
+/// hash: what an incremental inventory compares against.
+///
+/// Inodes and ctimes belong to one file system, so a listing describes one booted copy
+/// (in the lab: one slot on one host), not an image.
+public struct FileListing: Codable, Sendable, Equatable {
+    public static let formatVersion = 1
+
+    public struct Entry: Codable, Sendable, Equatable {
+        /// `type mode uid gid size inode links mtime ctime`, as `find -printf` wrote them.
+        public var metadata: String
+        public var sha256: String?
+    }
+
+    public var format: Int
+    /// The digest of the script that made it: a listing is only compared with one made the same way.
+    public var key: String
+    public var entries: [String: Entry]
+
+    public init(key: String, entries: [String: Entry]) {
+        format = Self.formatVersion
+        self.key = key
+        self.entries = entries
+    }
+
+    public static func decode(_ data: Data) throws -> FileListing {
+        struct Header: Decodable { var format: Int }
+        let header = try StableJSON.decode(Header.self, from: data)
+        guard header.format == formatVersion else {
+            throw ChangelabError("a file listing of format \(header.format) (this changelab reads \(formatVersion))")
+        }
+        return try StableJSON.decode(FileListing.self, from: data)
+    }
+}
+
+/// An inventory that hashes only what changed.
+///
+/// One `find -printf` pass lists the watched trees' metadata (type, mode, owner, size,
+/// inode, link count, mtime, ctime); only regular files whose metadata differs from the
+/// reference listing, or that are new, are hashed, in a second short command. Every other
+/// file keeps the reference's hash. ctime cannot be set from user space, so content
+/// changed behind a reset mtime is still caught; a new inode catches delete-and-recreate,
+/// a link count a new hard link. Packages, units, users, groups and ports are collected as
+/// in the full inventory, so the snapshot (and any delta from it) is the full one's.
+public struct IncrementalCollector: Sendable {
+    public let runner: any CommandRunner
+    public let options: InventoryOptions
+
+    public init(runner: any CommandRunner, options: InventoryOptions) {
+        self.runner = runner
+        self.options = options
+    }
+
+    /// What `collect(against:)` produced, and how much it had to hash.
+    public struct Result: Sendable {
+        public var inventory: CollectedInventory
+        /// Regular files hashed because they are new or their metadata changed.
+        public var hashed: Int
+    }
+
+    /// The key of listings this collector can compare with.
+    public var listingKey: String { SHA256Digest(of: InventoryScript.render(options, files: .listed(hashes: true))).short }
+
+    /// A full inventory together with its listing: the reference for later incremental ones.
+    public func record() async throws -> (CollectedInventory, FileListing) {
+        let started = ContinuousClock.now
+        let output = try await run(InventoryScript.render(options, files: .listed(hashes: true)), what: "the file listing")
+        var (snapshot, warnings) = InventoryParser.parse(output.stdoutText, options: options)
+        warnings += output.stderrText.split(separator: "\n").map(String.init)
+        snapshot = snapshot.normalized()
+        let hashes = Dictionary(snapshot.files.map { ($0.path, $0.sha256) }, uniquingKeysWith: { first, _ in first })
+        var entries: [String: FileListing.Entry] = [:]
+        for (path, metadata) in Self.listing(in: output.stdoutText, root: options.normalizedRoot) {
+            entries[path] = FileListing.Entry(metadata: metadata, sha256: hashes[path] ?? nil)
+        }
+        let inventory = CollectedInventory(
+            snapshot: snapshot, warnings: warnings, collectedAt: Date(), seconds: started.secondsSince)
+        return (inventory, FileListing(key: listingKey, entries: entries))
+    }
+
+    /// The inventory now, hashing only files that differ from `reference`.
+    public func collect(against reference: FileListing) async throws -> Result {
+        guard reference.key == listingKey else {
+            throw ChangelabError(
+                "internal: the reference listing was made by another script (\(reference.key), expected \(listingKey))")
+        }
+        let started = ContinuousClock.now
+        let collectedAt = Date()
+        let scan = try await run(InventoryScript.render(options, files: .listed(hashes: false)), what: "the inventory")
+        let listing = Self.listing(in: scan.stdoutText, root: options.normalizedRoot)
+        let changed = listing.compactMap { path, metadata -> String? in
+            guard metadata.hasPrefix("f\t") else { return nil }
+            return reference.entries[path]?.metadata == metadata ? nil : path
+        }.sorted()
+        var output = scan.stdoutText
+        if !changed.isEmpty {
+            let hashes = try await run(
+                Self.hashScript(changed, root: options.normalizedRoot), what: "the changed files' hashes")
+            output += "\n" + InventoryScript.marker + "sha256\n" + hashes.stdoutText
+        }
+        var (snapshot, warnings) = InventoryParser.parse(output, options: options)
+        warnings += scan.stderrText.split(separator: "\n").map(String.init)
+        let unchanged = Set(listing.keys).subtracting(changed)
+        for index in snapshot.files.indices where snapshot.files[index].kind == .file {
+            let path = snapshot.files[index].path
+            if unchanged.contains(path), let known = reference.entries[path] {
+                snapshot.files[index].sha256 = known.sha256
+            }
+        }
+        snapshot = snapshot.normalized()
+        return Result(
+            inventory: CollectedInventory(
+                snapshot: snapshot, warnings: warnings, collectedAt: collectedAt, seconds: started.secondsSince),
+            hashed: changed.count)
+    }
+
+    private func run(_ script: String, what: String) async throws -> CommandResult {
+        let result = try await runner.runShell(script, timeout: options.timeout)
+        guard result.succeeded else { throw InventoryCollector.failure(of: result, collecting: what, options: options) }
+        return result
+    }
+
+    /// `sha256sum` of the given files (root-relative), in sha256sum's own output format.
+    static func hashScript(_ paths: [String], root: String) -> String {
+        let prefix = root == "/" ? "" : root
+        return "sha256sum -- " + paths.map { InventoryScript.shellQuote(prefix + $0) }.joined(separator: " ")
+            + " 2>/dev/null\nexit 0\n"
+    }
+
+    /// The `listing` section: path (root-relative, as the parser names files) → metadata.
+    /// A line that cannot be read is left out, so its file counts as new and is hashed.
+    static func listing(in output: String, root: String) -> [String: String] {
+        let prefix = root == "/" ? "" : root
+        var inListing = false
+        var entries: [String: String] = [:]
+        for line in output.split(separator: "\n", omittingEmptySubsequences: true) {
+            if line.hasPrefix(InventoryScript.marker) {
+                inListing = line == InventoryScript.marker + "listing"
+                continue
+            }
+            guard inListing else { continue }
+            let fields = line.split(separator: "\t", maxSplits: 9, omittingEmptySubsequences: false)
+            guard fields.count == 10 else { continue }
+            var path = String(fields[9])
+            if !prefix.isEmpty, path.hasPrefix(prefix) {
+                path = String(path.dropFirst(prefix.count))
+                if path.isEmpty { path = "/" }
+            }
+            entries[path] = fields[0..<9].joined(separator: "\t")
+        }
+        return entries
+    }
+}

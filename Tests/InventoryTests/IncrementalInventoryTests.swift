@@ -1,0 +1,119 @@
+import Foundation
+import HostIO
+import Inventory
+import Model
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The incremental inventory against the full one, on the same tree, for each kind of
+/// change that metadata alone could miss.
+@Suite struct IncrementalInventoryTests {
+    /// A small system root in a temporary folder, watched at /etc and /var.
+    struct Tree {
+        let root: String
+        var options: InventoryOptions { InventoryOptions(root: root, watchedPaths: ["/etc", "/var"]) }
+
+        init() throws {
+            root = NSTemporaryDirectory() + "changelab-incremental-\(UUID().uuidString.prefix(8))"
+            for folder in ["etc/app", "etc/__pycache__", "var/cache/app", "var/lib/app"] {
+                try FileManager.default.createDirectory(atPath: "\(root)/\(folder)", withIntermediateDirectories: true)
+            }
+            let files = [
+                "etc/app/content": "one\n", "etc/app/mode": "mode\n", "etc/app/owner": "owner\n",
+                "etc/app/recreated": "same text\n", "etc/app/linked": "shared\n", "etc/app/untouched": "quiet\n",
+                "etc/ld.so.cache": "cache\n", "etc/__pycache__/x.pyc": "pyc\n", "var/cache/app/blob": "blob\n",
+                "var/lib/app/state": "state\n",
+            ]
+            for (path, text) in files { try write(text, to: path) }
+            try FileManager.default.createSymbolicLink(atPath: "\(root)/etc/app/current", withDestinationPath: "content")
+        }
+
+        func path(_ relative: String) -> String { "\(root)/\(relative)" }
+
+        func write(_ text: String, to relative: String) throws {
+            try Data(text.utf8).write(to: URL(fileURLWithPath: path(relative)))
+        }
+
+        func remove() { try? FileManager.default.removeItem(atPath: root) }
+    }
+
+    static func delta(_ before: InventorySnapshot, _ after: InventorySnapshot) -> [String] {
+        // Only files: ports and disks are this host's, which other processes change meanwhile.
+        ConfigurationDelta(from: before, to: after).entries.filter { $0.category == .files }
+            .map { "\($0.category.rawValue) \($0.entry.key) \($0.kind.rawValue)" }
+    }
+
+    @Test func findsEveryChangeTheFullInventoryFindsAndHashesOnlyChangedFiles() async throws {
+        let tree = try Tree()
+        defer { tree.remove() }
+        let incremental = IncrementalCollector(runner: LocalShell(), options: tree.options)
+        let (baseline, listing) = try await incremental.record()
+        let full = InventoryCollector(runner: LocalShell(), options: tree.options)
+        // Files are compared whole; ports, disks and memory describe this (busy) host, not the root.
+        #expect(baseline.snapshot.files == (try await full.collect()).snapshot.files, "the recorded snapshot is a full inventory")
+        #expect(listing.entries["/etc/app/content"]?.sha256 != nil)
+
+        // Content changed with its mtime forced back: only ctime tells.
+        let content = tree.path("etc/app/content")
+        let mtime = try #require(try FileManager.default.attributesOfItem(atPath: content)[.modificationDate] as? Date)
+        try await Task.sleep(for: .milliseconds(20))
+        try tree.write("two\n", to: "etc/app/content")
+        try FileManager.default.setAttributes([.modificationDate: mtime], ofItemAtPath: content)
+        // chmod only, chown only.
+        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: tree.path("etc/app/mode"))
+        #expect(chown(tree.path("etc/app/owner"), 4242, 4343) == 0)
+        // Deleted and recreated with the same text (and maybe the same inode number).
+        try FileManager.default.removeItem(atPath: tree.path("etc/app/recreated"))
+        try tree.write("same text\n", to: "etc/app/recreated")
+        // A symlink pointed elsewhere, a new hard link, a new file, a removed file.
+        try FileManager.default.removeItem(atPath: tree.path("etc/app/current"))
+        try FileManager.default.createSymbolicLink(atPath: tree.path("etc/app/current"), withDestinationPath: "mode")
+        #expect(link(tree.path("etc/app/linked"), tree.path("etc/app/hardlink")) == 0)
+        try tree.write("new\n", to: "etc/app/added")
+        try FileManager.default.removeItem(atPath: tree.path("var/lib/app/state"))
+        // Changes in noise (pruned folders and filtered paths) stay out of both.
+        try tree.write("changed\n", to: "var/cache/app/blob")
+        try tree.write("changed\n", to: "etc/ld.so.cache")
+        try tree.write("changed\n", to: "etc/__pycache__/x.pyc")
+
+        let fullAfter = try await full.collect().snapshot
+        let result = try await incremental.collect(against: listing)
+        #expect(result.inventory.snapshot.files == fullAfter.files, "the incremental files are the full ones, hashes included")
+        let expected = [
+            "files /etc/app/added added", "files /etc/app/hardlink added", "files /var/lib/app/state removed",
+            "files /etc/app/content changed", "files /etc/app/current changed", "files /etc/app/mode changed",
+            "files /etc/app/owner changed",
+        ]
+        #expect(Self.delta(baseline.snapshot, result.inventory.snapshot) == expected)
+        #expect(Self.delta(baseline.snapshot, result.inventory.snapshot) == Self.delta(baseline.snapshot, fullAfter))
+        // Hashed: content, mode, owner, recreated, both names of the hard link, added, and the
+        // noise file find cannot prune (__pycache__, filtered after) — not untouched, nor the
+        // pruned /var/cache and /etc/ld.so.cache.
+        #expect(result.hashed == 8, "hashed \(result.hashed) files")
+    }
+
+    @Test func anUnchangedTreeHashesNothingAndGivesTheSameSnapshot() async throws {
+        let tree = try Tree()
+        defer { tree.remove() }
+        let incremental = IncrementalCollector(runner: LocalShell(), options: tree.options)
+        let (baseline, listing) = try await incremental.record()
+        let result = try await incremental.collect(against: listing)
+        #expect(result.hashed == 0)
+        #expect(result.inventory.snapshot.files == baseline.snapshot.files)
+    }
+
+    @Test func aListingOfAnotherFormatIsRefused() throws {
+        let data = Data(#"{"entries":{},"format":99,"key":"x"}"#.utf8)
+        #expect(throws: ChangelabError.self) { try FileListing.decode(data) }
+    }
+
+    @Test func theFullScriptIsUnchangedByTheListingVariant() {
+        let options = InventoryOptions()
+        let script = InventoryCollector(runner: LocalShell(), options: options).script
+        #expect(script.contains("-printf '%y\\t%m\\t%U\\t%G\\t%s\\t%l\\t%p\\n'; fi"))
+        #expect(!script.contains("sec listing"))
+    }
+}
