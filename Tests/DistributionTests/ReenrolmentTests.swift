@@ -16,7 +16,6 @@ import Testing
         let directory = scratch.path + "/core"
         let core = try TestCore(directory: directory, http: http)
         try await core.start()
-        let port = core.port
         // The backup is taken before the agent enrols.
         try await Task.sleep(for: .milliseconds(200))
         try FileManager.default.copyItem(atPath: directory, toPath: scratch.path + "/backup")
@@ -34,10 +33,12 @@ import Testing
         try FileManager.default.removeItem(atPath: directory)
         try FileManager.default.copyItem(atPath: scratch.path + "/backup", toPath: directory)
         let restored = try TestCore(directory: directory, http: http)
-        try await restored.start(port: port)
+        // On a port of its own: a test running beside this one may have taken the old one.
+        try await restored.start()
         #expect(try await restored.admin.agents().isEmpty)
         let second = try await restored.admin.createToken(uses: 1, lifetime: 600)
         configuration.enrolmentToken = second.token
+        configuration.coreURL = restored.url
         let again = AgentGroup()
         let agent = again.start(configuration, http: http)
         // Refused (401), it enrols again with the new token and checks in as a new identity.

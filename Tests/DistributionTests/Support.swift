@@ -120,11 +120,21 @@ final class TestCore: @unchecked Sendable {
     func start(port wanted: Int = 0) async throws {
         let ready = AsyncStream<Int>.makeStream()
         let server = self.server
-        task = Task { try await server.run(host: "127.0.0.1", port: wanted) { ready.continuation.yield($0) } }
-        for await bound in ready.stream {
-            port = bound
+        // A server that cannot start (its port taken) ends the stream, so start() never waits forever.
+        task = Task {
+            defer { ready.continuation.finish() }
+            try await server.run(host: "127.0.0.1", port: wanted) { ready.continuation.yield($0) }
+        }
+        var bound: Int?
+        for await value in ready.stream {
+            bound = value
             break
         }
+        guard let bound else {
+            _ = try? await task?.value
+            throw ChangelabError("the test core did not start on port \(wanted)")
+        }
+        port = bound
     }
 
     func stop() async {

@@ -1,1 +1,0 @@
-../../../../Sources/Distribution/Manifest.swift
