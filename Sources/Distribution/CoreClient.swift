@@ -47,6 +47,11 @@ public struct CoreClient: Sendable {
         try await link.post("/v1/admin/tokens", TokenRequest(uses: uses, lifetime: lifetime), as: TokenReply.self)
     }
 
+    /// Replaces the core's release key; returns the new and the previous public key (hex).
+    public func rotateReleaseKey() async throws -> [String: String] {
+        try await link.post("/v1/admin/release-key/rotate", Empty(), as: [String: String].self)
+    }
+
     public func agents() async throws -> [AgentSummary] {
         try await link.get("/v1/admin/agents", as: [AgentSummary].self)
     }

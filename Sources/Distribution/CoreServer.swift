@@ -230,6 +230,16 @@ public struct CoreServer: Sendable {
                     TokenReply(token: token, coreKey: await coordinator.publicKey.hex, uses: body.uses, corePin: tls.pin))
             }
         }
+        router.post("/v1/admin/release-key/rotate") { request, _ in
+            try await handle {
+                let caller = try await authorize(request, .admin)
+                let previous = await coordinator.publicKey.hex
+                let key = try await coordinator.rotateReleaseKey(keyPath: layout.releaseKey)
+                try await coordinator.recordAction(
+                    "rotate-release-key", subject: "\(previous.prefix(16))… → \(key.hex.prefix(16))…", by: caller.name)
+                return try json(["key": key.hex, "previous": previous])
+            }
+        }
         router.get("/v1/admin/agents") { request, _ in
             try await handle {
                 _ = try await authorize(request, .viewer)

@@ -278,8 +278,10 @@ import Testing
             let group = try await startAgents(["pc"], core: core, scratch: scratch, http: http)
             let agent = try #require(group.agents.first)
             let old = try Self.coreKey(core)
-            let new = try await core.server.coordinator.rotateReleaseKey(
-                keyPath: CoreLayout(directory: core.directory).releaseKey)
+            // Through the admin API, as `changelab core rotate-key` does it.
+            let reply = try await admin.rotateReleaseKey()
+            let new = try #require(ReleasePublicKey(hex: reply["key"] ?? ""))
+            #expect(reply["previous"] == old.publicKey.hex)
             #expect(try Self.coreKey(core).publicKey == new)
             _ = try await admin.publish(file: second, release: "r2")
             _ = try await admin.promote("r2", .everyone())

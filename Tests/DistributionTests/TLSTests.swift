@@ -10,11 +10,27 @@ import Testing
 /// The core serves HTTPS only; agents and the CLI pin its TLS key and refuse anything else.
 @Suite struct TLSTests {
     /// A core with its own, freshly made TLS identity on `port` (0: any).
-    func startCore(in directory: String, port: Int = 0, names: [String] = []) async throws -> TestCore {
+    /// Ports below Linux's ephemeral range (32768–60999), so no core of a test running beside
+    /// this one (they bind port 0) takes the address a restarted core comes back on.
+    static let reservedPorts = 20_000...29_999
+
+    func startCore(in directory: String, port: Int? = nil, names: [String] = []) async throws -> TestCore {
         let http = try #require(TestTLS.sharedClient)
         let core = try TestCore(directory: directory, http: http, sharedTLS: false, tlsNames: names)
-        try await core.start(port: port)
-        return core
+        if let port {
+            try await core.start(port: port)
+            return core
+        }
+        var lastError: Error?
+        for _ in 0..<8 {
+            do {
+                try await core.start(port: Int.random(in: Self.reservedPorts))
+                return core
+            } catch {
+                lastError = error
+            }
+        }
+        throw lastError ?? ChangelabError("no free port for the test core")
     }
 
     @Test func anotherSelfSignedCertificateAtTheSameAddressIsRefusedByTheAgentAndTheCLI() async throws {

@@ -11,7 +11,7 @@ struct CoreCommand: AsyncParsableCommand {
         abstract: "Run and administer the distribution core (artifact repository, agents, rollouts).",
         subcommands: [
             CoreServeCommand.self, CorePublishCommand.self, CoreTokenCommand.self, CoreAgentsCommand.self,
-            CoreRevokeCommand.self, CoreOperatorCommand.self, CorePinCommand.self,
+            CoreRevokeCommand.self, CoreOperatorCommand.self, CorePinCommand.self, CoreRotateKeyCommand.self,
         ])
 }
 
@@ -184,6 +184,25 @@ struct CoreTokenCommand: AsyncParsableCommand {
             print(
                 "enrol with: changelab agent run --core \(core.url) --enrol-token \(reply.token) --core-key \(reply.coreKey) --core-pin \(reply.corePin ?? "?") …"
             )
+        }
+    }
+}
+
+struct CoreRotateKeyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rotate-key",
+        abstract: "Replace the core's release key; agents follow the rotation, signed by the old key, at their next check-in.")
+
+    @OptionGroup var core: CoreOptions
+    @OptionGroup var output: OutputOptions
+
+    func run() async throws {
+        let reply = try await core.withClient { try await $0.rotateReleaseKey() }
+        if output.json {
+            try printJSON(reply)
+        } else {
+            print("release key: \(reply["key"] ?? "?") (was \(reply["previous"] ?? "?"))")
+            print("agents enrolled before follow it; give new agents the new key with --core-key")
         }
     }
 }
