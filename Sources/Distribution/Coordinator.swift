@@ -578,7 +578,7 @@ public actor Coordinator {
             let ring = deployment.rings[deployment.activeRing]
             if results > 0, Double(failed) / Double(results) > deployment.maxFailureRate {
                 deployment.halted =
-                    "ring \(ring.name): \(failed) of \(results) failed (more than \(Int(deployment.maxFailureRate * 100))%)"
+                    "ring \(ring.name): \(failed) of \(results) failed (more than \(Int(exactly: (deployment.maxFailureRate * 100).rounded()) ?? 100)%)"
                 break
             }
             guard results > 0 || members.isEmpty, waiting == 0 else { break }
