@@ -527,11 +527,10 @@ public actor Coordinator {
             throw CoreRefusal.notFound(
                 "change \(change) is not promoted (run 'changelab promote \(change) --targets Q')")
         }
-        guard let release = state.releases[deployment.release] else {
+        guard state.releases[deployment.release] != nil else {
             throw CoreRefusal.notFound("release \(deployment.release) is gone")
         }
         try gate.mayActivate(change: change, release: deployment.release)
-        _ = release
         if deployment.activation == nil {
             deployment.activation = OrderRecord(issuedAt: clock())
             deployment.activatedAt = clock()

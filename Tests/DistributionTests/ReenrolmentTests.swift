@@ -42,7 +42,12 @@ import Testing
         let again = AgentGroup()
         let agent = again.start(configuration, http: http)
         // Refused (401), it enrols again with the new token and checks in as a new identity.
-        let back = try await eventually(.seconds(30)) { try await restored.admin.agents().first?.name == "pc-1" }
+        // The core lists the new identity as soon as it answers; the agent takes it up just after.
+        let back = try await eventually(.seconds(30)) {
+            let listed = try await restored.admin.agents()
+            let id = await agent.agentID
+            return listed.first?.name == "pc-1" && listed.map(\.id) == [id ?? ""]
+        }
         let id = await agent.agentID
         let listed = try await restored.admin.agents().map(\.id)
         await again.stop()

@@ -18,6 +18,15 @@ import Testing
         let http = try #require(TestTLS.sharedClient)
         let core = try TestCore(directory: directory, http: http, sharedTLS: false, tlsNames: names)
         if let port {
+            // The core that just left this port may take a moment to release it.
+            for _ in 0..<20 {
+                do {
+                    try await core.start(port: port)
+                    return core
+                } catch {
+                    try await Task.sleep(for: .milliseconds(250))
+                }
+            }
             try await core.start(port: port)
             return core
         }
