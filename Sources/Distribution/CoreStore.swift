@@ -135,6 +135,12 @@ final class OrderedWriter<Value: Sendable>: @unchecked Sendable {
             }
             lane.pending = nil
             lanes[key] = lane
+            if sequence <= lane.written {
+                // Queued while a newer value was being written: that write covered it (and its
+                // callers were woken with it); writing it now would put the older one last.
+                lock.unlock()
+                continue
+            }
             lock.unlock()
             let result = Result { try perform(key, value) }
             lock.lock()
