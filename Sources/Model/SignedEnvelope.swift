@@ -12,6 +12,13 @@ public enum PayloadType: String, Sendable, CaseIterable {
     case job = "application/vnd.changelab.job+json; version=1"
     /// A new core release key, signed with the one it replaces.
     case keyRotation = "application/vnd.changelab.key-rotation+json; version=1"
+    /// The change-control trust root: approvers, roles, thresholds and the lab's keys
+    /// (signed by a threshold of the approvers of the root it replaces).
+    case trustRoot = "application/vnd.changelab.trust-root+json; version=1"
+    /// One approver's decision on one stage of one change (the approver's key).
+    case approval = "application/vnd.changelab.approval+json; version=1"
+    /// The lab's results of one matrix run for one artifact (the lab's key).
+    case evidence = "application/vnd.changelab.evidence+json; version=1"
 }
 
 /// One signature in an envelope: the signer's key id (a hint for finding the key, never
