@@ -22,6 +22,10 @@ public struct AgentConfiguration: Sendable {
     public var attributes: [String: String]
     /// The core's release key: the only key whose manifests and orders this agent obeys.
     public var coreKey: ReleasePublicKey
+    /// The change-control trust root (payload digest), given out of band at enrolment: the
+    /// approvers, thresholds and lab keys whose signatures every activation must carry.
+    /// Without one the agent seeds but activates nothing.
+    public var trustRoot: SHA256Digest?
     /// Enrolment token, used when the agent has no identity yet, or when the core refuses the
     /// identity it has (401: a core restored from backup, a revoked agent): then it enrols again.
     public var enrolmentToken: String?
@@ -398,9 +402,72 @@ public actor Agent {
             }
             await bucket.setRate(ticket.rate)
             startSeeding(change: ticket.change, manifest: manifest, signed: job.manifest)
-        case .activate, .rollback:
+        case .activate:
+            if let refusal = approvalRefusal(job, ticket: ticket, manifest: manifest) {
+                logger.error("\(refusal.detail)")
+                await report(AgentEvent(change: ticket.change, release: ticket.release, kind: .failed, failure: refusal))
+                return
+            }
+            await carryOut(ticket, manifest: manifest)
+        case .rollback:
             await carryOut(ticket, manifest: manifest)
         }
+    }
+
+    /// The trust root this agent checks approvals under: the newest it accepted, else the pinned one.
+    public var trustRoot: SHA256Digest? { ledger.trustRoot ?? configuration.trustRoot }
+
+    /// Why this agent may not install the job's package, checked offline against its own
+    /// trust root: the approvers' threshold over exactly this digest and scope, and the lab's
+    /// evidence of a green cell in every required lane on this agent's own baseline. Nil: it may.
+    func approvalRefusal(_ job: Job, ticket: JobTicket, manifest: ReleaseManifest) -> Failure? {
+        guard let pinned = trustRoot else {
+            return Failure(
+                reason: .notApproved,
+                detail: "this agent has no change-control trust root: enrol it with --trust-root sha256:… ('changelab trust-root show' prints it)")
+        }
+        guard let authorization = job.authorization else {
+            return Failure(reason: .notApproved, detail: "the activation of \(ticket.change) came without approvals or evidence")
+        }
+        guard authorization.change == ticket.change || ticket.origin.hasPrefix("policy:") else {
+            return Failure(
+                reason: .notApproved, detail: "the approvals sent are for change \(authorization.change), not \(ticket.change)")
+        }
+        let policy: ApprovalPolicy
+        let digest: SHA256Digest
+        do {
+            (policy, digest) = try TrustChain.current(authorization.trustRoots, pinned: pinned)
+        } catch {
+            return Failure(reason: .notApproved, detail: "\(error)")
+        }
+        let check = ReleaseCheck(authorization: authorization, policy: policy, artifact: manifest.digest)
+        let general = check.problems(baseline: nil)
+        if !general.isEmpty {
+            return Failure(reason: .notApproved, detail: general.joined(separator: "; "))
+        }
+        guard let attribute = configuration.attributes["baseline"], !attribute.isEmpty else {
+            return Failure(
+                reason: .baselineNotTested,
+                detail: "baseline not tested: this agent has no 'baseline' attribute (NAME@VERSION), so no evidence can cover it")
+        }
+        let baseline = BaselineRef(attribute)?.name ?? attribute
+        let coverage = check.problems(baseline: baseline)
+        if !coverage.isEmpty {
+            return Failure(reason: .baselineNotTested, detail: coverage.joined(separator: "; "))
+        }
+        let facts = TargetFacts(
+            name: configuration.name, segment: configuration.segment, attributes: configuration.attributes,
+            inventory: inventory)
+        guard let scope = try? TargetQuery.parse(authorization.scope.targets), scope.matches(facts) else {
+            return Failure(
+                reason: .notApproved,
+                detail: "this agent is outside the approved targets '\(authorization.scope.targets)'")
+        }
+        if digest != ledger.trustRoot {
+            ledger.trustRoot = digest
+            try? ledgerFile.save(ledger)
+        }
+        return nil
     }
 
     func refuse(_ job: Job, _ why: String) async {

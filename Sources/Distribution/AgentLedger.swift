@@ -36,6 +36,9 @@ public struct AgentLedger: Codable, Sendable, Equatable {
     public var lastSequence: [String: UInt64] = [:]
     public var minimumVersion: [String: String] = [:]
     public var installs: [String: Install] = [:]
+    /// The newest change-control trust root this agent accepted (by payload digest): chains
+    /// that do not reach it are refused from then on.
+    public var trustRoot: SHA256Digest?
 
     public init() {}
 

@@ -212,6 +212,10 @@ public enum DistributionBench {
         try await fleet.up()
         progress("building a \(StatusText.bytes(Int64(o.packageBytes))) package")
         let deb = try await buildPackage(in: work, bytes: o.packageBytes)
+        // Real change control: throwaway approvers sign a real release approval, which the
+        // core and every agent check against the trust root they were started with.
+        let authority = try ThrowawayAuthority()
+        let trustRoot = authority.digest.description
 
         let coreState = work + "/core"
         processes.add(
@@ -221,7 +225,7 @@ public enum DistributionBench {
                     "netns", "exec", fleet.coreNamespace, o.executable, "core", "serve", "--state", coreState,
                     "--listen",
                     "0.0.0.0:\(fleet.port)", "--check-in", "10", "--tls-name", fleet.coreAddress,
-                    "--tls-name", try await fleet.managementAddress(),
+                    "--tls-name", try await fleet.managementAddress(), "--trust-root", trustRoot,
                 ],
                 log: work + "/core.log"))
         let tokenPath = CoreLayout(directory: coreState).adminToken
@@ -260,7 +264,7 @@ public enum DistributionBench {
                             "netns", "exec", fleet.namespace(segment: segment, host: host), o.executable, "agent",
                             "run",
                             "--core", "https://\(fleet.coreAddress):\(fleet.port)", "--core-key", token.coreKey,
-                            "--core-pin", pin,
+                            "--core-pin", pin, "--trust-root", trustRoot, "--attribute", "baseline=minimal@1",
                             "--enrol-token", token.token, "--state", "\(work)/agents/\(name)", "--root",
                             "\(work)/roots/\(name)", "--name", name, "--segment", "s\(segment)", "--attribute",
                             "site=site-\(segment)", "--count", String(count), "--watch", "/etc",
@@ -279,8 +283,14 @@ public enum DistributionBench {
         let before = try await fleet.counters()
         progress("seeding \(StatusText.bytes(manifest.size)) to \(total) agents")
         let seedStart = ContinuousClock.now
+        let authorization = try authority.authorization(
+            change: "bench-1", package: manifest.package, version: manifest.packageVersion, artifact: manifest.digest,
+            baselines: ["minimal"])
         _ = try await admin.promote(
-            "bench-1", PromoteRequest(release: nil, targets: "all", rings: nil, rate: o.seedRate, maxFailureRate: nil))
+            "bench-1",
+            PromoteRequest(
+                release: nil, targets: "all", rings: nil, rate: o.seedRate, maxFailureRate: nil,
+                authorization: authorization))
         var lastShown = -1
         guard
             try await poll(
@@ -301,7 +311,7 @@ public enum DistributionBench {
 
         progress("activating")
         let activateStart = ContinuousClock.now
-        _ = try await admin.activate("bench-1")
+        _ = try await admin.activate("bench-1", authorization: authorization)
         var final = try await admin.status("bench-1")
         var shownResults = 0
         _ = try await poll(

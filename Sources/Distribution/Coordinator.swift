@@ -15,6 +15,9 @@ public struct CoreSettings: Sendable {
     public var maxAttempts: Int = 4
     /// Default health gate: stop before the next ring when more than this share failed.
     public var maxFailureRate: Double = 0.1
+    /// The change-control trust root this core starts from (`--trust-root`, out of band):
+    /// without one the core activates nothing.
+    public var trustRoot: SHA256Digest?
 
     public init() {}
 }
@@ -29,7 +32,6 @@ public actor Coordinator {
     let store: any CoreStore
     private(set) var key: ReleaseKey
     let clock: @Sendable () -> Date
-    let gate: any ChangeGate
     let observer: (any FleetObserver)?
     private var state: CoreSnapshot
     private var inventories: [String: InventorySnapshot]
@@ -46,11 +48,10 @@ public actor Coordinator {
 
     public init(
         store: any CoreStore, key: ReleaseKey, settings: CoreSettings = CoreSettings(),
-        gate: any ChangeGate = OpenGate(), observer: (any FleetObserver)? = nil,
+        observer: (any FleetObserver)? = nil,
         clock: @escaping @Sendable () -> Date = { Date() }
     ) throws {
         self.store = store
-        self.gate = gate
         self.observer = observer
         self.key = key
         self.settings = settings
@@ -88,6 +89,39 @@ public actor Coordinator {
     }
 
     public var publicKey: ReleasePublicKey { key.publicKey }
+
+    // MARK: Change control
+
+    /// The gate under the newest trust root this core accepted.
+    private var gate: ReleaseGate { ReleaseGate(pinned: state.trustRoot ?? settings.trustRoot) }
+
+    /// The trust root this core checks approvals under now.
+    public var trustRoot: SHA256Digest? { state.trustRoot ?? settings.trustRoot }
+
+    /// Remembers a newer trust root a verified chain led to: older chains stop verifying.
+    private func adopt(_ root: SHA256Digest) {
+        if root != trustRoot {
+            state.trustRoot = root
+            dirty = true
+        }
+    }
+
+    /// Stores the authorization that activation jobs carry; targets that refused the previous
+    /// one as not approved get another try with it.
+    private func replaceAuthorization(of deployment: inout Deployment, with authorization: ChangeAuthorization) throws {
+        let limit = 1 << 20
+        guard (try? StableJSON.data(authorization).count).map({ $0 <= limit }) == true else {
+            throw CoreRefusal.badRequest("the change's authorization is larger than 1 MiB")
+        }
+        if deployment.authorization != authorization {
+            for (agent, target) in deployment.targets
+            where [.notApproved, .baselineNotTested].contains(target.failure?.reason) {
+                deployment.targets[agent]?.gaveUp = false
+                deployment.targets[agent]?.retryAt = nil
+            }
+        }
+        deployment.authorization = authorization
+    }
 
     // MARK: Persistence and notification
 
@@ -411,7 +445,10 @@ public actor Coordinator {
                 agent: agent, sequence: nextSequence(), order: order?.id, origin: deployment.origin,
                 rate: deployment.rate, attempt: max(1, attempt), issuedAt: now)
             do {
-                jobs.append(Job(ticket: try key.sign(ticket, as: .job), manifest: release.signedManifest))
+                jobs.append(
+                    Job(
+                        ticket: try key.sign(ticket, as: .job), manifest: release.signedManifest,
+                        authorization: kind == .activate ? deployment.authorization : nil))
             } catch {
                 // Signing an in-memory value does not fail in practice; the next check-in tries again.
                 continue
@@ -482,9 +519,10 @@ public actor Coordinator {
 
     /// Creates the seeding job for `change`: targets are the agents the query selects now.
     public func promote(
-        change: ChangeID, release: String, query: String, rings: [Ring], rate: Int64?, maxFailureRate: Double?
+        change: ChangeID, release: String, query: String, rings: [Ring], rate: Int64?, maxFailureRate: Double?,
+        authorization: ChangeAuthorization? = nil
     ) async throws -> StatusReport {
-        guard state.releases[release] != nil else {
+        guard let record = state.releases[release] else {
             throw CoreRefusal.notFound("no release \(release) is published (publish it with 'changelab core publish')")
         }
         if let existing = state.deployments[change] {
@@ -492,7 +530,12 @@ public actor Coordinator {
                 throw CoreRefusal.conflict("change \(change) is already promoted with release \(existing.release)")
             }
         }
-        try gate.mayPromote(change: change, release: release)
+        if let authorization {
+            let root = try gate.checkPromotion(
+                authorization, change: change, manifest: record.manifest, query: query,
+                rings: state.deployments[change]?.rings ?? rings)
+            adopt(root)
+        }
         let selector = try TargetQuery.parse(query)
         let selected = state.agents.values.filter { !$0.revoked && selector.matches(facts($0)) }.map(\.id)
         var deployment =
@@ -501,6 +544,7 @@ public actor Coordinator {
                 change: change, release: release, query: query, rings: rings, rate: rate,
                 maxFailureRate: maxFailureRate ?? settings.maxFailureRate, origin: "change", createdAt: clock(),
                 activation: nil, activatedAt: nil, activeRing: 0, halted: nil, rollback: nil, targets: [:])
+        if let authorization { try replaceAuthorization(of: &deployment, with: authorization) }
         deployment.query = query
         deployment.rate = rate
         let ordered = selected.sorted { SHA256Digest(of: change + $0).hex < SHA256Digest(of: change + $1).hex }
@@ -522,15 +566,24 @@ public actor Coordinator {
     }
 
     /// Orders activation and sends it to the first ring's seeded targets.
-    public func activate(change: ChangeID) async throws -> StatusReport {
+    public func activate(change: ChangeID, authorization given: ChangeAuthorization? = nil) async throws -> StatusReport {
         guard var deployment = state.deployments[change] else {
             throw CoreRefusal.notFound(
                 "change \(change) is not promoted (run 'changelab promote \(change) --targets Q')")
         }
-        guard state.releases[deployment.release] != nil else {
+        guard let record = state.releases[deployment.release] else {
             throw CoreRefusal.notFound("release \(deployment.release) is gone")
         }
-        try gate.mayActivate(change: change, release: deployment.release)
+        guard let authorization = given ?? deployment.authorization else {
+            throw CoreRefusal.conflict(
+                "change \(change) has no approvals: activate it with 'changelab activate CHG', which sends the CCB's signed release approval and the lab's evidence")
+        }
+        let seeded = deployment.targets.values.filter(\.holdsVerifiedCopy).count
+        let root = try gate.checkActivation(
+            authorization, change: change, manifest: record.manifest, query: deployment.query, rings: deployment.rings,
+            seededShare: deployment.targets.isEmpty ? 0 : Double(seeded) / Double(deployment.targets.count), now: clock())
+        adopt(root)
+        try replaceAuthorization(of: &deployment, with: authorization)
         if deployment.activation == nil {
             deployment.activation = OrderRecord(issuedAt: clock())
             deployment.activatedAt = clock()
@@ -592,12 +645,25 @@ public actor Coordinator {
 
     // MARK: Policies
 
-    public func setPolicy(name: String, query: String, release: String) async throws -> Policy {
+    public func setPolicy(
+        name: String, query: String, release: String, authorization: ChangeAuthorization? = nil
+    ) async throws -> Policy {
         _ = try TargetQuery.parse(query)
-        guard state.releases[release] != nil else {
+        guard let record = state.releases[release] else {
             throw CoreRefusal.notFound("no release \(release) is published (publish it with 'changelab core publish')")
         }
-        let policy = Policy(name: name, query: query, release: release, createdAt: clock())
+        // A policy installs wherever its query matches, without a further order: it names an
+        // approved change, checked as an activation of everything it will ever select.
+        guard let authorization else {
+            throw CoreRefusal.conflict(
+                "a policy must name a release-approved change: 'changelab policy set NAME --change CHG'")
+        }
+        let all = [Ring(name: "all", share: 1)]
+        adopt(
+            try gate.checkActivation(
+                authorization, change: "policy:\(name)", manifest: record.manifest, query: query, rings: all,
+                seededShare: 1, now: clock()))
+        let policy = Policy(name: name, query: query, release: release, createdAt: clock(), change: authorization.change)
         state.policies[name] = policy
         if state.deployments[policy.change]?.release != release {
             // No long-lived shared order: each qualifying target gets a short ticket of its own.
@@ -608,6 +674,7 @@ public actor Coordinator {
                 rollback: nil, targets: [:])
         }
         state.deployments[policy.change]?.query = query
+        state.deployments[policy.change]?.authorization = authorization
         for id in state.agents.keys { applyPolicies(to: id) }
         for id in state.deployments[policy.change]?.targets.keys.map({ $0 }) ?? [] { push(to: id) }
         try await commit()
@@ -808,22 +875,6 @@ public struct OperatorSummary: Codable, Sendable, Equatable {
     public var name: String
     public var role: OperatorRole
     public var createdAt: Date
-}
-
-/// Where change control hooks into rollouts: promote and activate ask the gate first.
-///
-/// Until the change-control issue lands every change passes (`OpenGate`); its gate will
-/// refuse a promote before CCB release approval, for example, by throwing `CoreRefusal`.
-public protocol ChangeGate: Sendable {
-    func mayPromote(change: ChangeID, release: String) throws
-    func mayActivate(change: ChangeID, release: String) throws
-}
-
-/// The gate before change control exists: a change id is a plain release name, always allowed.
-public struct OpenGate: ChangeGate {
-    public init() {}
-    public func mayPromote(change: ChangeID, release: String) throws {}
-    public func mayActivate(change: ChangeID, release: String) throws {}
 }
 
 /// Why the core refused a request; the server maps each to an HTTP status.

@@ -60,12 +60,18 @@ public struct CoreClient: Sendable {
         _ = try await link.post("/v1/admin/agents/\(agent)/revoke", Empty(), as: [String: String].self)
     }
 
+    /// The published releases' manifests.
+    public func releases() async throws -> [ReleaseManifest] {
+        try await link.get("/v1/admin/releases", as: [ReleaseManifest].self)
+    }
+
     public func promote(_ change: String, _ request: PromoteRequest) async throws -> StatusReport {
         try await link.post("/v1/admin/changes/\(change)/promote", request, as: StatusReport.self)
     }
 
-    public func activate(_ change: String) async throws -> StatusReport {
-        try await link.post("/v1/admin/changes/\(change)/activate", Empty(), as: StatusReport.self)
+    public func activate(_ change: String, authorization: ChangeAuthorization? = nil) async throws -> StatusReport {
+        try await link.post(
+            "/v1/admin/changes/\(change)/activate", ActivateRequest(authorization: authorization), as: StatusReport.self)
     }
 
     public func rollback(_ change: String) async throws -> StatusReport {
@@ -84,10 +90,12 @@ public struct CoreClient: Sendable {
         try await link.get("/v1/admin/changes/\(change)/chase", as: [ChaseEntry].self)
     }
 
-    public func setPolicy(_ name: String, targets: String, release: String) async throws -> Policy {
+    public func setPolicy(
+        _ name: String, targets: String, release: String, authorization: ChangeAuthorization? = nil
+    ) async throws -> Policy {
         try await link.send(
-            .PUT, "/v1/admin/policies/\(name)", body: PolicyRequest(targets: targets, release: release), as: Policy.self
-        )
+            .PUT, "/v1/admin/policies/\(name)",
+            body: PolicyRequest(targets: targets, release: release, authorization: authorization), as: Policy.self)
     }
 
     public func policies() async throws -> [Policy] {

@@ -293,12 +293,12 @@ public struct CoreServer: Sendable {
             try await handle {
                 let caller = try await authorize(request, .deployer)
                 let change = try validName(context.parameters.get("change"), what: "change id")
-                let body = try await decode(PromoteRequest.self, request, limit: limits.smallBody)
+                let body = try await decode(PromoteRequest.self, request, limit: limits.authorizationBody)
                 try body.validate()
                 let rings = try Ring.parseList(body.rings ?? "all")
                 let report = try await coordinator.promote(
                     change: change, release: body.release ?? change, query: body.targets, rings: rings,
-                    rate: body.rate, maxFailureRate: body.maxFailureRate)
+                    rate: body.rate, maxFailureRate: body.maxFailureRate, authorization: body.authorization)
                 try await coordinator.recordAction("promote", subject: change, by: caller.name)
                 return try json(report)
             }
@@ -307,7 +307,8 @@ public struct CoreServer: Sendable {
             try await handle {
                 let caller = try await authorize(request, .deployer)
                 let change = context.parameters.get("change") ?? ""
-                let report = try await coordinator.activate(change: change)
+                let body = try await decode(ActivateRequest.self, request, limit: limits.authorizationBody)
+                let report = try await coordinator.activate(change: change, authorization: body.authorization)
                 try await coordinator.recordAction("activate", subject: change, by: caller.name)
                 return try json(report)
             }
@@ -350,8 +351,9 @@ public struct CoreServer: Sendable {
             try await handle {
                 let caller = try await authorize(request, .deployer)
                 let name = try validName(context.parameters.get("name"), what: "policy name")
-                let body = try await decode(PolicyRequest.self, request, limit: limits.smallBody)
-                let policy = try await coordinator.setPolicy(name: name, query: body.targets, release: body.release)
+                let body = try await decode(PolicyRequest.self, request, limit: limits.authorizationBody)
+                let policy = try await coordinator.setPolicy(
+                    name: name, query: body.targets, release: body.release, authorization: body.authorization)
                 try await coordinator.recordAction("set-policy", subject: name, by: caller.name)
                 return try json(policy)
             }
@@ -746,13 +748,28 @@ public struct PromoteRequest: Codable, Sendable {
     public var rings: String?
     public var rate: Int64?
     public var maxFailureRate: Double?
+    /// The change's trust root chain and lab evidence (approvals may follow at activation).
+    public var authorization: ChangeAuthorization?
 
-    public init(release: String?, targets: String, rings: String?, rate: Int64?, maxFailureRate: Double?) {
+    public init(
+        release: String?, targets: String, rings: String?, rate: Int64?, maxFailureRate: Double?,
+        authorization: ChangeAuthorization? = nil
+    ) {
         self.release = release
         self.targets = targets
         self.rings = rings
         self.rate = rate
         self.maxFailureRate = maxFailureRate
+        self.authorization = authorization
+    }
+}
+
+/// `activate`: the change's authorization with its release approvals (nil: the one sent before).
+public struct ActivateRequest: Codable, Sendable {
+    public var authorization: ChangeAuthorization?
+
+    public init(authorization: ChangeAuthorization?) {
+        self.authorization = authorization
     }
 }
 
@@ -772,10 +789,13 @@ extension PromoteRequest {
 public struct PolicyRequest: Codable, Sendable {
     public var targets: String
     public var release: String
+    /// The release-approved change the policy carries out.
+    public var authorization: ChangeAuthorization?
 
-    public init(targets: String, release: String) {
+    public init(targets: String, release: String, authorization: ChangeAuthorization? = nil) {
         self.targets = targets
         self.release = release
+        self.authorization = authorization
     }
 }
 

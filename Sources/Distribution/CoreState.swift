@@ -49,6 +49,13 @@ public struct Ring: Codable, Sendable, Equatable {
     }
 
     /// Parses `canary:5%,pilot:25%,all`; the last ring always covers every target.
+    /// The ring plan as `parseList` reads it (`canary:5%,all`): what a release approval's scope names.
+    public static func planText(_ rings: [Ring]) -> String {
+        rings.map { ring in
+            ring.name == "all" && ring.share >= 1 ? "all" : "\(ring.name):\(String(format: "%g", ring.share * 100))%"
+        }.joined(separator: ",")
+    }
+
     public static func parseList(_ text: String) throws -> [Ring] {
         var rings: [Ring] = []
         for part in text.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) {
@@ -130,6 +137,9 @@ public struct Deployment: Codable, Sendable, Equatable {
     public var halted: String?
     public var rollback: OrderRecord?
     public var targets: [String: TargetRecord]
+    /// The change's trust root chain, lab evidence and approvals: relayed to every agent
+    /// with its activation, and checked by it (nil until promoted or activated with one).
+    public var authorization: ChangeAuthorization?
 }
 
 /// An activation or rollback order of one deployment: its id goes into every target's
@@ -169,6 +179,16 @@ public struct Policy: Codable, Sendable, Equatable {
     public var query: String
     public var release: String
     public var createdAt: Date
+    /// The approved change the policy carries out (nil in a state from before change control).
+    public var approvedChange: ChangeID?
+
+    public init(name: String, query: String, release: String, createdAt: Date, change: ChangeID? = nil) {
+        self.name = name
+        self.query = query
+        self.release = release
+        self.createdAt = createdAt
+        self.approvedChange = change
+    }
 
     public var change: ChangeID { "policy:\(name)" }
 }
@@ -194,6 +214,9 @@ public struct CoreSnapshot: Codable, Sendable, Equatable {
     public var operators: [String: OperatorRecord]? = nil
     /// Who published, promoted, activated, rolled back…, oldest first (bounded).
     public var audit: [AuditEntry]? = nil
+    /// The newest change-control trust root a verified chain led to (nil: the one the core
+    /// was started with).
+    public var trustRoot: SHA256Digest? = nil
 
     public init() {}
 }

@@ -15,6 +15,8 @@ public struct CoreLimits: Sendable {
     public var agentBody = 4 << 20
     /// Enrolment requests and admin JSON bodies.
     public var smallBody = 64 << 10
+    /// Promote, activate and policy requests carry a change's signed authorization.
+    public var authorizationBody = 1 << 20
     /// A published package.
     public var publishBody = 2 << 30
     public var maxAttributes = 64

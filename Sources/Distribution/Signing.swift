@@ -22,14 +22,12 @@ public struct ReleaseKey: Sendable {
     /// Loads the key at `path`, creating it (mode 0600) the first time.
     public static func loadOrCreate(at path: String) throws -> ReleaseKey {
         if let data = FileManager.default.contents(atPath: path) {
-            let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-            guard let raw = Data(hexEncoded: text), let key = try? Curve25519.Signing.PrivateKey(rawRepresentation: raw)
-            else {
+            guard let key = SigningKey(fileText: String(decoding: data, as: UTF8.self)) else {
                 throw ChangelabError(
                     "the release key \(path) is damaged",
                     fix: "restore it from backup; deleting it makes every agent refuse this core's releases")
             }
-            return ReleaseKey(key)
+            return ReleaseKey(key.privateKey)
         }
         let key = ReleaseKey()
         try key.save(to: path)
@@ -38,7 +36,7 @@ public struct ReleaseKey: Sendable {
 
     /// Writes the key (mode 0600, atomically).
     public func save(to path: String) throws {
-        try AtomicFile.write(privateKey.rawRepresentation.hexString + "\n", to: path, permissions: 0o600)
+        try AtomicFile.write(signing.fileText, to: path, permissions: 0o600)
     }
 
     public func sign(_ value: some Encodable, as type: PayloadType) throws -> SignedEnvelope {

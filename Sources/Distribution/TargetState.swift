@@ -125,8 +125,8 @@ extension TargetRecord {
                 exitCode = event.exitCode ?? reported.exitCode
                 outputTail = event.outputTail
                 let attempts = step == .seeding ? seedAttempts : activationAttempts
-                // A refused downgrade does not change by trying again: it goes to the chase list.
-                if attempts >= settings.maxAttempts || reported.reason == .downgrade {
+                // A refused downgrade or approval does not change by trying again: it goes to the chase list.
+                if attempts >= settings.maxAttempts || reported.reason.isFinal {
                     gaveUp = true
                     retryAt = nil
                 } else {

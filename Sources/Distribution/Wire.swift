@@ -26,6 +26,14 @@ public enum FailureReason: String, Codable, Sendable, CaseIterable {
     case rollbackFailed = "rollback-failed"
     /// An activation that would install an older version than this agent already installed.
     case downgrade = "downgrade-refused"
+    /// An activation without the change-control approvals and lab evidence the agent's
+    /// trust root requires (below threshold, unknown keys, wrong digest or scope, none sent).
+    case notApproved = "not-approved"
+    /// The lab's evidence has no green cell on this target's baseline.
+    case baselineNotTested = "baseline-not-tested"
+
+    /// Trying again changes nothing: the target goes to the chase list at once.
+    public var isFinal: Bool { [.downgrade, .notApproved, .baselineNotTested].contains(self) }
 }
 
 /// A classified failure with what a person needs to chase it.
@@ -55,6 +63,8 @@ public struct Failure: Codable, Sendable, Equatable {
         case .untrusted: return "refused unsigned or forged document"
         case .rollbackFailed: return "rollback failed"
         case .downgrade: return "downgrade refused"
+        case .notApproved: return "not approved"
+        case .baselineNotTested: return "baseline not tested"
         }
     }
 }
@@ -190,10 +200,14 @@ public struct Job: Codable, Sendable, Equatable {
     public var ticket: SignedEnvelope
     /// The release manifest, signed by the core.
     public var manifest: SignedEnvelope
+    /// Activation only: the change's trust root chain, the lab's evidence and the approvers'
+    /// signatures. The core relays them; the agent checks them against its own pinned root.
+    public var authorization: ChangeAuthorization?
 
-    public init(ticket: SignedEnvelope, manifest: SignedEnvelope) {
+    public init(ticket: SignedEnvelope, manifest: SignedEnvelope, authorization: ChangeAuthorization? = nil) {
         self.ticket = ticket
         self.manifest = manifest
+        self.authorization = authorization
     }
 
     /// What the ticket claims, unverified: only to name a refused job in a report.

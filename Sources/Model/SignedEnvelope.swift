@@ -210,6 +210,19 @@ public struct SigningKey: Sendable {
         self.privateKey = privateKey
     }
 
+    /// Reads a key file's text: 64 hex digits of the raw private key (surrounding white space
+    /// ignored); nil for anything else.
+    public init?(fileText: String) {
+        let text = fileText.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard text.count == 64, let raw = Data(hexEncoded: text),
+            let key = try? Curve25519.Signing.PrivateKey(rawRepresentation: raw)
+        else { return nil }
+        self.privateKey = key
+    }
+
+    /// The key file's text (keep it mode 0600).
+    public var fileText: String { privateKey.rawRepresentation.hexString + "\n" }
+
     /// Signs the stable JSON encoding of `value` as a document of `type`.
     public func sign(_ value: some Encodable, as type: PayloadType) throws -> SignedEnvelope {
         let body = try StableJSON.data(value)

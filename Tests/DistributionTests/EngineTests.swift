@@ -36,7 +36,7 @@ import Testing
             #expect(installed("demo", in: scratch.path + "/roots/pc0") == nil)
 
             let started = ContinuousClock.now
-            _ = try await admin.activate("demo-1.0")
+            _ = try await admin.activateApproved("demo-1.0")
             #expect(try await eventually { try await admin.status("demo-1.0").total.activated == 2 })
             let elapsed = ContinuousClock.now - started
             #expect(elapsed < .seconds(20))
@@ -81,7 +81,7 @@ import Testing
             // The next check-in is ten minutes away: only the stream can bring these jobs.
             _ = try await admin.promote("r1", .everyone())
             #expect(try await eventually(.seconds(10)) { try await admin.status("r1").total.verified == 1 })
-            _ = try await admin.activate("r1")
+            _ = try await admin.activateApproved("r1")
             #expect(try await eventually(.seconds(10)) { try await admin.status("r1").total.activated == 1 })
             await group.stop()
         }
@@ -346,7 +346,7 @@ import Testing
             try handle.seek(toOffset: 150_000)
             try handle.write(contentsOf: Data([byte ^ 0x01]))
             try handle.close()
-            _ = try await admin.activate("r1")
+            _ = try await admin.activateApproved("r1")
             // Refused at activation, re-seeded from the last good chunk, then installed.
             #expect(try await eventually { try await admin.status("r1").total.activated == 1 })
             let target = try #require(try await admin.agents().first)
@@ -376,7 +376,7 @@ import Testing
                 _ = try await admin.publish(file: deb, release: name)
                 _ = try await admin.promote(
                     name, .everyone())
-                _ = try await admin.activate(name)
+                _ = try await admin.activateApproved(name)
             }
             for (name, _, _, reason) in cases {
                 #expect(
@@ -405,7 +405,7 @@ import Testing
             }
             _ = try await admin.promote("slow-1", .everyone())
             #expect(try await eventually { try await admin.status("slow-1").total.verified == 1 })
-            _ = try await admin.activate("slow-1")
+            _ = try await admin.activateApproved("slow-1")
             // The job is repeated at every check-in (each second) while the installer hangs.
             #expect(try await eventually(.seconds(40)) { try await admin.chase("slow-1").first?.gaveUp == true })
             try await Task.sleep(for: .seconds(2))
@@ -428,7 +428,7 @@ import Testing
                 "bad-1",
                 PromoteRequest(release: nil, targets: "all", rings: "canary:20%,all", rate: nil, maxFailureRate: 0.1))
             #expect(try await eventually { try await admin.status("bad-1").total.verified == 5 })
-            _ = try await admin.activate("bad-1")
+            _ = try await admin.activateApproved("bad-1")
             #expect(try await eventually { try await admin.status("bad-1").halted != nil })
             try await Task.sleep(for: .seconds(2))
             let status = try await admin.status("bad-1")
@@ -451,7 +451,7 @@ import Testing
                 "good-1",
                 PromoteRequest(release: nil, targets: "all", rings: "canary:25%,all", rate: nil, maxFailureRate: 0.1))
             #expect(try await eventually { try await admin.status("good-1").total.verified == 4 })
-            _ = try await admin.activate("good-1")
+            _ = try await admin.activateApproved("good-1")
             #expect(try await eventually { try await admin.status("good-1").total.activated == 4 })
             #expect(try await admin.status("good-1").activeRing == 1)
             await group.stop()
@@ -477,7 +477,7 @@ import Testing
                     token: token.token, key: key),
                 http: http)
             #expect(try await eventually { try await admin.agents().count == 2 })
-            let policy = try await admin.setPolicy(
+            let policy = try await admin.setApprovedPolicy(
                 "finance-agentd", targets: "department = finance", release: "agentd-2.1")
             #expect(try await eventually { installed("agentd", in: scratch.path + "/roots/early") == "2.1" })
             // A machine that joins later is caught at its first check-in.
@@ -506,7 +506,7 @@ import Testing
             for change in ["app-1", "app-2"] {
                 _ = try await admin.promote(change, all)
                 #expect(try await eventually { try await admin.status(change).total.verified == 1 })
-                _ = try await admin.activate(change)
+                _ = try await admin.activateApproved(change)
                 #expect(try await eventually { try await admin.status(change).total.activated == 1 })
             }
             #expect(installed("app", in: scratch.path + "/roots/pc") == "2.0")
@@ -531,7 +531,7 @@ import Testing
                 try await admin.watch("r1") { report in seen.mutate { $0.append(report) } }
             }
             #expect(try await eventually(.seconds(10)) { !seen.value.isEmpty })
-            _ = try await admin.activate("r1")
+            _ = try await admin.activateApproved("r1")
             #expect(try await eventually(.seconds(10)) { seen.value.last?.activationRequested == true })
             watcher.cancel()
             // The dashboard page is served.

@@ -93,7 +93,7 @@ import Testing
             for release in ["r1", "r2"] {
                 _ = try await admin.promote(release, .everyone())
                 #expect(try await eventually { try await admin.status(release).total.verified == 1 })
-                _ = try await admin.activate(release)
+                _ = try await admin.activateApproved(release)
                 #expect(try await eventually { try await admin.status(release).total.activated == 1 })
             }
             #expect(installed("demo", in: root) == "1.1")
@@ -128,7 +128,7 @@ import Testing
             let outsider = try #require(group.agents.last)
             _ = try await admin.promote(
                 "r1", PromoteRequest(release: nil, targets: "name = pc1", rings: nil, rate: nil, maxFailureRate: nil))
-            _ = try await admin.activate("r1")
+            _ = try await admin.activateApproved("r1")
             #expect(try await eventually { try await admin.status("r1").total.activated == 1 })
             let jobs = await Self.captured(target, .seed, change: "r1")
                 + Self.captured(target, .activate, change: "r1")
@@ -155,7 +155,7 @@ import Testing
             let group = try await startAgents(["pc"], core: core, scratch: scratch, http: http)
             let agent = try #require(group.agents.first)
             _ = try await admin.promote("r1", .everyone())
-            _ = try await admin.activate("r1")
+            _ = try await admin.activateApproved("r1")
             #expect(try await eventually { try await admin.status("r1").total.activated == 1 })
             // Even a correctly signed rollback for another change this agent never ran is refused.
             var ticket = try #require(await Self.captured(agent, .activate, change: "r1").last?.claim)
@@ -179,10 +179,10 @@ import Testing
             let agent = try #require(group.agents.first)
             let agentID = try #require(await agent.agentID)
             _ = try await admin.promote("r2", .everyone())
-            _ = try await admin.activate("r2")
+            _ = try await admin.activateApproved("r2")
             #expect(try await eventually { try await admin.status("r2").total.activated == 1 })
             // The inventory still lists 1.1 once the agent reported: the policy must still not loop.
-            _ = try await admin.setPolicy("pin-old", targets: "all", release: "r1")
+            _ = try await admin.setApprovedPolicy("pin-old", targets: "all", release: "r1")
             #expect(
                 try await eventually {
                     let reason = try await admin.chase("policy:pin-old").first?.reason
@@ -198,8 +198,8 @@ import Testing
             #expect(Self.runs(counter) == 1)
 
             // A target that qualifies for a policy twice (set again, core restarted) installs once.
-            _ = try await admin.setPolicy("newest", targets: "all", release: "r2")
-            _ = try await admin.setPolicy("newest", targets: "all", release: "r2")
+            _ = try await admin.setApprovedPolicy("newest", targets: "all", release: "r2")
+            _ = try await admin.setApprovedPolicy("newest", targets: "all", release: "r2")
             try await Task.sleep(for: .seconds(3))
             #expect(Self.runs(counter) == 1)
             await group.stop()
@@ -213,10 +213,10 @@ import Testing
             let deb = try await Self.countingPackage(in: scratch.path, version: "1.0", counter: counter)
             _ = try await admin.publish(file: deb, release: "r1")
             let group = try await startAgents(["pc"], core: core, scratch: scratch, http: http)
-            _ = try await admin.setPolicy("base", targets: "all", release: "r1")
+            _ = try await admin.setApprovedPolicy("base", targets: "all", release: "r1")
             #expect(await eventually { Self.runs(counter) == 1 })
             #expect(try await eventually { try await admin.status("policy:base").total.activated == 1 })
-            _ = try await admin.setPolicy("base", targets: "all", release: "r1")
+            _ = try await admin.setApprovedPolicy("base", targets: "all", release: "r1")
             // The agent restarts (same identity and ledger) and qualifies again at check-in.
             await group.stop()
             let again = AgentGroup()
@@ -285,7 +285,7 @@ import Testing
             #expect(try Self.coreKey(core).publicKey == new)
             _ = try await admin.publish(file: second, release: "r2")
             _ = try await admin.promote("r2", .everyone())
-            _ = try await admin.activate("r2")
+            _ = try await admin.activateApproved("r2")
             #expect(try await eventually { try await admin.status("r2").total.activated == 1 })
             // The old key, stolen after the rotation, no longer commands the agent.
             var ticket = try #require(await Self.captured(agent, .activate, change: "r2").last?.claim)

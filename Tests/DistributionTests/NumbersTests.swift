@@ -78,7 +78,7 @@ import Testing
         try await restarted.start()
         await restarted.server.coordinator.tick()
         #expect(try await restarted.admin.status("r1").total.targets == 0)
-        _ = try await restarted.admin.activate("r1")
+        _ = try await restarted.admin.activateApproved("r1")
         await restarted.server.coordinator.tick()
         #expect(try await restarted.admin.status("r1").activationRequested)
         await restarted.stop()

@@ -47,7 +47,7 @@ import Testing
             await #expect(throws: LinkError.self) { _ = try await deployer.addOperator("eve", role: .admin) }
             _ = try await admin.publish(file: deb, release: "r1")
             _ = try await deployer.promote("r1", .everyone())
-            _ = try await deployer.activate("r1")
+            _ = try await deployer.activateApproved("r1")
             _ = try await deployer.rollback("r1")
 
             // Who did what is in the core's state, under the operators' names.

@@ -67,7 +67,7 @@ import Testing
         try TestTLS.install(in: stateDir)
         let serve = [
             "core", "serve", "--state", stateDir, "--listen", "127.0.0.1:\(port)", "--check-in", "1", "--retry-base",
-            "0.3",
+            "0.3", "--trust-root", TestAuthority.shared.digest.description,
         ]
         var corePID = try await spawnDetached(binary, serve, log: scratch.path + "/core-1.log")
         defer { kill(corePID, SIGKILL) }
@@ -107,7 +107,7 @@ import Testing
         // Seeding carries on to the end, within the first attempt.
         #expect(try await eventually(.seconds(40)) { try await admin.status("rel").total.verified == 3 })
         #expect(try await admin.chase("rel").isEmpty)
-        _ = try await admin.activate("rel")
+        _ = try await admin.activateApproved("rel")
         #expect(try await eventually { try await admin.status("rel").total.activated == 3 })
         // Nothing was fetched twice beyond the chunk in flight on each agent.
         #expect(try await admin.status("rel").total.bytesSent <= 3 * (manifest.size + 2 * 64 * 1024))

@@ -112,6 +112,7 @@ final class TestCore: @unchecked Sendable {
         s.retryBase = 0.3
         s.retryMax = 2
         s.maxAttempts = 3
+        s.trustRoot = TestAuthority.shared.digest
         return s
     }
 
@@ -182,6 +183,8 @@ func makeAgentConfiguration(
         name: name, coreURL: coreURL, stateDirectory: "\(base)/agents/\(name)", root: "\(base)/roots/\(name)",
         segment: segment, attributes: attributes, coreKey: key, enrolmentToken: token)
     c.artifactURL = artifactURL
+    c.trustRoot = TestAuthority.shared.digest
+    if c.attributes["baseline"] == nil { c.attributes["baseline"] = "minimal@1" }
     c.maxCheckInInterval = 1
     c.installTimeout = installTimeout
     c.watchedPaths = ["/etc"]
@@ -296,4 +299,52 @@ extension PromoteRequest {
 /// This process's environment with `extra` set: for running the changelab executable.
 func testEnvironment(_ extra: [String: String]) -> [String: String] {
     ProcessInfo.processInfo.environment.merging(extra) { _, new in new }
+}
+
+/// The change-control authority every test core and agent trusts: throwaway approvers and a
+/// lab key that sign real approvals and evidence (install lane, readiness 0).
+enum TestAuthority {
+    static let shared: ThrowawayAuthority = {
+        do {
+            return try ThrowawayAuthority()
+        } catch {
+            preconditionFailure("making throwaway keys cannot fail: \(error)")
+        }
+    }()
+}
+
+extension CoreClient {
+    /// The signed authorization for `change` as the core has it promoted: evidence of a green
+    /// install on `baselines`, and `approvals` CCB release approvals over its digest and scope.
+    func authorization(
+        for change: String, baselines: [String] = ["minimal"], approvals: Int = 2,
+        authority: ThrowawayAuthority = TestAuthority.shared
+    ) async throws -> ChangeAuthorization {
+        let status = try await status(change)
+        guard let manifest = try await releases().first(where: { $0.release == status.release }) else {
+            throw ChangelabError("release \(status.release) is not published")
+        }
+        return try authority.authorization(
+            change: change, package: manifest.package, version: manifest.packageVersion, artifact: manifest.digest,
+            baselines: baselines, scope: ChangeScope(targets: status.query, rings: Ring.planText(status.rings)),
+            approvals: approvals)
+    }
+
+    /// Activates `change` with a release approval from the test authority.
+    @discardableResult
+    func activateApproved(_ change: String, baselines: [String] = ["minimal"]) async throws -> StatusReport {
+        try await activate(change, authorization: try await authorization(for: change, baselines: baselines))
+    }
+
+    /// Sets a policy that carries an approved change of `release` over `targets`.
+    @discardableResult
+    func setApprovedPolicy(_ name: String, targets: String, release: String) async throws -> Policy {
+        guard let manifest = try await releases().first(where: { $0.release == release }) else {
+            throw ChangelabError("release \(release) is not published")
+        }
+        let authorization = try TestAuthority.shared.authorization(
+            change: "CHG-\(name)", package: manifest.package, version: manifest.packageVersion,
+            artifact: manifest.digest, baselines: ["minimal"], scope: ChangeScope(targets: targets))
+        return try await setPolicy(name, targets: targets, release: release, authorization: authorization)
+    }
 }

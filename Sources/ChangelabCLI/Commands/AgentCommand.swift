@@ -36,6 +36,13 @@ struct AgentRunCommand: AsyncParsableCommand {
 
     @Option(
         name: .long,
+        help: ArgumentHelp(
+            "The change-control trust root this agent obeys (sha256:…, from 'changelab trust-root show'), given out of band; without it the agent seeds but installs nothing.",
+            valueName: "digest"))
+    var trustRoot: String?
+
+    @Option(
+        name: .long,
         help: "Enrolment token: needed the first time, and to enrol again when the core no longer knows this agent.")
     var enrolToken: String?
 
@@ -83,6 +90,12 @@ struct AgentRunCommand: AsyncParsableCommand {
             throw ValidationError("--core-key must be the core's 64-hex-digit release key (see 'changelab core token')")
         }
         guard (1...10_000).contains(count) else { throw ValidationError("--count must be between 1 and 10000") }
+        let pinnedRoot = try trustRoot.map { text in
+            guard let digest = SHA256Digest(hex: text) else {
+                throw ValidationError("--trust-root must be sha256: and 64 hex digits (see 'changelab trust-root show')")
+            }
+            return digest
+        }
         guard installTimeout.isFinite, installTimeout > 0, installTimeout <= 7 * 24 * 3600 else {
             throw ValidationError("--install-timeout must be a number of seconds above 0 and at most 604800 (7 days)")
         }
@@ -131,6 +144,7 @@ struct AgentRunCommand: AsyncParsableCommand {
                 root: count == 1 ? root : "\(root)/\(id)", segment: segment, attributes: attributes, coreKey: key,
                 enrolmentToken: enrolToken)
             c.coreTrust = trust
+            c.trustRoot = pinnedRoot
             c.artifactURL = artifacts
             c.installTimeout = .milliseconds(Int(exactly: (installTimeout * 1000).rounded(.down)) ?? 600_000)
             c.maxCheckInInterval = maxCheckIn

@@ -54,6 +54,13 @@ struct CoreServeCommand: AsyncParsableCommand {
             valueName: "path"))
     var cmdb: String?
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The change-control trust root (sha256:…, from 'changelab trust-root show'): the core activates only changes its approvers signed.",
+            valueName: "digest"))
+    var trustRoot: String?
+
     func run() async throws {
         let parts = listen.split(separator: ":")
         guard parts.count == 2, let port = Int(parts[1]), (0...65535).contains(port) else {
@@ -64,6 +71,12 @@ struct CoreServeCommand: AsyncParsableCommand {
         settings.offlineAfter = offlineAfter
         settings.retryBase = retryBase
         settings.maxAttempts = maxAttempts
+        if let trustRoot {
+            guard let digest = SHA256Digest(hex: trustRoot) else {
+                throw ValidationError("--trust-root must be sha256: and 64 hex digits (see 'changelab trust-root show')")
+            }
+            settings.trustRoot = digest
+        }
         try settings.validate()
         var names = tlsName
         let listenHost = String(parts[0])

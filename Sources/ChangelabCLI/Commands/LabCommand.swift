@@ -8,7 +8,7 @@ struct LabCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lab",
         abstract: "Run commands and copy files in fresh restores of baselines, and manage kept VMs.",
-        subcommands: [Exec.self, Copy.self, List.self, Discard.self]
+        subcommands: [Exec.self, Copy.self, List.self, Discard.self, Key.self]
     )
 
     /// Where a lab command runs: a kept VM (by domain name) or a fresh restore of a baseline.
@@ -156,6 +156,20 @@ struct LabCommand: AsyncParsableCommand {
             var table = Table("VM", "BASELINE", "AGE", "REASON", "CONSOLE LOG")
             for guest in kept { table.add(guest.domain, guest.baseline, age(since: guest.since), guest.reason, guest.console) }
             table.print()
+        }
+    }
+
+    struct Key: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print the lab's evidence key (created on first use): list it under lab-keys in the approval policy.",
+            discussion: "Every matrix run recorded in the CMDB is signed with this key; agents and the release gate trust only evidence signed by a key in the trust root.")
+        @OptionGroup var output: OutputOptions
+
+        func run() async throws {
+            let home = LabHome.fromEnvironment()
+            let key = try home.evidenceKey().publicKey
+            if output.json { return try printJSON(["key": key.hex, "keyid": key.keyID, "path": home.evidenceKeyPath]) }
+            print(key.hex)
         }
     }
 

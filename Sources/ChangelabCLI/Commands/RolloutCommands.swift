@@ -3,6 +3,31 @@ import Distribution
 import Foundation
 import Model
 
+/// Where a rollout command finds the change's signed authorization (trust root chain, lab
+/// evidence, approvals): a file written by change control.
+struct AuthorizationOptions: ParsableArguments {
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The change's signed authorization (JSON: trust root chain, lab evidence, release approvals).",
+            valueName: "file"))
+    var authorization: String?
+
+    func load() throws -> ChangeAuthorization? {
+        guard let path = authorization else { return nil }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ChangelabError("cannot read the authorization file \(path)", fix: "check the path")
+        }
+        do {
+            return try StableJSON.decode(ChangeAuthorization.self, from: data)
+        } catch {
+            throw ChangelabError(
+                "\(path) is not a change authorization", why: "\(error)",
+                fix: "write it with change control (the file holds trustRoots, evidence and approvals)")
+        }
+    }
+}
+
 /// `changelab promote CHG --targets QUERY`: create the seeding job.
 struct PromoteCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -33,6 +58,7 @@ struct PromoteCommand: AsyncParsableCommand {
         name: .long, help: "Health gate: halt before the next ring when a ring's failures exceed this share, e.g. 10%.")
     var maxFailure: String?
 
+    @OptionGroup var approval: AuthorizationOptions
     @OptionGroup var core: CoreOptions
     @OptionGroup var output: OutputOptions
 
@@ -41,7 +67,7 @@ struct PromoteCommand: AsyncParsableCommand {
         _ = try Ring.parseList(rings)
         let request = PromoteRequest(
             release: release, targets: targets, rings: rings, rate: try parseRate(rate),
-            maxFailureRate: try parseShare(maxFailure))
+            maxFailureRate: try parseShare(maxFailure), authorization: try approval.load())
         let report = try await core.withClient { try await $0.promote(change, request) }
         if output.json { return try printJSON(report) }
         print("promoted \(change): seeding \(report.release) to \(report.total.targets) target(s)")
@@ -57,11 +83,13 @@ struct ActivateCommand: AsyncParsableCommand {
     @Argument(help: "The change id.")
     var change: String
 
+    @OptionGroup var approval: AuthorizationOptions
     @OptionGroup var core: CoreOptions
     @OptionGroup var output: OutputOptions
 
     func run() async throws {
-        let report = try await core.withClient { try await $0.activate(change) }
+        let authorization = try approval.load()
+        let report = try await core.withClient { try await $0.activate(change, authorization: authorization) }
         if output.json { return try printJSON(report) }
         print(
             "activation of \(change) sent (ring \(report.rings.first?.name ?? "all") first); follow it with 'changelab status \(change) --watch'"
@@ -168,12 +196,20 @@ struct PolicySetCommand: AsyncParsableCommand {
     @Option(name: .long, help: "The release those targets must have.")
     var release: String
 
+    @OptionGroup var approval: AuthorizationOptions
     @OptionGroup var core: CoreOptions
     @OptionGroup var output: OutputOptions
 
     func run() async throws {
         _ = try TargetQuery.parse(targets)
-        let policy = try await core.withClient { try await $0.setPolicy(name, targets: targets, release: release) }
+        guard let authorization = try approval.load() else {
+            throw ChangelabError(
+                "a policy installs without further orders, so it must carry a release-approved change",
+                fix: "pass --authorization FILE with the change's signed approvals and evidence")
+        }
+        let policy = try await core.withClient {
+            try await $0.setPolicy(name, targets: targets, release: release, authorization: authorization)
+        }
         if output.json { return try printJSON(policy) }
         print(
             "policy \(policy.name): targets matching '\(policy.query)' must have \(policy.release) (change \(policy.change))"

@@ -30,11 +30,13 @@ struct MatrixRecorder {
             artifact: ArtifactRecord(
                 digest: artifact.digest, package: artifact.name, version: artifact.version, size: artifact.size,
                 recipeDigest: artifact.recipeDigest, recordedAt: artifact.builtAt))
-        try await writer.record(
-            run: RunRecord(
-                id: run.id, artifact: artifact.digest, baselines: run.baselines.compactMap { refs[$0.name] },
-                startedAt: run.startedAt, finishedAt: run.finishedAt, status: run.allPassed ? .passed : .failed,
-                actor: writer.actor))
+        let evidenceKey = try lab.home.evidenceKey()
+        var runRecord = RunRecord(
+            id: run.id, artifact: artifact.digest, baselines: run.baselines.compactMap { refs[$0.name] },
+            startedAt: run.startedAt, finishedAt: run.finishedAt, status: run.allPassed ? .passed : .failed,
+            actor: writer.actor)
+        try await writer.record(run: runRecord)
+        var recorded: [(CellRecord, CMDBCommit)] = []
         for plan in run.cells {
             guard let result = run.results[plan.id], let ref = refs[plan.baseline], let base = before[plan.baseline] else {
                 continue
@@ -59,8 +61,11 @@ struct MatrixRecorder {
                 attempts: result.attempts, startedAt: result.startedAt, seconds: result.timings.total, before: base,
                 installDelta: result.delta ?? ConfigurationDelta(), residue: result.residue, violations: result.violations,
                 tests: tests)
-            try await writer.record(cell: cell, after: after)
+            recorded.append((cell, try await writer.record(cell: cell, after: after)))
         }
+        // The lab signs what it recorded: release approvals and agents judge this statement.
+        runRecord.evidence = try evidenceKey.sign(EvidenceStatement(run: run, cells: recorded), as: .evidence)
+        try await writer.record(run: runRecord)
         await writer.close()
         return run
     }

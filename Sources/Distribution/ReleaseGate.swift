@@ -1,0 +1,83 @@
+import Foundation
+import Model
+
+/// The core's side of change control: what it checks before it seeds or activates a change.
+///
+/// The core is not trusted with approval: it checks the same signatures every agent checks
+/// again (``ChangeAuthorization``, under the trust root pinned with `core serve --trust-root`),
+/// so a refusal comes early and with reasons, but a core that skipped this would still not
+/// get one package installed.
+struct ReleaseGate: Sendable {
+    /// The newest trust root this core accepted (or the one it was started with).
+    let pinned: SHA256Digest?
+
+    /// The trust root the authorization's chain leads to from the pinned one.
+    func root(of authorization: ChangeAuthorization) throws -> (policy: ApprovalPolicy, digest: SHA256Digest) {
+        guard let pinned else {
+            throw CoreRefusal.conflict(
+                "this core has no change-control trust root: start it with 'changelab core serve --trust-root sha256:…' (the digest 'changelab trust-root show' prints)")
+        }
+        do {
+            return try TrustChain.current(authorization.trustRoots, pinned: pinned)
+        } catch {
+            throw CoreRefusal.badRequest("the change's trust root was refused: \(error)")
+        }
+    }
+
+    /// Seeding may start before the release vote, but only for a change whose authorization
+    /// is about this artifact and scope, with evidence the lab signed.
+    func checkPromotion(
+        _ authorization: ChangeAuthorization, change: ChangeID, manifest: ReleaseManifest, query: String, rings: [Ring]
+    ) throws -> SHA256Digest {
+        let (policy, digest) = try root(of: authorization)
+        try checkScope(authorization, change: change, query: query, rings: rings)
+        let check = ReleaseCheck(authorization: authorization, policy: policy, artifact: manifest.digest)
+        let (evidence, problems) = check.trustedEvidence()
+        guard problems.isEmpty, !evidence.isEmpty else {
+            throw CoreRefusal.badRequest(
+                "change \(change) may not be seeded: "
+                    + (problems.isEmpty ? ["no evidence from the lab came with it"] : problems).joined(separator: "; "))
+        }
+        return digest
+    }
+
+    /// Activation needs the whole release check, an open window and enough seeded targets.
+    func checkActivation(
+        _ authorization: ChangeAuthorization, change: ChangeID, manifest: ReleaseManifest, query: String,
+        rings: [Ring], seededShare: Double, now: Date
+    ) throws -> SHA256Digest {
+        let (policy, digest) = try root(of: authorization)
+        try checkScope(authorization, change: change, query: query, rings: rings)
+        var problems = ReleaseCheck(authorization: authorization, policy: policy, artifact: manifest.digest)
+            .problems(baseline: nil)
+        if let freeze = policy.freeze(at: now), authorization.type != .emergency {
+            problems.append("the freeze window '\(freeze.name)' is open (only emergency changes may activate in it)")
+        }
+        if seededShare + 1e-9 < policy.readiness {
+            problems.append(
+                "\(Self.percent(seededShare)) of the targets hold a verified copy; the policy needs \(Self.percent(policy.readiness)) before activation")
+        }
+        guard problems.isEmpty else {
+            throw CoreRefusal.conflict("change \(change) may not be activated: " + problems.joined(separator: "; "))
+        }
+        return digest
+    }
+
+    func checkScope(_ authorization: ChangeAuthorization, change: ChangeID, query: String, rings: [Ring]) throws {
+        guard authorization.change == change || change.hasPrefix("policy:") else {
+            throw CoreRefusal.badRequest("the authorization is for change \(authorization.change), not \(change)")
+        }
+        guard authorization.scope.targets == query else {
+            throw CoreRefusal.conflict(
+                "change \(change) is approved for targets '\(authorization.scope.targets)', not '\(query)': a wider or other scope needs a new approval")
+        }
+        guard (try? Ring.parseList(authorization.scope.rings)) == rings else {
+            throw CoreRefusal.conflict(
+                "change \(change) is approved with rings '\(authorization.scope.rings)', not this ring plan: another plan needs a new approval")
+        }
+    }
+
+    static func percent(_ share: Double) -> String {
+        String(format: "%.0f%%", (share.isFinite ? share : 0) * 100)
+    }
+}
