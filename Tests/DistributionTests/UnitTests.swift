@@ -333,7 +333,8 @@ import Testing
         for _ in 0..<30 { try await bucket.take(10_000) }
         let elapsed = ContinuousClock.now - start
         #expect(elapsed >= .milliseconds(400))
-        #expect(elapsed < .seconds(5))
+        // An upper bound only against a bucket that never refills; a loaded machine is slow.
+        #expect(elapsed < .seconds(20))
     }
 
     @Test func withoutARateNothingWaits() async throws {

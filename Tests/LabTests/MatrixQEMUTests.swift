@@ -82,6 +82,17 @@ extension LabQEMUTests {
         #expect(cells.count == 6)
         #expect(cells.allSatisfy { $0.artifact == run.artifact && $0.verdict == .passed })
         #expect(Set(cells.map(\.baseline.name)) == ["minimal", "web", "db"])
+        // The lab signed what it recorded: the evidence the release gate and agents judge.
+        let record = try store.read(RunRecord.self, run.id)
+        let envelope = try #require(record.evidence, "the run carries no signed evidence")
+        let labKey = try lab.home.evidenceKey().publicKey
+        let evidence = try envelope.open(EvidenceStatement.self, as: .evidence, trusting: [labKey])
+        #expect(evidence.artifact == run.artifact && evidence.cells.count == 6)
+        #expect(evidence.cells.allSatisfy { $0.isGreen && $0.commit != nil && $0.imageDigest != nil })
+        #expect(Set(evidence.cells.map(\.lane)) == ["install", "uninstall"])
+        #expect(throws: SignatureRefusal.self) {
+            try envelope.open(EvidenceStatement.self, as: .evidence, trusting: [SigningKey().publicKey])
+        }
 
         // The tested change becomes web's new standard configuration (issue: adopt), and the
         // adopted version's delta from the built one is greeterd's install.
