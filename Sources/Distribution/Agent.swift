@@ -410,7 +410,63 @@ public actor Agent {
             }
             await carryOut(ticket, manifest: manifest)
         case .rollback:
+            if let refusal = rollbackRefusal(job, ticket: ticket, manifest: manifest) {
+                logger.error("\(refusal.detail)")
+                await report(AgentEvent(change: ticket.change, release: ticket.release, kind: .failed, failure: refusal))
+                return
+            }
             await carryOut(ticket, manifest: manifest)
+        }
+    }
+
+    /// The job's authorization and the trust root it leads to from this agent's pinned one
+    /// (a refusal is the `Failure` the core's chase list shows).
+    func trustedAuthorization(_ job: Job, ticket: JobTicket) -> Result<(ChangeAuthorization, ApprovalPolicy, SHA256Digest), Failure> {
+        guard let pinned = trustRoot else {
+            return .failure(
+                Failure(
+                    reason: .notApproved,
+                    detail: "this agent has no change-control trust root: enrol it with --trust-root sha256:… ('changelab trust-root show' prints it)"))
+        }
+        guard let authorization = job.authorization else {
+            return .failure(
+                Failure(
+                    reason: .notApproved,
+                    detail: "the \(ticket.kind.rawValue) order for \(ticket.change) came without approvals or evidence"))
+        }
+        guard authorization.change == ticket.change || ticket.origin.hasPrefix("policy:") else {
+            return .failure(
+                Failure(
+                    reason: .notApproved,
+                    detail: "the approvals sent are for change \(authorization.change), not \(ticket.change)"))
+        }
+        do {
+            let (policy, digest) = try TrustChain.current(authorization.trustRoots, pinned: pinned)
+            return .success((authorization, policy, digest))
+        } catch {
+            return .failure(Failure(reason: .notApproved, detail: "\(error)"))
+        }
+    }
+
+    /// Remembers the newest trust root a verified chain reached.
+    func adoptTrustRoot(_ digest: SHA256Digest) {
+        if digest != ledger.trustRoot {
+            ledger.trustRoot = digest
+            try? ledgerFile.save(ledger)
+        }
+    }
+
+    /// Why this agent may not carry out a rollback: it needs an order signed by an approver
+    /// whose role the trust root lets roll back. Nil: it may.
+    func rollbackRefusal(_ job: Job, ticket: JobTicket, manifest: ReleaseManifest) -> Failure? {
+        switch trustedAuthorization(job, ticket: ticket) {
+        case .failure(let failure):
+            return failure
+        case .success(let (authorization, policy, digest)):
+            let check = ReleaseCheck(authorization: authorization, policy: policy, artifact: manifest.digest)
+            if let problem = check.rollbackProblem() { return Failure(reason: .notApproved, detail: problem) }
+            adoptTrustRoot(digest)
+            return nil
         }
     }
 
@@ -421,24 +477,12 @@ public actor Agent {
     /// trust root: the approvers' threshold over exactly this digest and scope, and the lab's
     /// evidence of a green cell in every required lane on this agent's own baseline. Nil: it may.
     func approvalRefusal(_ job: Job, ticket: JobTicket, manifest: ReleaseManifest) -> Failure? {
-        guard let pinned = trustRoot else {
-            return Failure(
-                reason: .notApproved,
-                detail: "this agent has no change-control trust root: enrol it with --trust-root sha256:… ('changelab trust-root show' prints it)")
-        }
-        guard let authorization = job.authorization else {
-            return Failure(reason: .notApproved, detail: "the activation of \(ticket.change) came without approvals or evidence")
-        }
-        guard authorization.change == ticket.change || ticket.origin.hasPrefix("policy:") else {
-            return Failure(
-                reason: .notApproved, detail: "the approvals sent are for change \(authorization.change), not \(ticket.change)")
-        }
+        let authorization: ChangeAuthorization
         let policy: ApprovalPolicy
         let digest: SHA256Digest
-        do {
-            (policy, digest) = try TrustChain.current(authorization.trustRoots, pinned: pinned)
-        } catch {
-            return Failure(reason: .notApproved, detail: "\(error)")
+        switch trustedAuthorization(job, ticket: ticket) {
+        case .failure(let failure): return failure
+        case .success(let trusted): (authorization, policy, digest) = trusted
         }
         let check = ReleaseCheck(authorization: authorization, policy: policy, artifact: manifest.digest)
         let general = check.problems(baseline: nil)
@@ -463,10 +507,7 @@ public actor Agent {
                 reason: .notApproved,
                 detail: "this agent is outside the approved targets '\(authorization.scope.targets)'")
         }
-        if digest != ledger.trustRoot {
-            ledger.trustRoot = digest
-            try? ledgerFile.save(ledger)
-        }
+        adoptTrustRoot(digest)
         return nil
     }
 

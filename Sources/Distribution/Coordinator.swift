@@ -448,7 +448,7 @@ public actor Coordinator {
                 jobs.append(
                     Job(
                         ticket: try key.sign(ticket, as: .job), manifest: release.signedManifest,
-                        authorization: kind == .activate ? deployment.authorization : nil))
+                        authorization: kind == .seed ? nil : deployment.authorization))
             } catch {
                 // Signing an in-memory value does not fail in practice; the next check-in tries again.
                 continue
@@ -597,10 +597,16 @@ public actor Coordinator {
     }
 
     /// Orders a rollback of the targets that installed the change (or tried to).
-    public func rollback(change: ChangeID) async throws -> StatusReport {
-        guard var deployment = state.deployments[change], state.releases[deployment.release] != nil else {
+    public func rollback(change: ChangeID, authorization given: ChangeAuthorization? = nil) async throws -> StatusReport {
+        guard var deployment = state.deployments[change], let record = state.releases[deployment.release] else {
             throw CoreRefusal.notFound("change \(change) is not promoted")
         }
+        guard let authorization = given ?? deployment.authorization else {
+            throw CoreRefusal.conflict(
+                "change \(change) has no signed rollback order: an approver whose role may roll back signs one ('changelab rollback CHG --as NAME')")
+        }
+        adopt(try gate.checkRollback(authorization, change: change, manifest: record.manifest))
+        try replaceAuthorization(of: &deployment, with: authorization)
         if deployment.rollback == nil {
             deployment.rollback = OrderRecord(issuedAt: clock())
             for (agent, target) in deployment.targets where target.phase == .failed {

@@ -74,8 +74,9 @@ public struct CoreClient: Sendable {
             "/v1/admin/changes/\(change)/activate", ActivateRequest(authorization: authorization), as: StatusReport.self)
     }
 
-    public func rollback(_ change: String) async throws -> StatusReport {
-        try await link.post("/v1/admin/changes/\(change)/rollback", Empty(), as: StatusReport.self)
+    public func rollback(_ change: String, authorization: ChangeAuthorization? = nil) async throws -> StatusReport {
+        try await link.post(
+            "/v1/admin/changes/\(change)/rollback", ActivateRequest(authorization: authorization), as: StatusReport.self)
     }
 
     public func status(_ change: String) async throws -> StatusReport {

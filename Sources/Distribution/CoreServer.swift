@@ -317,7 +317,8 @@ public struct CoreServer: Sendable {
             try await handle {
                 let caller = try await authorize(request, .deployer)
                 let change = context.parameters.get("change") ?? ""
-                let report = try await coordinator.rollback(change: change)
+                let body = try await decode(ActivateRequest.self, request, limit: limits.authorizationBody)
+                let report = try await coordinator.rollback(change: change, authorization: body.authorization)
                 try await coordinator.recordAction("rollback", subject: change, by: caller.name)
                 return try json(report)
             }

@@ -63,6 +63,22 @@ struct ReleaseGate: Sendable {
         return digest
     }
 
+    /// A rollback needs one order signed by an approver whose role may roll back.
+    func checkRollback(_ authorization: ChangeAuthorization, change: ChangeID, manifest: ReleaseManifest) throws
+        -> SHA256Digest
+    {
+        let (policy, digest) = try root(of: authorization)
+        guard authorization.change == change || change.hasPrefix("policy:") else {
+            throw CoreRefusal.badRequest("the authorization is for change \(authorization.change), not \(change)")
+        }
+        if let problem = ReleaseCheck(authorization: authorization, policy: policy, artifact: manifest.digest)
+            .rollbackProblem()
+        {
+            throw CoreRefusal.conflict("change \(change) may not be rolled back: \(problem)")
+        }
+        return digest
+    }
+
     func checkScope(_ authorization: ChangeAuthorization, change: ChangeID, query: String, rings: [Ring]) throws {
         guard authorization.change == change || change.hasPrefix("policy:") else {
             throw CoreRefusal.badRequest("the authorization is for change \(authorization.change), not \(change)")

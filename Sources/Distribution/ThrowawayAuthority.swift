@@ -72,6 +72,20 @@ public struct ThrowawayAuthority: Sendable {
         }
     }
 
+    /// `authorization` with a rollback order signed by the first approver.
+    public func rollingBack(_ authorization: ChangeAuthorization, artifact: SHA256Digest) throws -> ChangeAuthorization {
+        var rolling = authorization
+        let (name, key) = approvers[0]
+        rolling.rollbacks = [
+            try key.sign(
+                RollbackStatement(
+                    change: authorization.change, artifact: artifact, approver: name, reason: "rolled back",
+                    signedAt: Date()),
+                as: .rollback)
+        ]
+        return rolling
+    }
+
     /// A whole release authorization: evidence on `baselines`, and `approvals` approvals.
     public func authorization(
         change: String, package: String, version: String, artifact: SHA256Digest, baselines: [String],

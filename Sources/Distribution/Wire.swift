@@ -36,8 +36,8 @@ public enum FailureReason: String, Codable, Sendable, CaseIterable {
     public var isFinal: Bool { [.downgrade, .notApproved, .baselineNotTested].contains(self) }
 }
 
-/// A classified failure with what a person needs to chase it.
-public struct Failure: Codable, Sendable, Equatable {
+/// A classified failure with what a person needs to chase it (thrown where a step refuses).
+public struct Failure: Codable, Sendable, Equatable, Error {
     public var reason: FailureReason
     public var detail: String
     public var exitCode: Int32?

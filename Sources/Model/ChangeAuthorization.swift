@@ -349,6 +349,24 @@ public struct EvidenceStatement: Codable, Sendable, Equatable {
     }
 }
 
+/// An approver's signed order to roll a change back: agents undo an install only on this.
+public struct RollbackStatement: Codable, Sendable, Equatable {
+    public var change: String
+    /// The artifact being rolled back.
+    public var artifact: SHA256Digest
+    public var approver: String
+    public var reason: String
+    public var signedAt: Date
+
+    public init(change: String, artifact: SHA256Digest, approver: String, reason: String, signedAt: Date) {
+        self.change = change
+        self.artifact = artifact
+        self.approver = approver
+        self.reason = reason
+        self.signedAt = signedAt
+    }
+}
+
 extension SignedEnvelope {
     /// SHA-256 of the signed payload bytes: how trust roots are pinned and evidence is named.
     public var payloadDigest: SHA256Digest? {
@@ -368,10 +386,12 @@ public struct ChangeAuthorization: Codable, Sendable, Equatable {
     public var trustRoots: [SignedEnvelope]
     public var evidence: [SignedEnvelope]
     public var approvals: [SignedEnvelope]
+    /// Signed rollback orders (`RollbackStatement`), when the change is being rolled back.
+    public var rollbacks: [SignedEnvelope]?
 
     public init(
         change: String, type: ChangeType, scope: ChangeScope, trustRoots: [SignedEnvelope],
-        evidence: [SignedEnvelope], approvals: [SignedEnvelope]
+        evidence: [SignedEnvelope], approvals: [SignedEnvelope], rollbacks: [SignedEnvelope]? = nil
     ) {
         self.change = change
         self.type = type
@@ -379,6 +399,7 @@ public struct ChangeAuthorization: Codable, Sendable, Equatable {
         self.trustRoots = trustRoots
         self.evidence = evidence
         self.approvals = approvals
+        self.rollbacks = rollbacks
     }
 }
 
@@ -542,6 +563,33 @@ public struct ReleaseCheck: Sendable {
             if counted.insert(key.hex).inserted { approvals.append((approver, statement)) }
         }
         return (approvals, rejections, problems)
+    }
+
+    /// Why a rollback of this artifact is not authorized, or nil: it needs one rollback order
+    /// signed by an approver whose role the policy's `rollbackRoles` names.
+    public func rollbackProblem() -> String? {
+        var problems: [String] = []
+        for envelope in authorization.rollbacks ?? [] {
+            guard let signers = try? envelope.signers(as: .rollback, trusting: policy.approverKeys),
+                let key = signers.first, let approver = policy.approver(with: key),
+                let statement = envelope.unverifiedClaim(RollbackStatement.self)
+            else {
+                problems.append("a rollback order is not signed by an approver on the trust root")
+                continue
+            }
+            guard statement.change == authorization.change, statement.artifact == artifact else {
+                problems.append("the rollback order by \(approver.name) is for another change or artifact")
+                continue
+            }
+            guard policy.rollbackRoles.contains(approver.role) else {
+                problems.append("\(approver.name) sits on \(approver.role.rawValue), which may not roll changes back")
+                continue
+            }
+            return nil
+        }
+        return problems.isEmpty
+            ? "no rollback order signed by \(policy.rollbackRoles.map(\.rawValue).joined(separator: "/")) came with it"
+            : problems.joined(separator: "; ")
     }
 
     /// Every reason the release may not be installed; empty when it may.

@@ -19,6 +19,8 @@ public enum PayloadType: String, Sendable, CaseIterable {
     case approval = "application/vnd.changelab.approval+json; version=1"
     /// The lab's results of one matrix run for one artifact (the lab's key).
     case evidence = "application/vnd.changelab.evidence+json; version=1"
+    /// An approver's order to roll a change back (a key whose role the policy lets roll back).
+    case rollback = "application/vnd.changelab.rollback+json; version=1"
 }
 
 /// One signature in an envelope: the signer's key id (a hint for finding the key, never

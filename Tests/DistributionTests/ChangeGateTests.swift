@@ -188,4 +188,35 @@ import Testing
             await group.stop()
         }
     }
+
+    @Test func aRollbackNeedsAnOrderSignedByARoleThatMayRollBackAtTheCoreAndTheAgent() async throws {
+        try await withCore { core, scratch, http in
+            let admin = try core.admin
+            let (group, _) = try await Self.seeded(core, scratch: scratch, http: http)
+            let agent = try #require(group.agents.first)
+            let root = scratch.path + "/roots/pc"
+            _ = try await admin.activateApproved("r1")
+            #expect(try await eventually { try await admin.status("r1").total.activated == 1 })
+            // The core refuses a rollback no approver signed.
+            do {
+                _ = try await admin.rollback("r1")
+                Issue.record("the core ordered a rollback without a signed order")
+            } catch {
+                #expect("\(error)".contains("rollback"), "\(error)")
+            }
+            // A core with the stolen key sends one anyway, with the release approvals only.
+            var forged = try await Self.forgedActivation(
+                core, agent: agent, change: "r1", authorization: try await admin.authorization(for: "r1"))
+            var ticket = try #require(forged.claim)
+            ticket.kind = .rollback
+            forged.ticket = try HardeningTests.coreKey(core).sign(ticket, as: .job)
+            await agent.handle(forged)
+            try await Task.sleep(for: .seconds(1))
+            #expect(installed("demo", in: root) == "1.0", "a rollback nobody signed purged the package")
+            // A CCB member's order rolls it back.
+            _ = try await admin.rollbackApproved("r1")
+            #expect(await eventually { installed("demo", in: root) == nil })
+            await group.stop()
+        }
+    }
 }

@@ -510,10 +510,10 @@ import Testing
                 #expect(try await eventually { try await admin.status(change).total.activated == 1 })
             }
             #expect(installed("app", in: scratch.path + "/roots/pc") == "2.0")
-            _ = try await admin.rollback("app-2")
+            _ = try await admin.rollbackApproved("app-2")
             #expect(try await eventually { try await admin.status("app-2").total.rolledBack == 1 })
             #expect(installed("app", in: scratch.path + "/roots/pc") == "1.0")
-            _ = try await admin.rollback("app-1")
+            _ = try await admin.rollbackApproved("app-1")
             #expect(try await eventually { try await admin.status("app-1").total.rolledBack == 1 })
             #expect(installed("app", in: scratch.path + "/roots/pc") == nil)
             await group.stop()

@@ -164,7 +164,15 @@ import Testing
             ticket.change = "r-other"
             ticket.order = "o-forged-rollback"
             ticket.sequence += 1_000_000
-            await agent.handle(Job(ticket: try Self.coreKey(core).sign(ticket, as: .job), manifest: manifest))
+            // Even with a genuine rollback order for that change: the ledger says it installed nothing.
+            let r1 = try #require(await core.server.coordinator.releases().first { $0.release == "r1" })
+            let rollback = try TestAuthority.shared.rollingBack(
+                try TestAuthority.shared.authorization(
+                    change: "r-other", package: r1.package, version: r1.packageVersion, artifact: r1.digest,
+                    baselines: ["minimal"]),
+                artifact: r1.digest)
+            await agent.handle(
+                Job(ticket: try Self.coreKey(core).sign(ticket, as: .job), manifest: manifest, authorization: rollback))
             try await Task.sleep(for: .seconds(1))
             #expect(installed("demo", in: scratch.path + "/roots/pc") == "1.0", "the rollback purged the package")
             await group.stop()

@@ -48,7 +48,7 @@ import Testing
             _ = try await admin.publish(file: deb, release: "r1")
             _ = try await deployer.promote("r1", .everyone())
             _ = try await deployer.activateApproved("r1")
-            _ = try await deployer.rollback("r1")
+            _ = try await deployer.rollbackApproved("r1")
 
             // Who did what is in the core's state, under the operators' names.
             let trail = try await admin.auditTrail().map { "\($0.action) \($0.subject) \($0.operatorName)" }

@@ -336,6 +336,18 @@ extension CoreClient {
         try await activate(change, authorization: try await authorization(for: change, baselines: baselines))
     }
 
+    /// Rolls `change` back with an order signed by a test approver.
+    @discardableResult
+    func rollbackApproved(_ change: String) async throws -> StatusReport {
+        let status = try await status(change)
+        guard let manifest = try await releases().first(where: { $0.release == status.release }) else {
+            throw ChangelabError("release \(status.release) is not published")
+        }
+        let authorization = try TestAuthority.shared.rollingBack(
+            try await authorization(for: change), artifact: manifest.digest)
+        return try await rollback(change, authorization: authorization)
+    }
+
     /// Sets a policy that carries an approved change of `release` over `targets`.
     @discardableResult
     func setApprovedPolicy(_ name: String, targets: String, release: String) async throws -> Policy {

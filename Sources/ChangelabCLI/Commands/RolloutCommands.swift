@@ -105,11 +105,13 @@ struct RollbackCommand: AsyncParsableCommand {
     @Argument(help: "The change id.")
     var change: String
 
+    @OptionGroup var approval: AuthorizationOptions
     @OptionGroup var core: CoreOptions
     @OptionGroup var output: OutputOptions
 
     func run() async throws {
-        let report = try await core.withClient { try await $0.rollback(change) }
+        let authorization = try approval.load()
+        let report = try await core.withClient { try await $0.rollback(change, authorization: authorization) }
         if output.json { return try printJSON(report) }
         print("rollback of \(change) sent to \(report.total.activated + report.total.failed) target(s)")
     }
