@@ -140,6 +140,7 @@ public actor Agent {
     /// Runs until cancelled: enrol if needed, then check in on a timer and listen on the stream.
     public func run() async throws {
         try installer.prepareRoot()
+        logger.info("\(configuration.name) \(installer.modeDescription)")
         try loadLedger()
         let legacy = cache.migrateLegacyLayout()
         if !legacy.isEmpty {

@@ -48,6 +48,35 @@ struct AgentFactsProblems: Error, CustomStringConvertible {
     var description: String { problems.joined(separator: "; ") }
 }
 
+/// The `baseline` attribute: `NAME@N`, the approved baseline and its CMDB version an
+/// endpoint runs. Change control matches lab evidence on it, so a malformed value is refused
+/// where attributes are taken (the agent's command line and the core's enrolment/check-in).
+public enum BaselineAttribute {
+    public static let key = "baseline"
+
+    /// Why `value` is not `NAME@N`, or nil when it is: NAME a baseline name (lowercase letters,
+    /// digits and '-', starting with a letter, at most 40), N a positive integer.
+    public static func problem(_ value: String) -> String? {
+        let parts = value.split(separator: "@", omittingEmptySubsequences: false)
+        let example = "for example baseline=minimal@1"
+        guard parts.count == 2 else {
+            return "attribute baseline '\(AgentFacts.printable(value))' must be NAME@VERSION, \(example)"
+        }
+        guard BaselineRecipe.isValidName(String(parts[0])) else {
+            return "attribute baseline '\(AgentFacts.printable(value))' names '\(AgentFacts.printable(String(parts[0])))', which is not a baseline name "
+                + "(lowercase letters, digits and '-', starting with a letter, at most 40 characters), \(example)"
+        }
+        let version = parts[1]
+        guard !version.isEmpty, version.count <= 9, version.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
+            version.first != "0"
+        else {
+            return "attribute baseline '\(AgentFacts.printable(value))' has version '\(AgentFacts.printable(String(version)))', "
+                + "which is not a positive whole number (the baseline's CMDB version), \(example)"
+        }
+        return nil
+    }
+}
+
 enum AgentFacts {
     /// Every problem with what an agent says about itself, empty when it is acceptable.
     static func problems(
@@ -75,6 +104,9 @@ enum AgentFacts {
                 problems.append("attribute \(printable(key)) is \(value.utf8.count) bytes (at most \(limits.maxAttributeValue))")
             } else if value.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) {
                 problems.append("attribute \(printable(key)) contains control characters")
+            }
+            if key == BaselineAttribute.key, let problem = BaselineAttribute.problem(value) {
+                problems.append(problem)
             }
         }
         return problems

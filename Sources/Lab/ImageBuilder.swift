@@ -21,6 +21,8 @@ struct RootImage {
     var disk: String
     var kernel: String
     var initrd: String
+    /// The tree the image was made from, kept beside it (`BaselineRootFS`), not yet sealed.
+    var rootfs: String
 }
 
 /// Builds a baseline's root disk from Debian packages: debootstrap → customize →
@@ -59,6 +61,8 @@ struct ImageBuilder {
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
         do {
             let image = try await buildIn(work: work, rootfs: rootfs, recipe: recipe, directory: directory)
+            // The tree stays as the fleet's lower layer (BaselineRootFS) instead of going with the work.
+            try await BaselineRootFS.keep(rootfs, besideImageIn: directory)
             try await Self.removeTree(work)
             return image
         } catch {
@@ -136,7 +140,7 @@ struct ImageBuilder {
         for path in [disk, kernel, initrd] {
             try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: path)
         }
-        return RootImage(disk: disk, kernel: kernel, initrd: initrd)
+        return RootImage(disk: disk, kernel: kernel, initrd: initrd, rootfs: directory + "/rootfs")
     }
 
     private func customize(rootfs: String, recipe: BaselineRecipe) async throws {

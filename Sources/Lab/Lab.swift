@@ -163,6 +163,7 @@ public struct Lab: Sendable {
         try FileManager.default.moveItem(atPath: partial, toPath: directory)
         image.directory = directory
         try image.save()
+        _ = try BaselineRootFS.seal(image, method: .build, seconds: 0)
         say(recipe.name, String(format: "image built in %.0f s (digest %@)", image.imageSeconds, imageDigest.short))
         return image
     }

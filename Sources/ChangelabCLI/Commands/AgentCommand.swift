@@ -133,6 +133,11 @@ struct AgentRunCommand: AsyncParsableCommand {
             guard parts.count == 2, !parts[0].isEmpty else {
                 throw ValidationError("--attribute '\(pair)' must be KEY=VALUE, for example site=paris")
             }
+            if parts[0] == BaselineAttribute.key, let problem = BaselineAttribute.problem(parts[1]) {
+                throw ValidationError(
+                    "--attribute \(problem): NAME@N is the approved baseline (baselines/NAME.yaml) and its CMDB "
+                        + "version this endpoint runs ('changelab baseline list' shows them)")
+            }
             attributes[parts[0]] = parts[1]
         }
         let slots = parallelInstalls.map { Semaphore($0) }

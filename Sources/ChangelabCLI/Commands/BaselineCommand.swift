@@ -1,6 +1,7 @@
 import ArgumentParser
 import CMDB
 import Foundation
+import HostIO
 import Lab
 import Model
 
@@ -8,7 +9,7 @@ struct BaselineCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "baseline",
         abstract: "Build, list and restore the approved baseline configurations (baselines/*.yaml).",
-        subcommands: [List.self, Build.self, Restore.self, Adopt.self]
+        subcommands: [List.self, Build.self, Restore.self, RootFS.self, Adopt.self]
     )
 
     struct List: AsyncParsableCommand {
@@ -213,6 +214,49 @@ struct BaselineCommand: AsyncParsableCommand {
             if output.json { return try printJSON(report) }
             print(String(format: "restored %@ in %.2f s (agent answering, clock set)", report.baseline, report.seconds))
             if keep { print("kept as \(report.domain): changelab lab exec \(report.domain) -- CMD, then changelab lab discard \(report.domain)") }
+        }
+    }
+
+    struct RootFS: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "rootfs",
+            abstract: "Print the path of a built baseline's root file system (extracted from its image if needed).",
+            discussion: """
+                The directory is the read-only lower layer of the test fleet's per-agent overlay roots \
+                (lab/fleet root --lower DIR): agents install into the system the lab tested, with dpkg \
+                chrooted into it. Images built by this changelab keep the tree they were made from; \
+                for older images it is copied out of the disk once (a read-only loop mount, or debugfs). \
+                /boot and the kernel modules are left out. Never write into it.
+                """)
+        @OptionGroup var projectOptions: ProjectOptions
+        @OptionGroup var output: OutputOptions
+        @Argument(help: "The built baseline.")
+        var name: String
+
+        struct Report: Codable {
+            var baseline: String
+            var imageDigest: String
+            var path: String
+            var method: String
+            var created: Bool
+            var seconds: Double
+        }
+
+        func run() async throws {
+            let lab = try Lab(project: try projectOptions.project(), progress: ConsoleProgress.handler(quiet: output.json))
+            let recipe = try lab.baselines.load(name)
+            guard let image = try lab.currentImage(of: recipe) else {
+                throw ChangelabError(
+                    "baseline '\(name)' has not been built (or its recipe changed since)",
+                    fix: "changelab baseline build \(name)")
+            }
+            let started = ContinuousClock.now
+            let (rootfs, created) = try await lab.rootFileSystem(of: image)
+            let report = Report(
+                baseline: image.name, imageDigest: image.imageDigest.description, path: rootfs.path,
+                method: rootfs.method.rawValue, created: created, seconds: started.secondsSince)
+            if output.json { return try printJSON(report) }
+            print(report.path)
         }
     }
 
