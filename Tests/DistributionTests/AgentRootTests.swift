@@ -84,7 +84,7 @@ import Testing
                 do {
                     _ = try await admin.promote("ort-1.0", .everyone())
                     #expect(try await eventually { try await admin.status("ort-1.0").total.verified == 1 })
-                    _ = try await admin.activate("ort-1.0")
+                    _ = try await admin.activateApproved("ort-1.0")
                     var activated = false
                     for _ in 0..<600 where !activated {
                         let status = try await admin.status("ort-1.0")
