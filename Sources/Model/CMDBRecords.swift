@@ -275,10 +275,12 @@ public struct RunRecord: CMDBRecord, Equatable {
     public var finishedAt: Date?
     public var status: Status
     public var actor: String?
+    /// The lab's signed `EvidenceStatement` of this run, written when the run ends.
+    public var evidence: SignedEnvelope?
 
     public init(
         id: String, artifact: SHA256Digest, baselines: [BaselineRef], startedAt: Date, finishedAt: Date? = nil,
-        status: Status, actor: String? = nil
+        status: Status, actor: String? = nil, evidence: SignedEnvelope? = nil
     ) {
         self.id = id
         self.artifact = artifact
@@ -287,6 +289,7 @@ public struct RunRecord: CMDBRecord, Equatable {
         self.finishedAt = finishedAt
         self.status = status
         self.actor = actor
+        self.evidence = evidence
     }
 
     public var recordID: String { id }
