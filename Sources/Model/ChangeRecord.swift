@@ -409,6 +409,17 @@ public struct ChangeRecord: CMDBRecord, Equatable {
         if !DebianNames.isValidPackageName(package) { problems.append("'\(package)' is not a Debian package name") }
         if approval >= .builtAndTested && artifact == nil { problems.append("it is \(approval.rawValue) without an artifact") }
         if history.isEmpty { problems.append("it has no history") }
+        // Each stored approval must still verify under the key it was recorded with, so an
+        // edit of the record (cmdb verify, or any later write) cannot go unnoticed.
+        for vote in approvals {
+            let signed = SigningPublicKey(hex: vote.key).map {
+                (try? vote.envelope.signers(as: .approval, trusting: [$0]))?.isEmpty == false
+            }
+            let claim = vote.envelope.unverifiedClaim(ApprovalStatement.self)
+            if signed != true || claim?.change != id || claim?.stage != vote.stage || claim?.decision != vote.decision {
+                problems.append("the \(vote.stage.rawValue) approval recorded for \(vote.signer) does not verify: it was altered after it was signed")
+            }
+        }
         return problems
     }
 

@@ -287,3 +287,26 @@ import Testing
         await #expect(throws: ChangelabError.self) { try await store.record(envelope, for: change.id) }
     }
 }
+
+/// An approval altered inside the stored record is caught by the record's own check, so the
+/// CMDB refuses to record it and `cmdb verify` names it.
+@Suite struct TamperTests {
+    @Test func anAlteredStoredApprovalIsRefusedAndReportedByVerify() async throws {
+        let lab = try await Lab.make()
+        defer { lab.remove() }
+        let store = lab.store
+        let change = try await store.propose(ChangeStoreTests.proposal())
+        var record = try await store.approve(change.id, stage: .preliminary, approver: "alice", key: lab.key("alice"))
+        #expect(record.problems().isEmpty)
+        var claim = try #require(record.approvals[0].envelope.unverifiedClaim(ApprovalStatement.self))
+        claim.comment = "approved by everyone"
+        record.approvals[0].envelope.payload = try StableJSON.data(claim).base64EncodedString()
+        #expect(record.problems().contains { $0.contains("altered after it was signed") })
+        await #expect(throws: ChangelabError.self) { try await lab.writer.put(record, operation: "forge") }
+        // Written behind the CMDB's back: verify reports it.
+        let path = lab.writer.store.path + "/" + record.reference.path
+        try StableJSON.data(record).write(to: URL(fileURLWithPath: path))
+        let report = try await lab.writer.store.verify(trustedKeys: lab.folder + "/keys/cmdb-trusted-keys.json")
+        #expect(report.problems.contains { $0.message.contains("altered after it was signed") })
+    }
+}
