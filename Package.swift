@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Dependencies point one way:
-//   changelab (exe) → ChangelabCLI → Lab / Distribution → CMDB / Inventory → Model
+//   changelab (exe) → ChangelabCLI → ChangeControl / Lab / Distribution → CMDB / Inventory → Model
 //                                    Lab → Libvirt → CLibvirt
 let package = Package(
     name: "changelab",
@@ -86,11 +86,21 @@ let package = Package(
                 .product(name: "HTTPTypes", package: "swift-http-types"),
             ]
         ),
+        // Change control: change records, the approval policy, approvers' keys and signed
+        // approvals, the release gate over the lab's signed evidence.
+        .target(
+            name: "ChangeControl",
+            dependencies: [
+                "Model", "CMDB", "HostIO",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
         // Command-line front end: one file per command under Commands/.
         .target(
             name: "ChangelabCLI",
             dependencies: [
-                "Lab", "CMDB", "Inventory", "Distribution", "Model", "Libvirt", "HostIO",
+                "Lab", "CMDB", "Inventory", "Distribution", "ChangeControl", "Model", "Libvirt", "HostIO",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ]
@@ -102,6 +112,7 @@ let package = Package(
         .testTarget(name: "HostIOTests", dependencies: ["HostIO"]),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Libvirt", "Model", "HostIO", "changelab"], exclude: ["Fixtures"]),
         .testTarget(name: "InventoryTests", dependencies: ["Inventory", "Model", "HostIO"], exclude: ["Fixtures"]),
+        .testTarget(name: "ChangeControlTests", dependencies: ["ChangeControl", "CMDB", "Model", "HostIO"]),
         .testTarget(name: "CMDBTests", dependencies: ["CMDB", "Model", "HostIO", "changelab"]),
         .testTarget(
             name: "DistributionTests",

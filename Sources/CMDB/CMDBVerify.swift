@@ -412,13 +412,7 @@ extension CMDBStore {
         case .run: return try open(RunRecord.self)
         case .cell: return try open(CellRecord.self)
         case .target: return try open(TargetRecord.self)
-        case .change:
-            // Change records are defined by a later issue: require a JSON object with an id.
-            let object = try JSONSerialization.jsonObject(with: data) as? [String: Any]
-            guard let id = object?["id"] as? String else {
-                return ("", ["a change record needs a string 'id'"], [])
-            }
-            return (id, [], [])
+        case .change: return try open(ChangeRecord.self)
         }
     }
 }

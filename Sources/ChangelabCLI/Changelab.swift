@@ -12,7 +12,8 @@ public struct Changelab: AsyncParsableCommand {
             BaselineCommand.self, LabCommand.self, PackageCommand.self, MatrixCommand.self, DoctorCommand.self,
             BenchCommand.self, CMDBCommand.self, InventoryCommand.self,
             CoreCommand.self, AgentCommand.self, PromoteCommand.self, ActivateCommand.self, RollbackCommand.self,
-            StatusCommand.self, ChaseCommand.self, PolicyCommand.self,
+            StatusCommand.self, ChaseCommand.self, PolicyCommand.self, ChangeCommand.self, ApproverCommand.self,
+            TrustRootCommand.self,
         ]
     )
 
