@@ -14,10 +14,6 @@ public protocol FleetObserver: Sendable {
     func operatorActed(_ entry: AuditEntry) async
 }
 
-extension FleetObserver {
-    public func operatorActed(_ entry: AuditEntry) async {}
-}
-
 /// Records the fleet's targets and its operators' actions in the CMDB.
 ///
 /// Each agent becomes a `target` item named by the
