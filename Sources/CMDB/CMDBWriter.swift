@@ -132,7 +132,8 @@ public enum RecoveryOutcome: Sendable, Equatable, CustomStringConvertible {
 /// transaction forward.
 public actor CMDBWriter {
     public nonisolated let store: CMDBStore
-    /// Who the commits name as author: a person, or a service such as `changelab-matrix`.
+    /// Who the commits name as author: a person, or a service such as `changelab-matrix`
+    /// (a transaction may name another: the operator the core acts for).
     public nonisolated let actor: String
     /// Whether `actor` was named by the caller or is the local account (a fallback).
     public nonisolated let actorSource: CMDBActorSource
@@ -172,6 +173,15 @@ public actor CMDBWriter {
     }
 
     var signer: Signer { Signer(actor: actor, source: actorSource, key: key, objectSync: objectSync) }
+
+    /// The signer of one transaction: this writer's key, naming `actor` (checked) or, when nil,
+    /// the writer's own actor.
+    func signer(naming actor: String?) throws -> Signer {
+        guard let actor else { return signer }
+        try Self.checkActor(actor)
+        return Signer(
+            actor: actor, source: actor.hasPrefix("local:") ? .localUser : .operator, key: key, objectSync: objectSync)
+    }
 
     /// What signs and names a commit.
     struct Signer: Sendable {
@@ -264,13 +274,30 @@ public actor CMDBWriter {
     /// - Parameters:
     ///   - message: the commit's subject line, for example `record cell run-7/web`.
     ///   - operation: a short verb for the trailer, for example `record-cell`.
+    ///   - actor: who this transaction is recorded as when it is not the writer's actor: the
+    ///     operator a service (the core) acts for. Signed with this writer's key all the same.
     @discardableResult
     public func transaction(
-        _ message: String, operation: String, _ body: (inout CMDBTransaction) throws -> Void
+        _ message: String, operation: String, actor: String? = nil, _ body: (inout CMDBTransaction) throws -> Void
+    ) async throws -> CMDBCommit {
+        try await commitLocked(message, operation: operation, signer: try signer(naming: actor), body)
+    }
+
+    /// Records an event that changes no record — an operator publishing, promoting or rolling
+    /// back on the core — as a transaction of its own, so `cmdb log` shows who did it and when.
+    @discardableResult
+    public func event(_ message: String, operation: String, actor: String? = nil) async throws -> CMDBCommit {
+        let signer = try signer(naming: actor)
+        return try await commitLocked(message, operation: operation, signer: signer, allowEmpty: true) { _ in }
+    }
+
+    private func commitLocked(
+        _ message: String, operation: String, signer: Signer, allowEmpty: Bool = false,
+        _ body: (inout CMDBTransaction) throws -> Void
     ) async throws -> CMDBCommit {
         let lock = try await Self.acquireLock(store, timeout: lockTimeout)
         defer { lock.release() }
-        lock.note("pid \(getpid()) \(actor): \(message)\n")
+        lock.note("pid \(getpid()) \(signer.actor): \(message)\n")
         if let outcome = try await Self.recoverLocked(store) {
             FileHandle.standardError.write(Data("changelab: \(outcome)\n".utf8))
         }
@@ -283,7 +310,7 @@ public actor CMDBWriter {
         try transaction.checkReferences()
         let (result, newCache) = try await Self.commit(
             transaction, cache: cache ?? TreeCache(commit: head), store: store, message: message,
-            operation: operation, signer: signer)
+            operation: operation, signer: signer, allowEmpty: allowEmpty)
         cache = newCache
         return result
     }
@@ -360,7 +387,7 @@ public actor CMDBWriter {
 
     static func commit(
         _ transaction: CMDBTransaction, cache: TreeCache, store: CMDBStore, message: String, operation: String,
-        signer: Signer, trailers: [(String, String)] = []
+        signer: Signer, trailers: [(String, String)] = [], allowEmpty: Bool = false
     ) async throws -> (CMDBCommit, TreeCache) {
         let writer = GitObjectWriter(gitDirectory: store.gitDirectory)
         let writes = transaction.writes
@@ -372,7 +399,7 @@ public actor CMDBWriter {
                 let id = GitObjectWriter.id(.blob, data)
                 if cache.blob(at: path) != id { blobs[path] = id }
             }
-            guard !blobs.isEmpty else { return (CMDBCommit(id: cache.commit ?? "", changed: []), cache) }
+            guard !blobs.isEmpty || allowEmpty else { return (CMDBCommit(id: cache.commit ?? "", changed: []), cache) }
             for path in blobs.keys { try writer.write(.blob, writes[path] ?? Data()) }
             let tree = try cache.apply(blobs, writer: writer)
             let now = Int(Date().timeIntervalSince1970)
@@ -423,8 +450,11 @@ public actor CMDBWriter {
                 try GitObjectWriter(gitDirectory: store.gitDirectory).updateBranch(
                     CMDBStore.branch, to: journal.commit, expecting: journal.parent)
             }
-            try await HostCommand.check(
-                "git", ["-C", store.path, "checkout", journal.commit, "--"] + paths, timeout: .seconds(300))
+            // An event's commit writes no file (and `git checkout COMMIT --` alone would move HEAD).
+            if !paths.isEmpty {
+                try await HostCommand.check(
+                    "git", ["-C", store.path, "checkout", journal.commit, "--"] + paths, timeout: .seconds(300))
+            }
             unlink(store.journalPath)
             return .rolledForward(message: journal.message, commit: journal.commit)
         }

@@ -821,8 +821,7 @@ public actor Coordinator {
         }
         let secret = randomSecret()
         try setOperator(name: name, role: role, tokenHash: SHA256Digest(of: secret).hex)
-        appendAudit("add-operator", subject: "\(name) (\(role.rawValue))", by: actor)
-        try await commit()
+        try await recordAction("add-operator", subject: "\(name) (\(role.rawValue))", by: actor)
         return "\(name):\(secret)"
     }
 
@@ -846,8 +845,7 @@ public actor Coordinator {
             throw CoreRefusal.conflict("\(name) is the last admin operator; add another admin before removing it")
         }
         state.operators?[name] = nil
-        appendAudit("remove-operator", subject: name, by: actor)
-        try await commit()
+        try await recordAction("remove-operator", subject: name, by: actor)
     }
 
     public func operators() -> [OperatorSummary] {

@@ -14,11 +14,9 @@ public protocol FleetObserver: Sendable {
     func operatorActed(_ entry: AuditEntry) async
 }
 
-extension FleetObserver {
-    public func operatorActed(_ entry: AuditEntry) async {}
-}
-
-/// Records the fleet's targets in the CMDB: each agent as a `target` item named by the
+/// Records the fleet's targets and its operators' actions in the CMDB.
+///
+/// Each agent becomes a `target` item named by the
 /// core-issued agent id (never by the name the agent reports, so an agent calling itself
 /// `paris-1` cannot overwrite another's record), with its attributes (site, department, …,
 /// plus its name, segment and agent id) and the inventory it last reported, so `cmdb query`
@@ -29,6 +27,10 @@ extension FleetObserver {
 /// that change nothing (the usual check-in) are dropped without touching the CMDB. A
 /// write that fails (a CMDB locked for too long, a full disk) keeps its reports queued
 /// for the next round and is logged; the core's own state is unaffected.
+///
+/// Each operator action (publish, promote, activate, rollback, a policy set or removed, an
+/// operator added or removed, a release-key rotation…) is a transaction of its own whose actor
+/// is that operator, written in the same rounds, in the order they happened.
 public actor CMDBFleetRecorder: FleetObserver {
     /// What the CMDB holds (or is about to) for a target: its attributes and the digest of
     /// its inventory.
@@ -47,6 +49,8 @@ public actor CMDBFleetRecorder: FleetObserver {
     let interval: Duration
     let log: @Sendable (String) -> Void
     private var pending: [String: Pending] = [:]
+    /// Operator actions not yet written, oldest first.
+    private var actions: [AuditEntry] = []
     private var recorded: [String: Recorded] = [:]
     private var refused: Set<String> = []
     private var flusher: Task<Void, Never>?
@@ -84,13 +88,28 @@ public actor CMDBFleetRecorder: FleetObserver {
             attributes: Self.attributes(of: agent), inventory: inventory == nil ? recorded[name]?.inventory : inventoryDigest)
         if pending[name] == nil && recorded[name] == now { return }
         pending[name] = Pending(recorded: now, inventory: inventory ?? pending[name]?.inventory, reportedAt: Date())
-        if flusher == nil {
-            let interval = self.interval
-            flusher = Task { [weak self] in
-                while !Task.isCancelled {
-                    try? await Task.sleep(for: interval)
-                    await self?.flush()
-                }
+        startFlushing()
+    }
+
+    public func operatorActed(_ entry: AuditEntry) {
+        // Bounded like the core's own trail, should the CMDB stay unwritable for long.
+        if actions.count >= Self.maxQueuedActions {
+            actions.removeFirst()
+            log("dropped the oldest operator action queued for the CMDB: over \(Self.maxQueuedActions) are waiting")
+        }
+        actions.append(entry)
+        startFlushing()
+    }
+
+    static let maxQueuedActions = 10_000
+
+    private func startFlushing() {
+        guard flusher == nil else { return }
+        let interval = self.interval
+        flusher = Task { [weak self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(for: interval)
+                await self?.flush()
             }
         }
     }
@@ -98,8 +117,35 @@ public actor CMDBFleetRecorder: FleetObserver {
     /// Targets reported but not yet written.
     public var queued: Int { pending.count }
 
-    /// Writes everything queued as one transaction.
+    /// Operator actions not yet written.
+    public var queuedActions: Int { actions.count }
+
+    /// Writes the queued operator actions, one transaction each, then the queued targets as one.
     public func flush() async {
+        await flushActions()
+        await flushTargets()
+    }
+
+    private func flushActions() async {
+        // Taken whole, so a flush that overlaps this one (close() during a round) writes none twice.
+        let batch = actions
+        actions = []
+        for (index, entry) in batch.enumerated() {
+            do {
+                try await writer.event(
+                    "\(entry.action) \(entry.subject) (operator \(entry.operatorName))", operation: entry.action,
+                    actor: entry.operatorName)
+                lastError = nil
+            } catch {
+                actions = Array(batch[index...]) + actions
+                lastError = "\(error)"
+                log("recording \(actions.count) operator action(s) in the CMDB failed, will retry: \(error)")
+                return
+            }
+        }
+    }
+
+    private func flushTargets() async {
         guard !pending.isEmpty else { return }
         let batch = pending
         pending = [:]

@@ -145,6 +145,40 @@ import Testing
         #expect(try await store.verify().problems == [])
     }
 
+    @Test func anEventNamesItsOwnActorAndATornOneIsRolledForwardOnTheBranch() async throws {
+        let path = Fixture.temporaryFolder()
+        defer { Fixture.remove(path) }
+        let writer = try await Fixture.make(at: path, actor: "changelab-core")
+        let store = try CMDBStore.open(path)
+        let parent = try #require(store.head)
+        let event = try await writer.event("promote r1 (operator alice)", operation: "promote", actor: "alice")
+        #expect(event.id != parent && event.changed.isEmpty)
+        // The writer's own actor still names the transactions that do not name another.
+        try await writer.record(target: TargetRecord(name: "paris-1", attributes: ["site": "paris"]))
+        let log = try await store.log(nil, limit: 2)
+        #expect(log.map(\.actor) == ["changelab-core", "alice"])
+        #expect(log.last?.operation == "promote" && log.last?.files == [])
+        await #expect(throws: ChangelabError.self) {
+            try await writer.event("promote r1", operation: "promote", actor: "eve <eve@example.invalid>")
+        }
+        #expect(try await store.verify().problems == [])
+
+        // Torn after the journal: recovery moves the branch and leaves HEAD on it.
+        let before = try #require(store.head)
+        let torn = try await writer.event("activate r1 (operator alice)", operation: "activate", actor: "alice")
+        let journal = Journal(
+            message: "activate r1 (operator alice)", operation: "activate", actor: "alice", pid: 1, startedAt: Date(),
+            parent: before, commit: torn.id, writes: [:])
+        try AtomicFile.write(try StableJSON.data(journal), to: store.journalPath)
+        try GitObjectWriter(gitDirectory: store.gitDirectory).updateBranch("main", to: before, expecting: torn.id)
+        #expect(
+            try await writer.recover() == .rolledForward(message: "activate r1 (operator alice)", commit: torn.id))
+        #expect(store.head == torn.id)
+        let branch = try await HostCommand.check("git", ["-C", path, "symbolic-ref", "HEAD"])
+        #expect(branch.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) == "refs/heads/main")
+        #expect(try await store.verify().problems == [])
+    }
+
     @Test func aTornTransactionWhoseBranchMovedOnIsRolledBack() async throws {
         let path = Fixture.temporaryFolder()
         defer { Fixture.remove(path) }

@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import CMDB
 import Foundation
 import HostIO
 import Model
@@ -64,6 +65,50 @@ import Testing
             await #expect(throws: LinkError.self) { _ = try await deployer.agents() }
             #expect(try await admin.operators().map(\.name) == ["admin", "vera"])
         }
+    }
+
+    @Test func withACMDBEveryOperatorActionIsATransactionByThatOperator() async throws {
+        let cmdb = Scratch("operator-cmdb")
+        defer { cmdb.cleanup() }
+        let recorder = try await CMDBFleetRecorder(path: cmdb.path + "/cmdb", interval: .seconds(3600), log: { _ in })
+        try await withCore(observer: recorder) { core, scratch, http in
+            let admin = try core.admin
+            let alice = CoreClient(
+                url: core.url, adminToken: try await admin.addOperator("alice", role: .admin).token, client: http)
+            let deb = try await TestPackage.build(in: scratch.path, size: 20_000)
+            _ = try await alice.publish(file: deb, release: "r1")
+            _ = try await alice.promote("r1", .everyone())
+            _ = try await alice.activate("r1")
+            _ = try await alice.rollback("r1")
+            _ = try await alice.setPolicy("keep-r1", targets: "all", release: "r1")
+            try await alice.removePolicy("keep-r1")
+            _ = try await alice.addOperator("bob", role: .viewer)
+            try await alice.removeOperator("bob")
+            _ = try await alice.rotateReleaseKey()
+        }
+        await recorder.close()
+
+        let store = try CMDBStore.open(cmdb.path + "/cmdb")
+        let log = try await store.log().reversed().map { "\($0.operation) \($0.actor): \($0.message)" }
+        let expected = [
+            "add-operator admin: add-operator alice (admin) (operator admin)",
+            "publish alice: publish r1 (operator alice)",
+            "promote alice: promote r1 (operator alice)",
+            "activate alice: activate r1 (operator alice)",
+            "rollback alice: rollback r1 (operator alice)",
+            "set-policy alice: set-policy keep-r1 (operator alice)",
+            "remove-policy alice: remove-policy keep-r1 (operator alice)",
+            "add-operator alice: add-operator bob (viewer) (operator alice)",
+            "remove-operator alice: remove-operator bob (operator alice)",
+        ]
+        #expect(Array(log.dropFirst().prefix(expected.count)) == expected, "\(log)")
+        #expect(log.last?.hasPrefix("rotate-release-key alice: rotate-release-key ") == true, "\(log)")
+        // Named as an operator, not as the account the core runs as, and signed by the core's writer key.
+        let trailers = try await HostCommand.check(
+            "git", ["-C", store.path, "log", "-1", "--format=%(trailers:key=Changelab-Actor-Source,valueonly)"])
+        #expect(trailers.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) == "operator")
+        let verified = try await store.verify()
+        #expect(verified.problems.isEmpty, "\(verified.problems)")
     }
 
     @Test func theOriginalAdminTokenKeepsWorkingAsOperatorAdmin() async throws {
