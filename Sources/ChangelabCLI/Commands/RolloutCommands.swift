@@ -1,4 +1,5 @@
 import ArgumentParser
+import ChangeControl
 import Distribution
 import Foundation
 import Model
@@ -36,20 +37,24 @@ struct PromoteCommand: AsyncParsableCommand {
         discussion: """
             Targets are selected on reported inventory and attributes, for example
               'site = paris and department = finance'   'package:openssl < 3.0.13'   'os.version >= 12'   'all'
-            Until change control lands, CHG may be a plain release name.
+            For a change record (CHG-0001) the targets and rings are the change's approved scope
+            (a wider or other scope is refused here, by the core and by the agents); its built and
+            tested artifact is published as release CHG if the core does not have it yet, and its
+            lab evidence goes with it. Seeding may start before the release vote.
+            A plain release name (with --authorization FILE for activation) works too.
             """)
 
     @Argument(help: "The change id (or release name).")
     var change: String
 
-    @Option(name: .long, help: "Target query.")
-    var targets: String
+    @Option(name: .long, help: "Target query (default for a change record: its scope).")
+    var targets: String?
 
     @Option(name: .long, help: "The release to seed (default: the change id).")
     var release: String?
 
-    @Option(name: .long, help: "Activation rings, e.g. canary:5%,all.")
-    var rings: String = "all"
+    @Option(name: .long, help: "Activation rings, e.g. canary:5%,all (default for a change record: its scope).")
+    var rings: String?
 
     @Option(name: .long, help: "Seeding throttle per agent in bytes per second, e.g. 2M.")
     var rate: String?
@@ -59,16 +64,40 @@ struct PromoteCommand: AsyncParsableCommand {
     var maxFailure: String?
 
     @OptionGroup var approval: AuthorizationOptions
+    @OptionGroup var changeContext: ChangeContext
     @OptionGroup var core: CoreOptions
     @OptionGroup var output: OutputOptions
 
     func run() async throws {
+        let rollout = try ChangeRollout.load(change, context: changeContext)
+        let scope = rollout?.record.scope
+        if let scope {
+            for (given, approved, what) in [(targets, scope.targets, "targets"), (rings, scope.rings, "rings")]
+            where given != nil && given != approved {
+                throw ChangelabError(
+                    "change \(change) is scoped to \(what) '\(approved)', not '\(given ?? "")'",
+                    why: "the approvers sign the scope: promoting beyond it would be refused by the core and the agents",
+                    fix: "drop --\(what), or change the scope with 'changelab change edit \(change) --\(what) …' before the release vote")
+            }
+        }
+        guard let targets = targets ?? scope?.targets else {
+            throw ValidationError("--targets is needed for a plain release (a change record brings its own scope)")
+        }
+        let rings = rings ?? scope?.rings ?? "all"
         _ = try TargetQuery.parse(targets)
         _ = try Ring.parseList(rings)
-        let request = PromoteRequest(
-            release: release, targets: targets, rings: rings, rate: try parseRate(rate),
-            maxFailureRate: try parseShare(maxFailure), authorization: try approval.load())
-        let report = try await core.withClient { try await $0.promote(change, request) }
+        let rate = try parseRate(rate)
+        let maxFailureRate = try parseShare(maxFailure)
+        try rollout?.check(.seedingStarted)
+        let authorization = try rollout?.authorization() ?? approval.load()
+        let report = try await core.withClient { client in
+            let release = try await rollout?.publish(with: client) ?? release
+            let request = PromoteRequest(
+                release: release, targets: targets, rings: rings, rate: rate, maxFailureRate: maxFailureRate,
+                authorization: authorization)
+            return try await client.promote(change, request)
+        }
+        try await rollout?.record(.seedingStarted, reason: "seeding \(report.release) to \(report.total.targets) target(s)")
         if output.json { return try printJSON(report) }
         print("promoted \(change): seeding \(report.release) to \(report.total.targets) target(s)")
         print(StatusText.render(report))
@@ -84,12 +113,36 @@ struct ActivateCommand: AsyncParsableCommand {
     var change: String
 
     @OptionGroup var approval: AuthorizationOptions
+    @OptionGroup var changeContext: ChangeContext
     @OptionGroup var core: CoreOptions
     @OptionGroup var output: OutputOptions
 
+    @Flag(name: .long, help: "Emergency changes only: activate inside an open freeze window (recorded).")
+    var overrideFreeze = false
+
     func run() async throws {
-        let authorization = try approval.load()
+        let rollout = try ChangeRollout.load(change, context: changeContext)
+        if let rollout {
+            guard rollout.record.approval == .releaseApproved else {
+                throw ChangelabError(
+                    "change \(change) is \(rollout.record.approval.rawValue), not release-approved",
+                    fix: "'changelab change show \(change)' lists what blocks the release")
+            }
+            if let freeze = rollout.store.policy.freeze(at: Date()) {
+                guard rollout.record.type == .emergency, overrideFreeze else {
+                    throw ChangelabError(
+                        "the freeze window '\(freeze.name)' is open: nothing is activated in it",
+                        fix: rollout.record.type == .emergency
+                            ? "pass --override-freeze (recorded in the change)" : "wait until it ends")
+                }
+            }
+            try rollout.check(.activationStarted)
+        }
+        let authorization = try rollout?.authorization() ?? approval.load()
         let report = try await core.withClient { try await $0.activate(change, authorization: authorization) }
+        try await rollout?.record(
+            .activationStarted,
+            reason: overrideFreeze ? "activation inside a freeze window (emergency override)" : "activation ordered")
         if output.json { return try printJSON(report) }
         print(
             "activation of \(change) sent (ring \(report.rings.first?.name ?? "all") first); follow it with 'changelab status \(change) --watch'"
@@ -100,18 +153,42 @@ struct ActivateCommand: AsyncParsableCommand {
 /// `changelab rollback CHG`: return targets to their pre-install state.
 struct RollbackCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "rollback", abstract: "Roll a change back on every target that installed it.")
+        commandName: "rollback", abstract: "Roll a change back on every target that installed it.",
+        discussion: """
+            Agents undo an install only on a rollback order signed by an approver whose role the
+            policy's rollback-roles names: --as NAME signs it with NAME's approver key.
+            """)
 
     @Argument(help: "The change id.")
     var change: String
 
+    @Option(name: .customLong("as"), help: "The approver who orders the rollback (their key signs it).")
+    var approver: String?
+
+    @Option(name: .long, help: "Why (recorded in the order and the change).")
+    var reason: String = "rolled back"
+
     @OptionGroup var approval: AuthorizationOptions
+    @OptionGroup var changeContext: ChangeContext
     @OptionGroup var core: CoreOptions
     @OptionGroup var output: OutputOptions
 
     func run() async throws {
-        let authorization = try approval.load()
+        let rollout = try ChangeRollout.load(change, context: changeContext)
+        var authorization = try approval.load()
+        if let rollout {
+            guard let approver else {
+                throw ValidationError("name the approver who orders the rollback: --as NAME (a role the policy lets roll back)")
+            }
+            try rollout.check(.rolledBack)
+            let order = try ApproverKeyring.default.key(approver).sign(
+                RollbackStatement(
+                    change: change, artifact: try rollout.artifact(), approver: approver, reason: reason, signedAt: Date()),
+                as: .rollback)
+            authorization = try rollout.authorization(rollbacks: [order])
+        }
         let report = try await core.withClient { try await $0.rollback(change, authorization: authorization) }
+        try await rollout?.record(.rolledBack, reason: "\(reason) (ordered by \(approver ?? "?"))")
         if output.json { return try printJSON(report) }
         print("rollback of \(change) sent to \(report.total.activated + report.total.failed) target(s)")
     }
@@ -128,6 +205,7 @@ struct StatusCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Keep the display up to date from the core's live status stream.")
     var watch = false
 
+    @OptionGroup var changeContext: ChangeContext
     @OptionGroup var core: CoreOptions
     @OptionGroup var output: OutputOptions
 
@@ -141,6 +219,8 @@ struct StatusCommand: AsyncParsableCommand {
         }
         guard watch else {
             let report = try await core.withClient { try await $0.status(change) }
+            // A change record follows what the engine reports: seeded, deployed.
+            try await ChangeRollout.load(change, context: changeContext)?.follow(report)
             return output.json ? try printJSON(report) : print(StatusText.render(report))
         }
         let json = output.json
