@@ -93,7 +93,7 @@ public actor Coordinator {
     // MARK: Change control
 
     /// The gate under the newest trust root this core accepted.
-    private var gate: ReleaseGate { ReleaseGate(pinned: state.trustRoot ?? settings.trustRoot) }
+    private var gate: CoreChangeGate { CoreChangeGate(pinned: state.trustRoot ?? settings.trustRoot) }
 
     /// The trust root this core checks approvals under now.
     public var trustRoot: SHA256Digest? { state.trustRoot ?? settings.trustRoot }

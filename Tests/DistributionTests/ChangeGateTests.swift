@@ -127,8 +127,8 @@ import Testing
             await agent.handle(try await Self.forgedActivation(core, agent: agent, change: "r1", authorization: one))
             try await Task.sleep(for: .seconds(1))
             #expect(installed("demo", in: scratch.path + "/roots/pc") == nil)
-            let refusal = await agent.recentJobs.count
-            #expect(refusal > 0)
+            // The agent said why: the target is chased as not approved.
+            #expect(try await eventually { try await admin.chase("r1").first?.reason == "not approved" })
             await group.stop()
         }
     }

@@ -7,7 +7,7 @@ import Model
 /// again (``ChangeAuthorization``, under the trust root pinned with `core serve --trust-root`),
 /// so a refusal comes early and with reasons, but a core that skipped this would still not
 /// get one package installed.
-struct ReleaseGate: Sendable {
+struct CoreChangeGate: Sendable {
     /// The newest trust root this core accepted (or the one it was started with).
     let pinned: SHA256Digest?
 
@@ -68,9 +68,7 @@ struct ReleaseGate: Sendable {
         -> SHA256Digest
     {
         let (policy, digest) = try root(of: authorization)
-        guard authorization.change == change || change.hasPrefix("policy:") else {
-            throw CoreRefusal.badRequest("the authorization is for change \(authorization.change), not \(change)")
-        }
+        try checkChange(authorization, change: change)
         if let problem = ReleaseCheck(authorization: authorization, policy: policy, artifact: manifest.digest)
             .rollbackProblem()
         {
@@ -79,10 +77,15 @@ struct ReleaseGate: Sendable {
         return digest
     }
 
-    func checkScope(_ authorization: ChangeAuthorization, change: ChangeID, query: String, rings: [Ring]) throws {
+    /// A policy carries the approved change it names; anything else must be that change's own.
+    func checkChange(_ authorization: ChangeAuthorization, change: ChangeID) throws {
         guard authorization.change == change || change.hasPrefix("policy:") else {
             throw CoreRefusal.badRequest("the authorization is for change \(authorization.change), not \(change)")
         }
+    }
+
+    func checkScope(_ authorization: ChangeAuthorization, change: ChangeID, query: String, rings: [Ring]) throws {
+        try checkChange(authorization, change: change)
         guard authorization.scope.targets == query else {
             throw CoreRefusal.conflict(
                 "change \(change) is approved for targets '\(authorization.scope.targets)', not '\(query)': a wider or other scope needs a new approval")
