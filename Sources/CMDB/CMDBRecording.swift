@@ -93,6 +93,36 @@ extension CMDBWriter {
         return record
     }
 
+    /// Records a new version of `name` with the configuration it had before `change`'s
+    /// adoption: the change was rolled back, so its configuration is no longer the standard.
+    ///
+    /// - Throws: when the newest version is not `change`'s adoption (something was adopted or
+    ///   built since; reverting would drop it).
+    @discardableResult
+    public func revertAdoption(_ name: String, change: String, at date: Date = Date()) async throws -> BaselineVersionRecord {
+        let date = wholeSeconds(date)
+        let latest = try store.latestBaseline(name)
+        guard latest.origin == .adopted, latest.adoption?.change == change, let previous = latest.previousVersion else {
+            throw ChangelabError(
+                "cannot revert \(name)'s adoption of \(change)",
+                why: "the newest version \(latest.ref) is \(latest.origin.rawValue)"
+                    + (latest.adoption?.change.map { " for change \($0)" } ?? "") + ", not \(change)'s adoption",
+                fix: "record the standard configuration by hand: 'changelab baseline adopt \(name) --from RUN' of a cell without the change")
+        }
+        let before = try store.read(BaselineVersionRecord.self, "\(name)@\(previous)")
+        let record = BaselineVersionRecord(
+            name: name, version: latest.version + 1, recordedAt: date, origin: .reverted, recipeDigest: latest.recipeDigest,
+            imageDigest: before.imageDigest, inventory: before.inventory, previousVersion: latest.version,
+            notes: "the configuration of \(before.ref): \(change) (adopted as \(latest.ref)) was rolled back")
+        try await transaction("revert baseline \(latest.ref) to \(before.ref) as \(record.ref) (\(change) rolled back)", operation: "revert-baseline") { tx in
+            guard !tx.exists(record.reference) else {
+                throw ChangelabError("\(record.reference) was recorded by another writer meanwhile", fix: "run the command again")
+            }
+            try tx.put(record)
+        }
+        return record
+    }
+
     public func record(artifact: ArtifactRecord) async throws {
         try await transaction("record artifact \(artifact.package) \(artifact.version)", operation: "record-artifact") {
             try $0.put(artifact)

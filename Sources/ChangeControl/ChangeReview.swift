@@ -36,6 +36,12 @@ public struct ChangeReview: Encodable, Sendable {
     public var labEscapes: [String]
     public var phases: [Phase]
     public var plannedBytes: Int64?
+    /// The impact assessment's unicast cost (size × targets): what today's engine sends.
+    public var plannedUnicastBytes: Int64?
+    /// What the core sent, as last reported to the change (nil when never followed up).
+    public var bytesSent: Int64?
+    /// Every target that was on the chase list during the delivery, and what became of it.
+    public var chaseHistory: [DeliveryFollowUp.ChaseItem]
     public var closeCode: CloseCode
     public var lessons: String?
     public var recommendations: String?
@@ -54,6 +60,9 @@ public struct ChangeReview: Encodable, Sendable {
         self.recommendations = recommendations
         reviewedAt = date
         plannedBytes = change.impact?.seededBytes
+        plannedUnicastBytes = change.impact?.unicastBytes
+        bytesSent = change.followUp?.bytesSent
+        chaseHistory = change.followUp?.chase ?? []
         let gate = try store.gate(for: change)
         let green = Set((gate?.grid ?? []).filter { $0.status == "green" && $0.lane == "install" }.map(\.baseline))
         let scoped = try ScopedTargets(query: change.scope.targets, store: store.store)
@@ -102,6 +111,20 @@ public struct ChangeReview: Encodable, Sendable {
         }
     }
 
+    static func time(_ date: Date) -> String { ISO8601DateFormatter().string(from: date) }
+
+    /// What became of a chase entry: when the target got the change, or that it still has not.
+    static func outcome(_ item: DeliveryFollowUp.ChaseItem) -> String {
+        guard let resolved = item.resolved else { return "still on the chase list" }
+        return "got the change \(duration(resolved.timeIntervalSince(item.since))) later (\(time(resolved)))"
+    }
+
+    /// " (1.02× the unicast plan of N)" when there is a plan.
+    static func against(_ sent: Int64, _ planned: Int64?) -> String {
+        guard let planned, planned > 0 else { return "" }
+        return String(format: " (%.2f× the unicast plan of %lld)", Double(sent) / Double(planned), planned)
+    }
+
     static func duration(_ seconds: Double) -> String {
         if seconds < 120 { return String(format: "%.0f s", seconds) }
         if seconds < 7200 { return String(format: "%.0f min", seconds / 60) }
@@ -114,7 +137,13 @@ public struct ChangeReview: Encodable, Sendable {
         out += "- targets reached: \(reached) of \(targets.count)\n"
         out += "- failure rate: \(failureRate.map { String(format: "%.1f%%", $0 * 100) } ?? "n/a")\n"
         if let plannedBytes { out += "- planned network cost (one copy per segment): \(plannedBytes) bytes\n" }
-        out += "- close code: **\(closeCode.rawValue)**\n\n## Chase list\n\n"
+        if let bytesSent { out += "- bytes the core sent: \(bytesSent)\(Self.against(bytesSent, plannedUnicastBytes))\n" }
+        out += "- close code: **\(closeCode.rawValue)**\n\n## Chase list during the delivery\n\n"
+        out += chaseHistory.isEmpty
+            ? "No target was ever on the chase list.\n"
+            : "| target | reason | on it since | then |\n|---|---|---|---|\n"
+                + chaseHistory.map { "| \($0.target) | \($0.reason) | \(Self.time($0.since)) | \(Self.outcome($0)) |\n" }.joined()
+        out += "\n## Chase list now\n\n"
         out += chaseList.isEmpty ? "Every target was reached.\n" : "| target | baseline | reason |\n|---|---|---|\n"
             + chaseList.map { "| \($0.name) | \($0.baseline ?? "?") | \($0.reason ?? "") |\n" }.joined()
         out += "\n## Lab prediction against field outcome\n\n"
@@ -138,8 +167,12 @@ public struct ChangeReview: Encodable, Sendable {
             <style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}.bad{color:#b00}</style>
             </head><body><h1>Post-deployment review: \(h(change)) \(h(title))</h1>
             <p>\(h(package)) \(h(version ?? "")) — targets reached \(reached) of \(targets.count), failure rate \(failureRate.map { String(format: "%.1f%%", $0 * 100) } ?? "n/a"), close code <b>\(h(closeCode.rawValue))</b></p>
-            <h2>Chase list</h2>
+            <p>\(bytesSent.map { "bytes the core sent: \($0)" + Self.against($0, plannedUnicastBytes) } ?? "")</p>
+            <h2>Chase list during the delivery</h2>
             """
+        page += chaseHistory.isEmpty ? "<p>No target was ever on the chase list.</p>" : "<table><tr><th>target</th><th>reason</th><th>on it since</th><th>then</th></tr>"
+            + chaseHistory.map { "<tr><td>\(h($0.target))</td><td>\(h($0.reason))</td><td>\(Self.time($0.since))</td><td>\(h(Self.outcome($0)))</td></tr>" }.joined() + "</table>"
+        page += "<h2>Chase list now</h2>"
         page += chaseList.isEmpty ? "<p>Every target was reached.</p>" : "<table><tr><th>target</th><th>baseline</th><th>reason</th></tr>"
             + chaseList.map { "<tr><td>\(h($0.name))</td><td>\(h($0.baseline ?? "?"))</td><td class=\"bad\">\(h($0.reason ?? ""))</td></tr>" }.joined() + "</table>"
         page += "<h2>Lab escapes</h2><p>\(labEscapes.isEmpty ? "none" : h(labEscapes.joined(separator: ", ")))</p>"

@@ -131,7 +131,9 @@ public struct BaselineVersionRecord: CMDBRecord, Equatable {
     public static let kind = CMDBRecordKind.baseline
 
     public enum Origin: String, Codable, Sendable {
-        case built, adopted
+        /// A built image's configuration; `adopted` includes a tested change; `reverted` is the
+        /// configuration before an adoption, recorded when its change was rolled back.
+        case built, adopted, reverted
     }
 
     /// Where an adopted version's change came from.

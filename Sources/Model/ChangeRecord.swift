@@ -270,6 +270,12 @@ public enum ChangeEvent: Sendable, Equatable {
     case activationStarted
     case deployed
     case rolledBack
+    /// What the engine reported about the delivery: counts, bytes, and the chase list.
+    case followedUp(DeliveryFollowUp)
+    /// The deployed change's configuration became a baseline's new standard version (`NAME@N`).
+    case baselineAdopted(String)
+    /// A rolled-back change's adoption was reverted: the baseline's new version (`NAME@N`).
+    case baselineReverted(String)
     case reviewed(CloseCode)
     case closed
 
@@ -294,9 +300,89 @@ public enum ChangeEvent: Sendable, Equatable {
         case .activationStarted: return "activate"
         case .deployed: return "deployed"
         case .rolledBack: return "rollback"
+        case .followedUp: return "follow-up"
+        case .baselineAdopted: return "adopt-baseline"
+        case .baselineReverted: return "revert-baseline"
         case .reviewed: return "review"
         case .closed: return "close"
         }
+    }
+}
+
+/// The engine's figures of one change's delivery, and its chase list over time: every target
+/// that was ever on it, why, and when it got the change after all.
+public struct DeliveryFollowUp: Codable, Sendable, Equatable {
+    public struct ChaseItem: Codable, Sendable, Equatable {
+        public var agent: String
+        public var target: String
+        /// The newest classified reason ("offline", "installer exit code 3", …).
+        public var reason: String
+        public var since: Date
+        /// When the target no longer was on the chase list (it has the change); nil while it is.
+        public var resolved: Date?
+
+        public init(agent: String, target: String, reason: String, since: Date, resolved: Date? = nil) {
+            self.agent = agent
+            self.target = target
+            self.reason = reason
+            self.since = since
+            self.resolved = resolved
+        }
+    }
+
+    public var targets: Int
+    public var activated: Int
+    public var failed: Int
+    public var bytesSent: Int64
+    public var reportedAt: Date
+    public var chase: [ChaseItem]
+
+    public init(targets: Int, activated: Int, failed: Int, bytesSent: Int64, reportedAt: Date, chase: [ChaseItem] = []) {
+        self.targets = targets
+        self.activated = activated
+        self.failed = failed
+        self.bytesSent = bytesSent
+        self.reportedAt = reportedAt
+        self.chase = chase
+    }
+
+    /// `previous` brought up to a new report: entries on the current chase list (agent, name,
+    /// reason) are added or updated, open entries no longer on it are resolved at `date`; with
+    /// no chase list (nil) the entries stay as they were.
+    /// Callers pass the chase list once activation was requested: before that, every target
+    /// that is merely still seeding would be on it.
+    public static func merging(
+        _ previous: DeliveryFollowUp?, targets: Int, activated: Int, failed: Int, bytesSent: Int64,
+        chase: [(agent: String, target: String, reason: String)]?, at date: Date
+    ) -> DeliveryFollowUp {
+        var items = previous?.chase ?? []
+        guard let current = chase else {
+            return DeliveryFollowUp(
+                targets: targets, activated: activated, failed: failed, bytesSent: bytesSent, reportedAt: date, chase: items)
+        }
+        let now = Dictionary(current.map { ($0.agent, $0) }, uniquingKeysWith: { first, _ in first })
+        for index in items.indices where items[index].resolved == nil {
+            if let entry = now[items[index].agent] {
+                items[index].reason = entry.reason
+            } else {
+                items[index].resolved = date
+            }
+        }
+        for entry in current where !items.contains(where: { $0.agent == entry.agent && $0.resolved == nil }) {
+            items.append(ChaseItem(agent: entry.agent, target: entry.target, reason: entry.reason, since: date))
+        }
+        return DeliveryFollowUp(
+            targets: targets, activated: activated, failed: failed, bytesSent: bytesSent, reportedAt: date, chase: items)
+    }
+
+    /// The same figures and chase list, whatever the time of the report.
+    public func sameAs(_ other: DeliveryFollowUp?) -> Bool {
+        guard let other else { return false }
+        var a = self
+        var b = other
+        a.reportedAt = .distantPast
+        b.reportedAt = .distantPast
+        return a == b
     }
 }
 
@@ -352,6 +438,12 @@ public struct ChangeRecord: CMDBRecord, Equatable {
     public var delivery: DeliveryState
     public var lifecycle: ChangeLifecycle
     public var closeCode: CloseCode?
+    /// What the engine last reported about the delivery, with every target that was ever on
+    /// the chase list and what became of it (nil until the first report).
+    public var followUp: DeliveryFollowUp?
+    /// Baseline versions (`NAME@N`) adopted from this change, and those that reverted them.
+    public var adoptedBaselines: [String]?
+    public var revertedBaselines: [String]?
     public var createdAt: Date
 
     public init(
@@ -637,6 +729,27 @@ public struct ChangeRecord: CMDBRecord, Equatable {
         case .rolledBack:
             guard lifecycle == .open || lifecycle == .reviewed else { throw refuse("the change is \(lifecycle.rawValue)") }
             try moveDelivery(from: [.activating, .deployed], to: .rolledBack)
+
+        case .followedUp(let report):
+            guard delivery != .notStarted else { throw refuse("delivery has not started") }
+            guard lifecycle == .open || lifecycle == .reviewed else { throw refuse("the change is \(lifecycle.rawValue)") }
+            next.followUp = report
+            record(.record, from: delivery.rawValue, to: delivery.rawValue)
+
+        case .baselineAdopted(let ref):
+            guard lifecycle == .open || lifecycle == .reviewed else { throw refuse("the change is \(lifecycle.rawValue)") }
+            guard delivery == .deployed else {
+                throw refuse(
+                    "a baseline adopts a change once it is deployed, and its delivery is \(delivery.rawValue)",
+                    fix: "follow the deployment (changelab status \(id)) until it is deployed")
+            }
+            next.adoptedBaselines = (adoptedBaselines ?? []) + [ref]
+            record(.record, from: delivery.rawValue, to: delivery.rawValue)
+
+        case .baselineReverted(let ref):
+            guard delivery == .rolledBack else { throw refuse("only a rolled-back change's adoptions are reverted") }
+            next.revertedBaselines = (revertedBaselines ?? []) + [ref]
+            record(.record, from: delivery.rawValue, to: delivery.rawValue)
 
         case .reviewed(let code):
             try requireOpen()

@@ -231,6 +231,32 @@ import Testing
         #expect(try await store.verify().problems == [])
     }
 
+    @Test func aRolledBackChangesAdoptionIsRevertedToTheConfigurationBefore() async throws {
+        let path = Fixture.temporaryFolder()
+        defer { Fixture.remove(path) }
+        let writer = try await Fixture.make(at: path)
+        let store = try CMDBStore.open(path)
+        for id in ["CHG-0001", "CHG-0002"] {
+            let change = ChangeRecord(
+                id: id, title: "greeterd", need: "greet", type: .normal, package: "greeterd", requester: "rita",
+                scope: ChangeScope(targets: "all", rings: "all"), createdAt: Date(timeIntervalSince1970: 1_800_000_000))
+            try await writer.put(change, operation: "propose-change")
+        }
+        // Only the newest version, when it is this change's adoption, can be reverted.
+        await #expect(throws: ChangelabError.self) { try await writer.revertAdoption("web", change: "CHG-0001") }
+        try await writer.adoptBaseline("web", from: "run-1", change: "CHG-0001")
+        await #expect(throws: ChangelabError.self) { try await writer.revertAdoption("web", change: "CHG-0002") }
+        let reverted = try await writer.revertAdoption("web", change: "CHG-0001")
+        #expect(reverted.version == 3 && reverted.origin == .reverted && reverted.previousVersion == 2)
+        // The configuration is web@1's again: nginx is gone from the standard.
+        #expect(try store.diff(try store.resolve("baseline:web@1"), try store.resolve("baseline:web")).isEmpty)
+        #expect(try store.latestBaseline("web").inventory == (try store.baselineVersions("web").first?.inventory))
+        // Reverting twice is refused: the newest version is no adoption any more.
+        await #expect(throws: ChangelabError.self) { try await writer.revertAdoption("web", change: "CHG-0001") }
+        #expect(try store.baselineVersions("web").map(\.version) == [1, 2, 3])
+        #expect(try await store.verify().problems == [])
+    }
+
     @Test func theLogListsTransactionsAndTheOnesThatTouchedAnItem() async throws {
         let path = Fixture.temporaryFolder()
         defer { Fixture.remove(path) }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CMDB
+import ChangeControl
 import Foundation
 import HostIO
 import Lab
@@ -269,26 +270,39 @@ struct BaselineCommand: AsyncParsableCommand {
                 --from names a run (its passed install cell on this baseline) or a cell (RUN/CELL). \
                 See the versions with: changelab baseline list, changelab cmdb log baseline:NAME.
                 """)
-        @OptionGroup var cmdbOptions: CMDBOptions
-        @OptionGroup var actor: ActorOptions
+        @OptionGroup var context: ChangeContext
         @OptionGroup var output: OutputOptions
         @Argument(help: "The approved baseline.")
         var name: String
         @Option(name: .long, help: "The run or cell (RUN/CELL) whose tested configuration to adopt.")
         var from: String
-        @Option(help: "The change record that approved this change, if any.")
+        @Option(help: "The deployed change record (CHG-0001) whose artifact the cell tested; the adoption lands in its history.")
         var change: String?
         @Option(help: "A note for the record.")
         var notes: String?
 
         func run() async throws {
-            let lab = try Lab(project: try cmdbOptions.projectOptions.project())
+            let lab = try Lab(project: try context.project())
             let recipe = try lab.baselines.load(name)
             guard recipe.approved else {
                 throw ChangelabError(
                     "baseline '\(name)' is a draft", fix: "only approved baselines have a standard configuration to adopt into")
             }
-            let writer = try await CMDBWriter(path: try cmdbOptions.path(), actor: actor.name)
+            // A change named must exist, be deployed, and be the artifact the cell tested.
+            let rollout = try change.map { id in
+                guard let rollout = try ChangeRollout.load(id, context: context) else {
+                    throw ChangelabError("'\(id.prefix(40))' is not a change id", fix: "pass a change record's id like CHG-0001 (see: changelab change list)")
+                }
+                let cell = try rollout.store.store.cellToAdopt(baseline: name, from: from)
+                guard cell.artifact == rollout.record.artifact else {
+                    throw ChangelabError(
+                        "cell \(cell.recordID) tested artifact \(cell.artifact.short)…, and \(id)'s artifact is \(rollout.record.artifact?.short ?? "not built")…",
+                        fix: "adopt a cell of the change's own matrix run (changelab change show \(id) lists them)")
+                }
+                try rollout.check(.baselineAdopted("\(name)@?"))
+                return rollout
+            }
+            let writer = try await CMDBWriter(path: try context.cmdbOptions.path(), actor: context.actor.name)
             let record: BaselineVersionRecord
             do {
                 record = try await writer.adoptBaseline(name, from: from, change: change, notes: notes)
@@ -297,6 +311,7 @@ struct BaselineCommand: AsyncParsableCommand {
                 throw error
             }
             await writer.close()
+            try await rollout?.record(.baselineAdopted(record.ref.description), reason: "the new standard configuration \(record.ref)")
             if output.json { return try printJSON(record) }
             guard let adoption = record.adoption else { return }
             print("recorded \(record.ref) (adopted from cell \(adoption.run)/\(adoption.cell), artifact \(adoption.artifact.short))")

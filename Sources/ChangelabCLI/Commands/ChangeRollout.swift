@@ -64,6 +64,17 @@ struct ChangeRollout {
         return authorization
     }
 
+    /// Refuses a target query or ring plan other than the change's approved scope.
+    func checkScope(targets: String?, rings: String?) throws {
+        for (given, approved, what) in [(targets, record.scope.targets, "targets"), (rings, record.scope.rings, "rings")]
+        where given != nil && given != approved {
+            throw ChangelabError(
+                "change \(id) is scoped to \(what) '\(approved)', not '\(given ?? "")'",
+                why: "the approvers sign the scope: going beyond it would be refused by the core and the agents",
+                fix: "drop --\(what), or change the scope with 'changelab change edit \(id) --\(what) …' before the release vote")
+        }
+    }
+
     /// Refuses `event` now when the change's state does not allow it, before the core acts.
     func check(_ event: ChangeEvent) throws {
         _ = try record.applying(event, by: store.actor, at: Date())
@@ -84,8 +95,31 @@ struct ChangeRollout {
         return try await client.publish(file: artifacts.debPath(artifact), release: id).release
     }
 
-    /// Brings the change's delivery dimension up to what the core reports.
-    func follow(_ report: StatusReport) async throws {
+    /// A rolled-back change is no longer anybody's standard: each baseline version adopted
+    /// from it gets a new version with the configuration from before, recorded in the change.
+    func revertAdoptions() async throws {
+        let record = try context.reading().read(id)
+        let reverted = Set((record.revertedBaselines ?? []).compactMap { $0.split(separator: "@").first.map(String.init) })
+        let names = (record.adoptedBaselines ?? []).compactMap { $0.split(separator: "@").first.map(String.init) }
+        for name in Array(Set(names)).sorted() where !reverted.contains(name) {
+            let writer = try await CMDBWriter(path: try context.cmdbOptions.path(), actor: context.actor.name)
+            let version: BaselineVersionRecord
+            do {
+                version = try await writer.revertAdoption(name, change: id)
+                await writer.close()
+            } catch {
+                await writer.close()
+                throw error
+            }
+            try await self.record(
+                .baselineReverted(version.ref.description), reason: "\(name)'s adoption of \(id) reverted as \(version.ref)")
+            note("recorded \(version.ref): baseline \(name) without \(id), which was rolled back")
+        }
+    }
+
+    /// Brings the change's delivery dimension up to what the core reports, and keeps its
+    /// figures and chase list (`chase`: the core's, once activation was requested).
+    func follow(_ report: StatusReport, chase: [ChaseEntry]? = nil) async throws {
         let total = report.total
         var steps: [(ChangeEvent, DeliveryState, String)] = []
         if total.targets > 0 && total.verified + total.activated >= total.targets {
@@ -102,6 +136,18 @@ struct ChangeRollout {
         for (event, state, reason) in steps where current.delivery != .rolledBack && rank(current.delivery) < rank(state) {
             guard (try? current.applying(event, by: store.actor, at: Date())) != nil else { continue }
             current = try await context.writing { try await $0.apply(event, to: id, reason: reason) }
+        }
+        let followUp = DeliveryFollowUp.merging(
+            current.followUp, targets: total.targets, activated: total.activated, failed: total.failed,
+            bytesSent: total.bytesSent, chase: chase?.map { (agent: $0.agent, target: $0.name, reason: $0.reason) }, at: Date())
+        guard current.delivery != .notStarted, !followUp.sameAs(current.followUp),
+            (try? current.applying(.followedUp(followUp), by: store.actor, at: Date())) != nil
+        else { return }
+        let open = followUp.chase.filter { $0.resolved == nil }.count
+        _ = try await context.writing {
+            try await $0.apply(
+                .followedUp(followUp), to: id,
+                reason: "\(total.activated) of \(total.targets) activated, \(open) on the chase list, \(total.bytesSent) bytes sent")
         }
     }
 }

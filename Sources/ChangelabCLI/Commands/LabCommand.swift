@@ -1,4 +1,5 @@
 import ArgumentParser
+import ChangeControl
 import Foundation
 import Lab
 import Libvirt
@@ -163,11 +164,20 @@ struct LabCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Print the lab's evidence key (created on first use): list it under lab-keys in the approval policy.",
             discussion: "Every matrix run recorded in the CMDB is signed with this key; agents and the release gate trust only evidence signed by a key in the trust root.")
+        @OptionGroup var projectOptions: ProjectOptions
+        @OptionGroup var policyOptions: PolicyOptions
         @OptionGroup var output: OutputOptions
+        @Flag(help: "Also list the key under lab-keys in the approval policy (--policy FILE), keeping its comments.")
+        var register = false
 
         func run() async throws {
             let home = LabHome.fromEnvironment()
             let key = try home.evidenceKey().publicKey
+            if register {
+                let path = policyOptions.path(in: try projectOptions.project())
+                try PolicyFile.register(labKey: key, in: path)
+                note("the lab's evidence key \(key.keyID) is listed under lab-keys in \(path); sign a new trust root for agents to trust it")
+            }
             if output.json { return try printJSON(["key": key.hex, "keyid": key.keyID, "path": home.evidenceKeyPath]) }
             print(key.hex)
         }

@@ -71,15 +71,7 @@ struct PromoteCommand: AsyncParsableCommand {
     func run() async throws {
         let rollout = try ChangeRollout.load(change, context: changeContext)
         let scope = rollout?.record.scope
-        if let scope {
-            for (given, approved, what) in [(targets, scope.targets, "targets"), (rings, scope.rings, "rings")]
-            where given != nil && given != approved {
-                throw ChangelabError(
-                    "change \(change) is scoped to \(what) '\(approved)', not '\(given ?? "")'",
-                    why: "the approvers sign the scope: promoting beyond it would be refused by the core and the agents",
-                    fix: "drop --\(what), or change the scope with 'changelab change edit \(change) --\(what) …' before the release vote")
-            }
-        }
+        try rollout?.checkScope(targets: targets, rings: rings)
         guard let targets = targets ?? scope?.targets else {
             throw ValidationError("--targets is needed for a plain release (a change record brings its own scope)")
         }
@@ -189,6 +181,7 @@ struct RollbackCommand: AsyncParsableCommand {
         }
         let report = try await core.withClient { try await $0.rollback(change, authorization: authorization) }
         try await rollout?.record(.rolledBack, reason: "\(reason) (ordered by \(approver ?? "?"))")
+        if let rollout { try await rollout.revertAdoptions() }
         if output.json { return try printJSON(report) }
         print("rollback of \(change) sent to \(report.total.activated + report.total.failed) target(s)")
     }
@@ -218,9 +211,14 @@ struct StatusCommand: AsyncParsableCommand {
             return
         }
         guard watch else {
-            let report = try await core.withClient { try await $0.status(change) }
-            // A change record follows what the engine reports: seeded, deployed.
-            try await ChangeRollout.load(change, context: changeContext)?.follow(report)
+            let rollout = try ChangeRollout.load(change, context: changeContext)
+            let (report, chase) = try await core.withClient { client -> (StatusReport, [ChaseEntry]?) in
+                let report = try await client.status(change)
+                guard rollout != nil, report.activationRequested else { return (report, nil) }
+                return (report, try await client.chase(change))
+            }
+            // A change record follows what the engine reports: seeded, deployed, the chase list.
+            try await rollout?.follow(report, chase: chase)
             return output.json ? try printJSON(report) : print(StatusText.render(report))
         }
         let json = output.json
@@ -248,11 +246,19 @@ struct ChaseCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Print CSV (for a spreadsheet or a ticket system).")
     var csv = false
 
+    @OptionGroup var changeContext: ChangeContext
     @OptionGroup var core: CoreOptions
     @OptionGroup var output: OutputOptions
 
     func run() async throws {
-        let entries = try await core.withClient { try await $0.chase(change) }
+        let rollout = try ChangeRollout.load(change, context: changeContext)
+        let (entries, report) = try await core.withClient { client -> ([ChaseEntry], StatusReport?) in
+            let entries = try await client.chase(change)
+            guard rollout != nil else { return (entries, nil) }
+            return (entries, try await client.status(change))
+        }
+        // The change record keeps its chase list: who was on it, why, and when they got the change.
+        if let rollout, let report { try await rollout.follow(report, chase: report.activationRequested ? entries : nil) }
         if output.json { return try printJSON(entries) }
         if csv { return FileHandle.standardOutput.write(Data(ChaseEntry.csv(entries).utf8)) }
         print(StatusText.render(chase: entries))
@@ -273,25 +279,47 @@ struct PolicySetCommand: AsyncParsableCommand {
 
     @Argument(help: "Policy name.")
     var name: String
-    @Option(name: .long, help: "Target query.")
-    var targets: String
-    @Option(name: .long, help: "The release those targets must have.")
-    var release: String
+    @Option(name: .long, help: "Target query (default with --change: the change's approved scope).")
+    var targets: String?
+    @Option(name: .long, help: "The release those targets must have (default with --change: the change id).")
+    var release: String?
+    @Option(name: .long, help: "The release-approved change record (CHG-0001) the policy carries out.")
+    var change: String?
 
     @OptionGroup var approval: AuthorizationOptions
+    @OptionGroup var changeContext: ChangeContext
     @OptionGroup var core: CoreOptions
     @OptionGroup var output: OutputOptions
 
     func run() async throws {
+        let rollout = try change.map { id in
+            guard let rollout = try ChangeRollout.load(id, context: changeContext) else {
+                throw ChangelabError("'\(id.prefix(40))' is not a change id", fix: "pass a change record's id like CHG-0001")
+            }
+            guard rollout.record.approval == .releaseApproved, rollout.record.lifecycle == .open else {
+                throw ChangelabError(
+                    "change \(id) is \(rollout.record.approval.rawValue) and \(rollout.record.lifecycle.rawValue): a policy carries out only an open, release-approved change",
+                    fix: "'changelab change show \(id)' lists what blocks the release")
+            }
+            try rollout.checkScope(targets: targets, rings: nil)
+            return rollout
+        }
+        guard let targets = targets ?? rollout?.record.scope.targets else {
+            throw ValidationError("--targets is needed (or --change CHG, whose approved scope it takes)")
+        }
         _ = try TargetQuery.parse(targets)
-        guard let authorization = try approval.load() else {
+        guard let authorization = try rollout?.authorization() ?? approval.load() else {
             throw ChangelabError(
                 "a policy installs without further orders, so it must carry a release-approved change",
-                fix: "pass --authorization FILE with the change's signed approvals and evidence")
+                fix: "pass --change CHG (a release-approved change record), or --authorization FILE with its signed approvals and evidence")
         }
-        let policy = try await core.withClient {
-            try await $0.setPolicy(name, targets: targets, release: release, authorization: authorization)
+        let policy = try await core.withClient { client in
+            guard let release = try await rollout?.publish(with: client) ?? release else {
+                throw ValidationError("--release is needed (or --change CHG, published as release CHG)")
+            }
+            return try await client.setPolicy(name, targets: targets, release: release, authorization: authorization)
         }
+        try await rollout?.record(.commented("passive policy \(name): targets matching '\(targets)' must have it"), reason: "policy set")
         if output.json { return try printJSON(policy) }
         print(
             "policy \(policy.name): targets matching '\(policy.query)' must have \(policy.release) (change \(policy.change))"
