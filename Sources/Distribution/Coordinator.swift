@@ -575,13 +575,11 @@ public actor Coordinator {
             throw CoreRefusal.notFound("release \(deployment.release) is gone")
         }
         guard let authorization = given ?? deployment.authorization else {
-            throw CoreRefusal.conflict(
-                "change \(change) has no approvals: activate it with 'changelab activate CHG', which sends the CCB's signed release approval and the lab's evidence")
+            throw CoreRefusal.conflict(CoreChangeGate.noAuthorization(change))
         }
-        let seeded = deployment.targets.values.filter(\.holdsVerifiedCopy).count
         let root = try gate.checkActivation(
             authorization, change: change, manifest: record.manifest, query: deployment.query, rings: deployment.rings,
-            seededShare: deployment.targets.isEmpty ? 0 : Double(seeded) / Double(deployment.targets.count), now: clock())
+            seededShare: deployment.seededShare, now: clock())
         adopt(root)
         try replaceAuthorization(of: &deployment, with: authorization)
         if deployment.activation == nil {
