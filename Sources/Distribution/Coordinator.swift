@@ -789,6 +789,22 @@ public actor Coordinator {
         return entries.sorted { ($0.segment, $0.name) < ($1.segment, $1.name) }
     }
 
+    /// The operators' console: every change with what blocks it (as the gate judges it), its
+    /// evidence, approvals, segments and chase list, and the agents; bounded by `limits`.
+    public func console(limits: ConsoleLimits = ConsoleLimits()) -> ConsoleReport {
+        let builder = ConsoleBuilder(
+            gate: gate, releases: state.releases, agents: state.agents, now: clock(), limits: limits)
+        let newest = state.deployments.values.sorted { ($0.createdAt, $0.change) > ($1.createdAt, $1.change) }
+        let changes = newest.prefix(limits.changes).compactMap { deployment -> ConsoleChange? in
+            guard let status = try? status(change: deployment.change) else { return nil }
+            return builder.change(deployment, status: status, chase: (try? chase(change: deployment.change)) ?? [])
+        }
+        let agents = agents()
+        return ConsoleReport(
+            generatedAt: clock(), trustRoot: trustRoot, changes: changes, changesTotal: state.deployments.count,
+            agents: agents.prefix(limits.agents).map(builder.agent), agentsTotal: agents.count)
+    }
+
     /// The agent's name and target record for `change`, for tests and the chase detail.
     public func target(_ agent: String, change: ChangeID) -> TargetRecord? {
         state.deployments[change]?.targets[agent]
