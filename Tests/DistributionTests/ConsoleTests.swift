@@ -8,7 +8,7 @@ import Testing
 
 /// The operators' console: each change with what blocks it (the gate's own list), the evidence
 /// grid, approvals, seeding per segment, the chase list and the agents — from a real core over
-/// TLS.
+/// TLS, and rendered by headless Chromium logged in through the page's own form.
 @Suite struct ConsoleTests {
     struct Fleet {
         let agents: AgentGroup
@@ -289,4 +289,180 @@ import Testing
                 == .rollingBack)
         #expect(DeliveryPhase(report(targets: 3, rolledBack: 3, activation: true, rollback: true)) == .rolledBack)
     }
+
+    @Test(
+        .enabled(
+            if: FileManager.default.isExecutableFile(atPath: "/usr/bin/chromium")
+                && HostCommand.resolve("python3") != nil,
+            "needs Debian's chromium and python3 (which drives it over the DevTools pipe)"))
+    func theConsoleInHeadlessChromiumAgainstARealCoreShowsBlockersEvidenceChaseAndAgentsAndStaysLive() async throws {
+        let hostileImage = "<img src=x onerror=\"document.title='pwned'\">"
+        let hostileScript = "<script>document.title='pwned'</script>"
+        try await withCore { core, scratch, http in
+            let admin = try core.admin
+            let fleet = try await Self.promoted(
+                core, scratch: scratch, http: http, sites: ["pc-min": hostileImage, "pc-gone": hostileScript])
+            let token = try await admin.addOperator("vera", role: .viewer).token
+            let driver = scratch.path + "/drive.py"
+            try Self.driver.write(toFile: driver, atomically: true, encoding: .utf8)
+            // The page logs in through its own form, renders, then must follow the activation live:
+            // within 25 s, before its own 30 s timer would refresh it, so through the status stream.
+            let browser = Task {
+                try await HostCommand.run(
+                    "python3",
+                    [
+                        driver, "/usr/bin/chromium", core.url + "/", token, scratch.path,
+                        "the release has 0 of the 2 approval(s)", "baseline not tested",
+                    ], timeout: .seconds(180))
+            }
+            let first = scratch.path + "/dom1.json"
+            let rendered = await eventually(.seconds(120)) { FileManager.default.fileExists(atPath: first) }
+            if rendered { _ = try await admin.activateApproved("r1") }
+            let result = try await browser.value
+            #expect(result.succeeded, "\(result.stdoutText) \(result.stderrText)")
+            let before = try Self.snapshot(first)
+            let after = try Self.snapshot(scratch.path + "/dom2.json")
+            for snapshot in [before, after] {
+                let dom = snapshot.console
+                #expect(snapshot.found)
+                #expect(snapshot.elements == 0, "an element was made from hostile text")
+                #expect(snapshot.title != "pwned")
+                #expect(dom.contains("&lt;img src=x onerror="), "the hostile site shows as text")
+                #expect(dom.contains("&lt;script&gt;document.title="))
+                #expect(!dom.contains("<img") && !dom.contains("<script"))
+                for name in ["pc-min", "pc-web", "pc-gone", "r1", "demo 1.0", "s1", "s2"] {
+                    #expect(dom.contains(name), "\(name) is not on the console")
+                }
+                #expect(snapshot.login == "logged in as vera (viewer)")
+            }
+            // Before approval: the blocker, the grid (green on minimal, missing on web), the chased target.
+            let dom = before.console
+            #expect(dom.contains("not release-approved"))
+            #expect(dom.contains("the release has 0 of the 2 approval(s) it needs from ccb"))
+            #expect(dom.contains("<td class=\"green\">passed (minimal@1)</td>"), "\(dom.prefix(2000))")
+            #expect(dom.contains("<td class=\"missing\">missing</td>"))
+            #expect(dom.contains("install (required)"))
+            #expect(dom.contains("verified lab evidence, 1 cell(s)"))
+            #expect(dom.contains("Chase list (1)"))
+            // After: approved by two CCB members, and pc-web chased for its untested baseline.
+            #expect(after.console.contains("release approved") && !after.console.contains("not release-approved"))
+            #expect(after.console.contains("ccb-one") && after.console.contains("ccb-two"))
+            #expect(after.console.contains("baseline not tested"))
+            await fleet.agents.stop()
+        }
+    }
+
+    struct Snapshot: Decodable {
+        var html: String
+        var title: String
+        var elements: Int
+        var login: String
+        var found: Bool
+
+        /// The console's part of the page (the rest holds the script's own source).
+        var console: String {
+            guard let start = html.range(of: "<main id=\"console\">"),
+                let end = html[start.upperBound...].range(of: "</main>")
+            else { return "" }
+            return String(html[start.upperBound..<end.lowerBound])
+        }
+    }
+
+    static func snapshot(_ path: String) throws -> Snapshot {
+        try JSONDecoder().decode(Snapshot.self, from: try Data(contentsOf: URL(fileURLWithPath: path)))
+    }
+
+    /// Drives headless Chromium over the DevTools pipe (fds 3 and 4): opens the console, logs in
+    /// through its form, and saves the DOM (as `domN.json`) once it shows each expected text.
+    static let driver = #"""
+        import json, os, subprocess, sys, time
+
+        chrome, url, token, out = sys.argv[1:5]
+        needles = sys.argv[5:]
+        cmd_r, cmd_w = os.pipe()
+        res_r, res_w = os.pipe()
+
+        def child():
+            a, b = os.dup(cmd_r), os.dup(res_w)
+            os.dup2(a, 3)
+            os.dup2(b, 4)
+
+        proc = subprocess.Popen(
+            [chrome, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
+             "--ignore-certificate-errors", "--no-first-run", "--user-data-dir=" + out + "/profile", "about:blank"],
+            preexec_fn=child, close_fds=False, stdout=subprocess.DEVNULL, stderr=open(out + "/chromium.log", "w"))
+        os.close(cmd_r)
+        os.close(res_w)
+        buffer = b""
+        counter = 0
+        session = None
+
+        def send(method, params=None, session=None):
+            global buffer, counter
+            counter += 1
+            message = {"id": counter, "method": method, "params": params or {}}
+            if session:
+                message["sessionId"] = session
+            os.write(cmd_w, json.dumps(message).encode() + b"\0")
+            while True:
+                while b"\0" not in buffer:
+                    chunk = os.read(res_r, 1 << 16)
+                    if not chunk:
+                        sys.exit("chromium closed the DevTools pipe during " + method)
+                    buffer += chunk
+                raw, buffer = buffer.split(b"\0", 1)
+                reply = json.loads(raw)
+                if reply.get("id") == counter:
+                    if "error" in reply:
+                        sys.exit(method + " failed: " + json.dumps(reply["error"]))
+                    return reply.get("result", {})
+
+        def evaluate(expression):
+            result = send("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)
+            if "exceptionDetails" in result:
+                sys.exit("the page threw on " + expression[:60] + ": " + json.dumps(result["exceptionDetails"])[:400])
+            return result.get("result", {}).get("value")
+
+        def wait_for(expression, seconds):
+            deadline = time.time() + seconds
+            while time.time() < deadline:
+                if evaluate(expression):
+                    return True
+                time.sleep(0.2)
+            return False
+
+        try:
+            target = send("Target.createTarget", {"url": "about:blank"})["targetId"]
+            session = send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+            send("Page.navigate", {"url": url}, session)
+            if not wait_for("document.readyState === 'complete' && !!document.getElementById('login')", 30):
+                sys.exit("the console page did not load")
+            evaluate("document.getElementById('token').value = " + json.dumps(token)
+                     + "; document.getElementById('login').requestSubmit(); true")
+            for index, needle in enumerate(needles, start=1):
+                # After the first: 25 s, less than the page's own 30 s timer, so only the status stream can bring it.
+                found = wait_for("document.getElementById('console').textContent.includes(" + json.dumps(needle) + ")",
+                                 60 if index == 1 else 25)
+                state = evaluate(
+                    "JSON.stringify({html: document.documentElement.outerHTML, title: document.title, "
+                    + "elements: document.querySelectorAll('#console img, #console script, #console iframe, "
+                    + "#console svg, #console a, #console object').length, "
+                    + "login: document.getElementById('login-status').textContent})")
+                snapshot = json.loads(state)
+                snapshot["found"] = found
+                with open(out + "/dom%d.tmp" % index, "w") as f:
+                    json.dump(snapshot, f)
+                os.rename(out + "/dom%d.tmp" % index, out + "/dom%d.json" % index)
+                if not found:
+                    sys.exit("the page never showed " + json.dumps(needle))
+        finally:
+            try:
+                send("Browser.close")
+            except BaseException:
+                pass
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        """#
 }
