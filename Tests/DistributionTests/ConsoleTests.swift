@@ -296,59 +296,61 @@ import Testing
                 && HostCommand.resolve("python3") != nil,
             "needs Debian's chromium and python3 (which drives it over the DevTools pipe)"))
     func theConsoleInHeadlessChromiumAgainstARealCoreShowsBlockersEvidenceChaseAndAgentsAndStaysLive() async throws {
-        let hostileImage = "<img src=x onerror=\"document.title='pwned'\">"
-        let hostileScript = "<script>document.title='pwned'</script>"
-        try await withCore { core, scratch, http in
-            let admin = try core.admin
-            let fleet = try await Self.promoted(
-                core, scratch: scratch, http: http, sites: ["pc-min": hostileImage, "pc-gone": hostileScript])
-            let token = try await admin.addOperator("vera", role: .viewer).token
-            let driver = scratch.path + "/drive.py"
-            try Self.driver.write(toFile: driver, atomically: true, encoding: .utf8)
-            // The page logs in through its own form, renders, then must follow the activation live:
-            // within 25 s, before its own 30 s timer would refresh it, so through the status stream.
-            let browser = Task {
-                try await HostCommand.run(
-                    "python3",
-                    [
-                        driver, "/usr/bin/chromium", core.url + "/", token, scratch.path,
-                        "the release has 0 of the 2 approval(s)", "baseline not tested",
-                    ], timeout: .seconds(180))
-            }
-            let first = scratch.path + "/dom1.json"
-            let rendered = await eventually(.seconds(120)) { FileManager.default.fileExists(atPath: first) }
-            if rendered { _ = try await admin.activateApproved("r1") }
-            let result = try await browser.value
-            #expect(result.succeeded, "\(result.stdoutText) \(result.stderrText)")
-            let before = try Self.snapshot(first)
-            let after = try Self.snapshot(scratch.path + "/dom2.json")
-            for snapshot in [before, after] {
-                let dom = snapshot.console
-                #expect(snapshot.found)
-                #expect(snapshot.elements == 0, "an element was made from hostile text")
-                #expect(snapshot.title != "pwned")
-                #expect(dom.contains("&lt;img src=x onerror="), "the hostile site shows as text")
-                #expect(dom.contains("&lt;script&gt;document.title="))
-                #expect(!dom.contains("<img") && !dom.contains("<script"))
-                for name in ["pc-min", "pc-web", "pc-gone", "r1", "demo 1.0", "s1", "s2"] {
-                    #expect(dom.contains(name), "\(name) is not on the console")
+        try await withMachineToItself {
+            let hostileImage = "<img src=x onerror=\"document.title='pwned'\">"
+            let hostileScript = "<script>document.title='pwned'</script>"
+            try await withCore { core, scratch, http in
+                let admin = try core.admin
+                let fleet = try await Self.promoted(
+                    core, scratch: scratch, http: http, sites: ["pc-min": hostileImage, "pc-gone": hostileScript])
+                let token = try await admin.addOperator("vera", role: .viewer).token
+                let driver = scratch.path + "/drive.py"
+                try Self.driver.write(toFile: driver, atomically: true, encoding: .utf8)
+                // The page logs in through its own form, renders, then must follow the activation live:
+                // within 25 s, before its own 30 s timer would refresh it, so through the status stream.
+                let browser = Task {
+                    try await HostCommand.run(
+                        "python3",
+                        [
+                            driver, "/usr/bin/chromium", core.url + "/", token, scratch.path,
+                            "the release has 0 of the 2 approval(s)", "baseline not tested",
+                        ], timeout: .seconds(180))
                 }
-                #expect(snapshot.login == "logged in as vera (viewer)")
+                let first = scratch.path + "/dom1.json"
+                let rendered = await eventually(.seconds(120)) { FileManager.default.fileExists(atPath: first) }
+                if rendered { _ = try await admin.activateApproved("r1") }
+                let result = try await browser.value
+                #expect(result.succeeded, "\(result.stdoutText) \(result.stderrText)")
+                let before = try Self.snapshot(first)
+                let after = try Self.snapshot(scratch.path + "/dom2.json")
+                for snapshot in [before, after] {
+                    let dom = snapshot.console
+                    #expect(snapshot.found)
+                    #expect(snapshot.elements == 0, "an element was made from hostile text")
+                    #expect(snapshot.title != "pwned")
+                    #expect(dom.contains("&lt;img src=x onerror="), "the hostile site shows as text")
+                    #expect(dom.contains("&lt;script&gt;document.title="))
+                    #expect(!dom.contains("<img") && !dom.contains("<script"))
+                    for name in ["pc-min", "pc-web", "pc-gone", "r1", "demo 1.0", "s1", "s2"] {
+                        #expect(dom.contains(name), "\(name) is not on the console")
+                    }
+                    #expect(snapshot.login == "logged in as vera (viewer)")
+                }
+                // Before approval: the blocker, the grid (green on minimal, missing on web), the chased target.
+                let dom = before.console
+                #expect(dom.contains("not release-approved"))
+                #expect(dom.contains("the release has 0 of the 2 approval(s) it needs from ccb"))
+                #expect(dom.contains("<td class=\"green\">passed (minimal@1)</td>"), "\(dom.prefix(2000))")
+                #expect(dom.contains("<td class=\"missing\">missing</td>"))
+                #expect(dom.contains("install (required)"))
+                #expect(dom.contains("verified lab evidence, 1 cell(s)"))
+                #expect(dom.contains("Chase list (1)"))
+                // After: approved by two CCB members, and pc-web chased for its untested baseline.
+                #expect(after.console.contains("release approved") && !after.console.contains("not release-approved"))
+                #expect(after.console.contains("ccb-one") && after.console.contains("ccb-two"))
+                #expect(after.console.contains("baseline not tested"))
+                await fleet.agents.stop()
             }
-            // Before approval: the blocker, the grid (green on minimal, missing on web), the chased target.
-            let dom = before.console
-            #expect(dom.contains("not release-approved"))
-            #expect(dom.contains("the release has 0 of the 2 approval(s) it needs from ccb"))
-            #expect(dom.contains("<td class=\"green\">passed (minimal@1)</td>"), "\(dom.prefix(2000))")
-            #expect(dom.contains("<td class=\"missing\">missing</td>"))
-            #expect(dom.contains("install (required)"))
-            #expect(dom.contains("verified lab evidence, 1 cell(s)"))
-            #expect(dom.contains("Chase list (1)"))
-            // After: approved by two CCB members, and pc-web chased for its untested baseline.
-            #expect(after.console.contains("release approved") && !after.console.contains("not release-approved"))
-            #expect(after.console.contains("ccb-one") && after.console.contains("ccb-two"))
-            #expect(after.console.contains("baseline not tested"))
-            await fleet.agents.stop()
         }
     }
 
