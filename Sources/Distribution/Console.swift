@@ -112,6 +112,9 @@ public struct ConsoleEvidenceStatement: Codable, Sendable, Equatable {
     /// Why it does not count (nil when it verifies).
     public var problem: String?
     public var cells: Int
+    /// The approvers whose counted release approval names this statement: the evidence behind
+    /// the approval (the release is backed only by evidence every counted approver was shown).
+    public var shownTo: [String]
 }
 
 public struct ConsoleApproval: Codable, Sendable, Equatable {
@@ -217,10 +220,17 @@ struct ConsoleBuilder {
         let required = authorization.flatMap { policy?.rule(for: $0.type)?.lanes } ?? []
         var statements: [ConsoleEvidenceStatement] = []
         var cells: [EvidenceCell] = []
+        var counted: [(Approver, ApprovalStatement)] = []
+        if let authorization, let policy, let artifact {
+            counted =
+                ReleaseCheck(authorization: authorization, policy: policy, artifact: artifact)
+                .releaseApprovals().approvals
+        }
         for envelope in authorization?.evidence ?? [] {
             let claimed = envelope.unverifiedClaim(EvidenceStatement.self)
             var view = ConsoleEvidenceStatement(
-                run: clip(claimed?.run ?? "?"), digest: envelope.payloadDigest, verified: false, problem: nil, cells: 0)
+                run: clip(claimed?.run ?? "?"), digest: envelope.payloadDigest, verified: false, problem: nil, cells: 0,
+                shownTo: [])
             if let policy, let authorization, let artifact {
                 // The release check's own verification, one statement at a time.
                 var single = authorization
@@ -230,6 +240,9 @@ struct ConsoleBuilder {
                 if let statement = trusted.values.first {
                     view.verified = true
                     view.cells = statement.cells.count
+                    view.shownTo = counted.filter { _, approval in
+                        envelope.payloadDigest.map(approval.evidence.contains) == true
+                    }.map(\.0.name)
                     cells += statement.cells
                 } else {
                     view.problem = clip(problems.first ?? "it does not verify")

@@ -107,8 +107,9 @@ enum Dashboard {
           }
           for (const st of list(ev.statements)) {
             box.appendChild(st.verified
-              ? el("p", {}, "run " + st.run + ": verified lab evidence, " + st.cells + " cell(s)")
-              : el("p", {class: "unverified"}, "UNVERIFIED evidence claiming run " + st.run + ": " + str(st.problem)));
+              ? el("p", {}, "run " + str(st.run) + ": verified lab evidence, " + str(st.cells) + " cell(s), "
+                  + (list(st.shownTo).length ? "shown to " + list(st.shownTo).join(", ") : "named by no counted approval"))
+              : el("p", {class: "unverified"}, "UNVERIFIED evidence claiming run " + str(st.run) + ": " + str(st.problem)));
           }
 
           const approvals = list(c.approvals);

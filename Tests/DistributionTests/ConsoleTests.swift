@@ -88,6 +88,7 @@ import Testing
             #expect(change.evidence.rows.last?.cells.map(\.verdict) == ["missing"])
             #expect(change.evidence.statements.map(\.verified) == [true])
             #expect(change.evidence.statements.first?.cells == 1)
+            #expect(change.evidence.statements.first?.shownTo == [], "no approval names it yet")
             #expect(change.approvals.isEmpty)
 
             #expect(change.segments.map(\.segment) == ["s1", "s2"])
@@ -120,6 +121,9 @@ import Testing
             #expect(after.phase == .activating)
             #expect(after.blockers == ["2 target(s) do not have it yet: see the chase list"])
             #expect(after.approvals.map(\.signer) == ["ccb-one", "ccb-two"])
+            #expect(
+                after.evidence.statements.map(\.shownTo) == [["ccb-one", "ccb-two"]], "the evidence behind the approval"
+            )
             #expect(
                 after.approvals.allSatisfy {
                     $0.verified && $0.counts && $0.role == .ccb && $0.stage == .release && $0.decision == .approve
@@ -173,6 +177,7 @@ import Testing
 
         let evidence = builder.evidence(deployment, policy: real.policy, artifact: artifact)
         #expect(evidence.statements.map(\.verified) == [true, false])
+        #expect(evidence.statements.map(\.shownTo) == [["ccb-one"], []], "only the trusted approver's approval counts")
         #expect(evidence.statements.last?.problem?.contains("is not the lab's") == true, "\(evidence.statements)")
         #expect(evidence.statements.last?.cells == 0)
         #expect(evidence.rows.map(\.baseline) == ["minimal"], "the forged web cell is not in the grid")
@@ -343,12 +348,13 @@ import Testing
                 #expect(dom.contains("<td class=\"green\">passed (minimal@1)</td>"), "\(dom.prefix(2000))")
                 #expect(dom.contains("<td class=\"missing\">missing</td>"))
                 #expect(dom.contains("install (required)"))
-                #expect(dom.contains("verified lab evidence, 1 cell(s)"))
+                #expect(dom.contains("verified lab evidence, 1 cell(s), named by no counted approval"))
                 #expect(dom.contains("Chase list (1)"))
                 // After: approved by two CCB members, and pc-web chased for its untested baseline.
                 #expect(after.console.contains("release approved") && !after.console.contains("not release-approved"))
                 #expect(after.console.contains("ccb-one") && after.console.contains("ccb-two"))
                 #expect(after.console.contains("baseline not tested"))
+                #expect(after.console.contains("verified lab evidence, 1 cell(s), shown to ccb-one, ccb-two"))
                 await fleet.agents.stop()
             }
         }
