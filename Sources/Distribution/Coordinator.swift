@@ -575,13 +575,11 @@ public actor Coordinator {
             throw CoreRefusal.notFound("release \(deployment.release) is gone")
         }
         guard let authorization = given ?? deployment.authorization else {
-            throw CoreRefusal.conflict(
-                "change \(change) has no approvals: activate it with 'changelab activate CHG', which sends the CCB's signed release approval and the lab's evidence")
+            throw CoreRefusal.conflict(CoreChangeGate.noAuthorization(change))
         }
-        let seeded = deployment.targets.values.filter(\.holdsVerifiedCopy).count
         let root = try gate.checkActivation(
             authorization, change: change, manifest: record.manifest, query: deployment.query, rings: deployment.rings,
-            seededShare: deployment.targets.isEmpty ? 0 : Double(seeded) / Double(deployment.targets.count), now: clock())
+            seededShare: deployment.seededShare, now: clock())
         adopt(root)
         try replaceAuthorization(of: &deployment, with: authorization)
         if deployment.activation == nil {
@@ -789,6 +787,22 @@ public actor Coordinator {
                     gaveUp: target.gaveUp))
         }
         return entries.sorted { ($0.segment, $0.name) < ($1.segment, $1.name) }
+    }
+
+    /// The operators' console: every change with what blocks it (as the gate judges it), its
+    /// evidence, approvals, segments and chase list, and the agents; bounded by `limits`.
+    public func console(limits: ConsoleLimits = ConsoleLimits()) -> ConsoleReport {
+        let builder = ConsoleBuilder(
+            gate: gate, releases: state.releases, agents: state.agents, now: clock(), limits: limits)
+        let newest = state.deployments.values.sorted { ($0.createdAt, $0.change) > ($1.createdAt, $1.change) }
+        let changes = newest.prefix(limits.changes).compactMap { deployment -> ConsoleChange? in
+            guard let status = try? status(change: deployment.change) else { return nil }
+            return builder.change(deployment, status: status, chase: (try? chase(change: deployment.change)) ?? [])
+        }
+        let agents = agents()
+        return ConsoleReport(
+            generatedAt: clock(), trustRoot: trustRoot, changes: changes, changesTotal: state.deployments.count,
+            agents: agents.prefix(limits.agents).map(builder.agent), agentsTotal: agents.count)
     }
 
     /// The agent's name and target record for `change`, for tests and the chase detail.

@@ -46,21 +46,50 @@ struct CoreChangeGate: Sendable {
         _ authorization: ChangeAuthorization, change: ChangeID, manifest: ReleaseManifest, query: String,
         rings: [Ring], seededShare: Double, now: Date
     ) throws -> SHA256Digest {
-        let (policy, digest) = try root(of: authorization)
-        try checkScope(authorization, change: change, query: query, rings: rings)
-        var problems = ReleaseCheck(authorization: authorization, policy: policy, artifact: manifest.digest)
+        let blockers = activationBlockers(
+            authorization, change: change, manifest: manifest, query: query, rings: rings, seededShare: seededShare,
+            now: now)
+        if let refusal = blockers.refusal { throw refusal }
+        guard blockers.all.isEmpty, let root = blockers.root else {
+            throw CoreRefusal.conflict("change \(change) may not be activated: " + blockers.all.joined(separator: "; "))
+        }
+        return root
+    }
+
+    /// Everything that stands between a change and its activation now: the list
+    /// ``checkActivation`` refuses with, and what the operators' console shows as blockers.
+    func activationBlockers(
+        _ authorization: ChangeAuthorization, change: ChangeID, manifest: ReleaseManifest, query: String,
+        rings: [Ring], seededShare: Double, now: Date
+    ) -> ActivationBlockers {
+        var blockers = ActivationBlockers()
+        let policy: ApprovalPolicy
+        do {
+            (policy, blockers.root) = try root(of: authorization)
+            blockers.policy = policy
+            try checkScope(authorization, change: change, query: query, rings: rings)
+        } catch {
+            let refusal = error as? CoreRefusal ?? CoreRefusal.badRequest("\(error)")
+            blockers.refusal = refusal
+            blockers.release = [refusal.description]
+            return blockers
+        }
+        blockers.release = ReleaseCheck(authorization: authorization, policy: policy, artifact: manifest.digest)
             .problems(baseline: nil)
         if let freeze = policy.freeze(at: now), authorization.type != .emergency {
-            problems.append("the freeze window '\(freeze.name)' is open (only emergency changes may activate in it)")
+            blockers.timing.append(
+                "the freeze window '\(freeze.name)' is open (only emergency changes may activate in it)")
         }
         if seededShare + 1e-9 < policy.readiness {
-            problems.append(
+            blockers.timing.append(
                 "\(Self.percent(seededShare)) of the targets hold a verified copy; the policy needs \(Self.percent(policy.readiness)) before activation")
         }
-        guard problems.isEmpty else {
-            throw CoreRefusal.conflict("change \(change) may not be activated: " + problems.joined(separator: "; "))
-        }
-        return digest
+        return blockers
+    }
+
+    /// Why the core cannot activate a change it was never sent an authorization for.
+    static func noAuthorization(_ change: ChangeID) -> String {
+        "change \(change) has no approvals: activate it with 'changelab activate CHG', which sends the CCB's signed release approval and the lab's evidence"
     }
 
     /// A rollback needs one order signed by an approver whose role may roll back.
@@ -99,4 +128,19 @@ struct CoreChangeGate: Sendable {
     static func percent(_ share: Double) -> String {
         String(format: "%.0f%%", (share.isFinite ? share : 0) * 100)
     }
+}
+
+/// What the gate found between a change and its activation.
+struct ActivationBlockers: Sendable {
+    /// The trust root the change's chain led to, and its policy (nil when it was refused).
+    var root: SHA256Digest?
+    var policy: ApprovalPolicy?
+    /// Why the release is not approved: trust root, scope, evidence, approvals.
+    var release: [String] = []
+    /// Why an approved release may not activate yet: a freeze window, too few seeded targets.
+    var timing: [String] = []
+    /// A refusal of the trust root or the scope, with its own status.
+    var refusal: CoreRefusal?
+
+    var all: [String] { release + timing }
 }

@@ -87,6 +87,11 @@ public struct CoreClient: Sendable {
         try await link.get("/v1/admin/changes", as: [StatusReport].self)
     }
 
+    /// The operators' console: changes with their blockers, evidence, approvals, segments, chase lists; agents.
+    public func console() async throws -> ConsoleReport {
+        try await link.get("/v1/admin/console", as: ConsoleReport.self)
+    }
+
     public func chase(_ change: String) async throws -> [ChaseEntry] {
         try await link.get("/v1/admin/changes/\(change)/chase", as: [ChaseEntry].self)
     }

@@ -289,6 +289,12 @@ public struct CoreServer: Sendable {
                 return try json(await coordinator.changes())
             }
         }
+        router.get("/v1/admin/console") { request, _ in
+            try await handle {
+                _ = try await authorize(request, .viewer)
+                return try json(await coordinator.console())
+            }
+        }
         router.post("/v1/admin/changes/:change/promote") { request, context in
             try await handle {
                 let caller = try await authorize(request, .deployer)

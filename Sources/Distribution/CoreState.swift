@@ -142,6 +142,13 @@ public struct Deployment: Codable, Sendable, Equatable {
     public var authorization: ChangeAuthorization?
 }
 
+extension Deployment {
+    /// Share of targets holding a verified copy: what the readiness threshold is judged on.
+    var seededShare: Double {
+        targets.isEmpty ? 0 : Double(targets.values.filter(\.holdsVerifiedCopy).count) / Double(targets.count)
+    }
+}
+
 /// An activation or rollback order of one deployment: its id goes into every target's
 /// signed ticket, so each agent carries it out once.
 public struct OrderRecord: Codable, Sendable, Equatable {

@@ -140,57 +140,59 @@ import Testing
     }
 
     @Test func halfOpenConnectionsAreClosedByTheIdleTimeoutWhileAnAgentKeepsCheckingIn() async throws {
-        var limits = CoreLimits()
-        limits.idleTimeoutMilliseconds = 2000
-        try await withCore(limits: limits) { core, _, http in
-            let (agent, _) = try await enrol(core, http)
-            // 2,000 connections that start a request and never finish it.
-            var sockets: [Int32] = []
-            defer { for fd in sockets { close(fd) } }
-            for _ in 0..<2000 {
-                let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-                guard fd >= 0 else { break }
-                var address = sockaddr_in()
-                address.sin_family = sa_family_t(AF_INET)
-                address.sin_port = in_port_t(UInt16(core.port).bigEndian)
-                address.sin_addr.s_addr = inet_addr("127.0.0.1")
-                let connected = withUnsafePointer(to: &address) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                        connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+        try await withMachineToItself {
+            var limits = CoreLimits()
+            limits.idleTimeoutMilliseconds = 2000
+            try await withCore(limits: limits) { core, _, http in
+                let (agent, _) = try await enrol(core, http)
+                // 2,000 connections that start a request and never finish it.
+                var sockets: [Int32] = []
+                defer { for fd in sockets { close(fd) } }
+                for _ in 0..<2000 {
+                    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+                    guard fd >= 0 else { break }
+                    var address = sockaddr_in()
+                    address.sin_family = sa_family_t(AF_INET)
+                    address.sin_port = in_port_t(UInt16(core.port).bigEndian)
+                    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+                    let connected = withUnsafePointer(to: &address) {
+                        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                            connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                        }
                     }
+                    guard connected == 0 else {
+                        close(fd)
+                        continue
+                    }
+                    _ = send(fd, [0x16, 0x03, 0x01], 3, Int32(MSG_NOSIGNAL))
+                    sockets.append(fd)
                 }
-                guard connected == 0 else {
-                    close(fd)
-                    continue
+                #expect(sockets.count == 2000)
+                // The real agent keeps checking in meanwhile.
+                let start = ContinuousClock.now
+                var checkIns = 0
+                while ContinuousClock.now - start < .seconds(4) {
+                    _ = try await agent.post("/v1/agent/checkin", checkIn(), as: CheckInReply.self)
+                    checkIns += 1
+                    try await Task.sleep(for: .milliseconds(300))
                 }
-                _ = send(fd, [0x16, 0x03, 0x01], 3, Int32(MSG_NOSIGNAL))
-                sockets.append(fd)
-            }
-            #expect(sockets.count == 2000)
-            // The real agent keeps checking in meanwhile.
-            let start = ContinuousClock.now
-            var checkIns = 0
-            while ContinuousClock.now - start < .seconds(4) {
+                #expect(checkIns >= 5)
+                // Every half-open connection is closed by the server, in bounded time.
+                var open = Set(sockets)
+                let deadline = ContinuousClock.now + .seconds(20)
+                var buffer = [UInt8](repeating: 0, count: 512)
+                while !open.isEmpty && ContinuousClock.now < deadline {
+                    for fd in open {
+                        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                        guard poll(&pfd, 1, 0) > 0 else { continue }
+                        let n = recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT))
+                        if n <= 0 { open.remove(fd) }
+                    }
+                    try await Task.sleep(for: .milliseconds(100))
+                }
+                #expect(open.isEmpty, "\(open.count) of 2000 half-open connections still open")
                 _ = try await agent.post("/v1/agent/checkin", checkIn(), as: CheckInReply.self)
-                checkIns += 1
-                try await Task.sleep(for: .milliseconds(300))
             }
-            #expect(checkIns >= 5)
-            // Every half-open connection is closed by the server, in bounded time.
-            var open = Set(sockets)
-            let deadline = ContinuousClock.now + .seconds(20)
-            var buffer = [UInt8](repeating: 0, count: 512)
-            while !open.isEmpty && ContinuousClock.now < deadline {
-                for fd in open {
-                    var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-                    guard poll(&pfd, 1, 0) > 0 else { continue }
-                    let n = recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT))
-                    if n <= 0 { open.remove(fd) }
-                }
-                try await Task.sleep(for: .milliseconds(100))
-            }
-            #expect(open.isEmpty, "\(open.count) of 2000 half-open connections still open")
-            _ = try await agent.post("/v1/agent/checkin", checkIn(), as: CheckInReply.self)
         }
     }
 

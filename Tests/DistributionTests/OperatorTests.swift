@@ -192,39 +192,56 @@ import Testing
 
     @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/chromium"), "needs Debian's chromium"))
     func theDashboardInHeadlessChromiumCreatesNoElementFromHostileText() async throws {
-        let scratch = Scratch("dashboard")
-        defer { scratch.cleanup() }
-        // Hostile text where an older core may have stored it: segment, change, release, halt reason.
-        let hostile = "<img src=x onerror=\"document.title='pwned'\">"
-        let text = try String(data: JSONEncoder().encode(hostile), encoding: .utf8) ?? "\"\""
-        let segment = "{\"segment\":\(text),\"targets\":1,\"seeded\":1,\"verified\":1,\"activated\":0,\"failed\":0,\"offline\":0,\"bytesSent\":0}"
-        let reports = "[{\"change\":\(text),\"release\":\(text),\"halted\":\(text),\"segments\":[\(segment)],\"total\":\(segment)}]"
-        // The dashboard's own page and script, with the core's answers stubbed in.
-        let page = Dashboard.html.replacingOccurrences(
-            of: "<script src=\"/dashboard.js\"></script>",
-            with: """
-                <script>
-                window.fetch = async () => ({ok: true, json: async () => \(reports)});
-                window.EventSource = class { addEventListener() {} };
-                </script><script>\(Dashboard.script)</script>
-                """)
-        let file = scratch.path + "/dashboard.html"
-        try page.write(toFile: file, atomically: true, encoding: .utf8)
-        let result = try await HostCommand.run(
-            "/usr/bin/chromium",
-            [
-                "--headless", "--no-sandbox", "--disable-gpu", "--user-data-dir=\(scratch.path)/profile",
-                "--virtual-time-budget=3000", "--dump-dom", "file://\(file)",
-            ], timeout: .seconds(90))
-        // What the script rendered (the stub above holds the hostile text too, as script source).
-        let output = result.stdoutText
-        let rendered = output.range(of: "<div id=\"changes\">").flatMap { start in
-            output[start.upperBound...].range(of: "</div>").map { String(output[start.upperBound..<$0.lowerBound]) }
+        try await withMachineToItself {
+            let scratch = Scratch("dashboard")
+            defer { scratch.cleanup() }
+            // Hostile text in every field the console shows, where an older core may have stored it.
+            let hostile = "<img src=x onerror=\"document.title='pwned'\">"
+            let text = try String(data: JSONEncoder().encode(hostile), encoding: .utf8) ?? "\"\""
+            let segment = "{\"segment\":\(text),\"targets\":1,\"seeded\":1,\"verified\":1,\"activated\":0,\"failed\":0,\"offline\":0,\"bytesSent\":0}"
+            let cell = "{\"lane\":\(text),\"verdict\":\(text),\"green\":false,\"tested\":\(text)}"
+            let evidence = "{\"lanes\":[\(text)],\"requiredLanes\":[\(text)],\"rows\":[{\"baseline\":\(text),\"targets\":1,\"cells\":[\(cell)]}],"
+                + "\"statements\":[{\"run\":\(text),\"verified\":false,\"problem\":\(text),\"cells\":0}]}"
+            let approval = "{\"signer\":\(text),\"verified\":false,\"stage\":\(text),\"counts\":false,\"problem\":\(text)}"
+            let chase = "{\"name\":\(text),\"segment\":\(text),\"site\":\(text),\"phase\":\(text),\"reason\":\(text),\"detail\":\(text),"
+                + "\"seedAttempts\":1,\"activationAttempts\":0,\"lastSeen\":\(text),\"gaveUp\":false}"
+            let change = "{\"change\":\(text),\"release\":\(text),\"package\":\(text),\"version\":\(text),\"digest\":\(text),"
+                + "\"query\":\(text),\"rings\":\(text),\"phase\":\(text),\"releaseApproved\":false,\"nextStep\":\(text),"
+                + "\"blockers\":[\(text)],\"evidence\":\(evidence),\"approvals\":[\(approval)],\"segments\":[\(segment)],"
+                + "\"total\":\(segment),\"chase\":[\(chase)],\"chaseTotal\":1}"
+            let agent = "{\"name\":\(text),\"segment\":\(text),\"baseline\":\(text),\"site\":\(text),\"online\":true,"
+                + "\"revoked\":false,\"lastSeen\":\(text),\"lastRefusal\":\(text)}"
+            let reports = "{\"generatedAt\":\(text),\"changes\":[\(change)],\"changesTotal\":1,\"agents\":[\(agent)],\"agentsTotal\":1}"
+            // The dashboard's own page and script, with the core's answers stubbed in.
+            let page = Dashboard.html.replacingOccurrences(
+                of: "<script src=\"/dashboard.js\"></script>",
+                with: """
+                    <script>
+                    window.fetch = async () => ({ok: true, json: async () => (\(reports))});
+                    window.EventSource = class { addEventListener() {} };
+                    </script><script>\(Dashboard.script)</script>
+                    """)
+            let file = scratch.path + "/dashboard.html"
+            try page.write(toFile: file, atomically: true, encoding: .utf8)
+            let result = try await HostCommand.run(
+                "/usr/bin/chromium",
+                [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--user-data-dir=\(scratch.path)/profile",
+                    "--virtual-time-budget=3000", "--dump-dom", "file://\(file)",
+                ], timeout: .seconds(90))
+            // What the script rendered (the stub above holds the hostile text too, as script source).
+            let output = result.stdoutText
+            let rendered = output.range(of: "<main id=\"console\">").flatMap { start in
+                output[start.upperBound...].range(of: "</main>").map { String(output[start.upperBound..<$0.lowerBound]) }
+            }
+            let dom = try #require(rendered, "no console in: \(output.prefix(300)) \(result.stderrText.suffix(300))")
+            #expect(dom.contains("<h2>Changes (1 of 1)</h2>") && dom.contains("<h2>Agents (1 of 1)</h2>"), "the console rendered")
+            #expect(dom.contains("<table>") && dom.contains("<li>"), "every section rendered: \(dom.prefix(600))")
+            #expect(!dom.contains("<img"), "an element was made from hostile text")
+            // Each field shows as text: the change, blocker, grid, approval, segment, chase and agent columns.
+            let shown = dom.components(separatedBy: "&lt;img src=x onerror=").count - 1
+            #expect(shown >= 25, "the hostile text shows as text in every field (\(shown) times)")
+            #expect(!output.contains("<title>pwned</title>"))
         }
-        let dom = try #require(rendered, "no dashboard in: \(output.prefix(300)) \(result.stderrText.suffix(300))")
-        #expect(dom.contains("<h2>"), "the dashboard rendered")
-        #expect(!dom.contains("<img"), "an element was made from hostile text")
-        #expect(dom.contains("&lt;img src=x onerror="), "the hostile text shows as text")
-        #expect(!output.contains("<title>pwned</title>"))
     }
 }

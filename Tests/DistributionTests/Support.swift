@@ -260,6 +260,40 @@ func withCore<T>(
     }
 }
 
+/// Runs `body` while no other test that asked for the machine to itself runs: a headless
+/// browser and a flood of 2,000 half-open connections each load a two-core host enough that
+/// the other's timing fails (seen: the flood's check-ins time out while Chromium starts).
+func withMachineToItself<T>(_ body: () async throws -> T) async throws -> T {
+    await MachineLoad.exclusive.acquire()
+    do {
+        let result = try await body()
+        await MachineLoad.exclusive.release()
+        return result
+    } catch {
+        await MachineLoad.exclusive.release()
+        throw error
+    }
+}
+
+/// One test at a time among those that load the whole machine (see ``withMachineToItself``).
+actor MachineLoad {
+    static let exclusive = MachineLoad()
+    private var busy = false
+    private var waiting: [CheckedContinuation<Void, Never>] = []
+
+    func acquire() async {
+        guard busy else {
+            busy = true
+            return
+        }
+        await withCheckedContinuation { waiting.append($0) }
+    }
+
+    func release() {
+        if waiting.isEmpty { busy = false } else { waiting.removeFirst().resume() }
+    }
+}
+
 /// The version of `package` installed in an agent's root (from its dpkg database).
 func installed(_ package: String, in root: String) -> String? {
     DpkgStatus.installedVersion(of: package, root: root)
