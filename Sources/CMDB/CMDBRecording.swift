@@ -62,6 +62,8 @@ extension CMDBWriter {
     ///
     /// - Parameter from: a cell (`RUN/CELL`) or a run (`RUN`, whose one passed cell on this
     ///   baseline is taken).
+    /// - Returns: the new version; or the newest one, unchanged, when it already is this
+    ///   artifact adopted onto the version the cell tested.
     @discardableResult
     public func adoptBaseline(
         _ name: String, from: String, change: String? = nil, notes: String? = nil, at date: Date = Date()
@@ -69,6 +71,13 @@ extension CMDBWriter {
         let date = wholeSeconds(date)
         let cell = try store.cellToAdopt(baseline: name, from: from)
         let latest = try store.latestBaseline(name)
+        // The same artifact adopted again from a cell of the version it was adopted onto (a
+        // second run of the same change, say): the standard already is that configuration.
+        if latest.origin == .adopted, let adopted = latest.adoption, adopted.artifact == cell.artifact,
+            latest.previousVersion == cell.baseline.version
+        {
+            return latest
+        }
         guard cell.baseline.version == latest.version else {
             throw ChangelabError(
                 "cannot adopt \(cell.recordID) into \(name)",

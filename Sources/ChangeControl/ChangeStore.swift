@@ -183,20 +183,41 @@ public struct ChangeStore: Sendable {
     // MARK: Evidence
 
     /// The gate for `record`'s artifact on `lanes` (default: its type's lanes).
-    public func gate(for record: ChangeRecord, artifact: SHA256Digest? = nil, lanes: [String]? = nil) throws -> ReleaseGate? {
+    /// The release gate of `record`: judged on the matrix runs the change was shown (its
+    /// evidence runs, or `runs`), or on every run of `artifact` when it has none yet.
+    public func gate(
+        for record: ChangeRecord, artifact: SHA256Digest? = nil, lanes: [String]? = nil, runs: [String]? = nil
+    ) throws -> ReleaseGate? {
         guard let artifact = artifact ?? record.artifact else { return nil }
+        let shown = runs ?? (record.artifact == artifact && !record.evidenceRuns.isEmpty ? record.evidenceRuns : nil)
         return ReleaseGate(
             artifact: artifact, lanes: lanes ?? policy.rule(for: record.type)?.lanes ?? [], policy: policy,
-            recipes: recipes, targets: try ScopedTargets(query: record.scope.targets, store: store), store: store)
+            recipes: recipes, targets: try ScopedTargets(query: record.scope.targets, store: store), store: store,
+            runs: shown.map(Set.init))
     }
 
     /// Records the built artifact and the matrix runs of it (`artifact`, default: the
-    /// package's newest artifact that has a run). For an emergency change already released,
+    /// package's newest artifact that has a run; `runs`, default: every finished run of it). For an emergency change already released,
     /// records the after-the-fact full matrix instead, once the normal lanes are all green.
     @discardableResult
-    public func attachEvidence(_ id: String, artifact wanted: SHA256Digest? = nil) async throws -> ChangeRecord {
+    public func attachEvidence(_ id: String, artifact wanted: SHA256Digest? = nil, runs named: [String]? = nil) async throws
+        -> ChangeRecord
+    {
         let record = try read(id)
-        let runs = store.ids(of: .run).compactMap { try? store.read(RunRecord.self, $0) }.filter { $0.status != .running }
+        var runs = store.ids(of: .run).compactMap { try? store.read(RunRecord.self, $0) }.filter { $0.status != .running }
+        if let named {
+            for run in named where !runs.contains(where: { $0.id == run }) {
+                throw ChangelabError(
+                    "there is no finished matrix run '\(run.prefix(80))' in the CMDB", fix: "see the runs with: changelab matrix list")
+            }
+            runs = runs.filter { named.contains($0.id) }
+            let digests = Set(runs.map(\.artifact))
+            guard digests.count == 1, wanted == nil || digests.first == wanted else {
+                throw ChangelabError(
+                    "the runs named test \(digests.count == 1 ? "artifact \(digests.first!.short)…" : "\(digests.count) different artifacts"), not one artifact of the change",
+                    fix: "name runs of one artifact of \(record.package)")
+            }
+        }
         let artifacts = store.ids(of: .artifact).compactMap { try? store.read(ArtifactRecord.self, $0) }
             .filter { $0.package == record.package }
         let candidates = artifacts.filter { artifact in runs.contains { $0.artifact == artifact.digest } }
@@ -217,7 +238,7 @@ public struct ChangeStore: Sendable {
         }
         if record.type == .emergency && record.approval == .releaseApproved && record.artifact == artifact.digest {
             let normal = policy.rule(for: .normal)?.lanes ?? []
-            if let gate = try gate(for: record, lanes: normal), !gate.passes {
+            if let gate = try gate(for: record, lanes: normal, runs: record.evidenceRuns + runIDs), !gate.passes {
                 throw ChangelabError(
                     "the full normal lanes have not passed for \(id) yet",
                     why: gate.missing.joined(separator: "; "), fix: "run the full matrix: changelab matrix run \(record.package)")

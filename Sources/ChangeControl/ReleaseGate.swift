@@ -78,10 +78,11 @@ public struct ReleaseGate: Sendable {
     /// Payload digests of the verified evidence: what a release approval names.
     public var evidenceDigests: [SHA256Digest] { evidence.compactMap { $0.envelope.payloadDigest }.sorted { $0.hex < $1.hex } }
 
-    /// Judges `artifact` with the runs the CMDB holds of it.
+    /// Judges `artifact` with the runs the CMDB holds of it (only those in `runs`, when given:
+    /// the evidence a change was shown).
     public init(
         artifact: SHA256Digest, lanes: [String], policy: ApprovalPolicy, recipes: [BaselineRecipe],
-        targets: ScopedTargets, store: CMDBStore
+        targets: ScopedTargets, store: CMDBStore, runs only: Set<String>? = nil
     ) {
         self.artifact = artifact
         self.lanes = lanes
@@ -94,7 +95,8 @@ public struct ReleaseGate: Sendable {
         var missing: [String] = []
         var statements: [(run: String, statement: EvidenceStatement)] = []
         var verified: [(String, SignedEnvelope)] = []
-        let runs = store.ids(of: .run).compactMap { try? store.read(RunRecord.self, $0) }.filter { $0.artifact == artifact }
+        let runs = (only.map { Array($0) } ?? store.ids(of: .run)).compactMap { try? store.read(RunRecord.self, $0) }
+            .filter { $0.artifact == artifact }
         if runs.isEmpty {
             missing.append("the CMDB has no matrix run of artifact \(artifact.short)…: run 'changelab matrix run PACKAGE'")
         }

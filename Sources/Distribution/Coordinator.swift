@@ -771,11 +771,11 @@ public actor Coordinator {
                 reason = "revoked"
                 detail = "the agent's credential is revoked"
             } else if target.ring > deployment.activeRing, deployment.activation != nil {
-                reason = deployment.halted != nil ? "halted at health gate" : "waiting for its ring"
+                reason = deployment.halted != nil ? "halted at health gate" : ChaseEntry.waitingForRing
                 detail =
                     deployment.halted ?? "ring \(Ring.name(of: target.ring, in: deployment.rings))"
             } else {
-                reason = "in progress"
+                reason = ChaseEntry.inProgress
                 detail = target.phase.rawValue
             }
             entries.append(

@@ -197,3 +197,12 @@ public enum StatusText {
         return [line(header)] + rows.map(line)
     }
 }
+
+extension ChaseEntry {
+    /// The reason of a target that is still installing, or whose ring has not started.
+    public static let inProgress = "in progress"
+    public static let waitingForRing = "waiting for its ring"
+
+    /// On its way rather than stuck: nothing to chase yet.
+    public var isPending: Bool { reason == Self.inProgress || reason == Self.waitingForRing }
+}

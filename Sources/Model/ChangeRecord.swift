@@ -348,12 +348,13 @@ public struct DeliveryFollowUp: Codable, Sendable, Equatable {
 
     /// `previous` brought up to a new report: entries on the current chase list (agent, name,
     /// reason) are added or updated, open entries no longer on it are resolved at `date`; with
-    /// no chase list (nil) the entries stay as they were.
+    /// no chase list (nil) the entries stay as they were. A `pending` entry (a target merely
+    /// still installing) adds nothing and keeps an open entry open with its reason.
     /// Callers pass the chase list once activation was requested: before that, every target
     /// that is merely still seeding would be on it.
     public static func merging(
         _ previous: DeliveryFollowUp?, targets: Int, activated: Int, failed: Int, bytesSent: Int64,
-        chase: [(agent: String, target: String, reason: String)]?, at date: Date
+        chase: [(agent: String, target: String, reason: String, pending: Bool)]?, at date: Date
     ) -> DeliveryFollowUp {
         var items = previous?.chase ?? []
         guard let current = chase else {
@@ -363,12 +364,12 @@ public struct DeliveryFollowUp: Codable, Sendable, Equatable {
         let now = Dictionary(current.map { ($0.agent, $0) }, uniquingKeysWith: { first, _ in first })
         for index in items.indices where items[index].resolved == nil {
             if let entry = now[items[index].agent] {
-                items[index].reason = entry.reason
+                if !entry.pending { items[index].reason = entry.reason }
             } else {
                 items[index].resolved = date
             }
         }
-        for entry in current where !items.contains(where: { $0.agent == entry.agent && $0.resolved == nil }) {
+        for entry in current where !entry.pending && !items.contains(where: { $0.agent == entry.agent && $0.resolved == nil }) {
             items.append(ChaseItem(agent: entry.agent, target: entry.target, reason: entry.reason, since: date))
         }
         return DeliveryFollowUp(

@@ -218,11 +218,27 @@ import Testing
         #expect(diff[.packages].added.map(\.key) == ["nginx:amd64"])
         // The cell's after state equals the adopted configuration.
         #expect(try store.diff(try store.resolve("cell:run-1/web"), try store.resolve("web@2")).isEmpty)
+        // The same artifact adopted again from a cell of web@1: web@2 already is that configuration.
+        let again = try await writer.adoptBaseline("web", from: "run-1/web")
+        #expect(again == adopted)
         // Refusals: a failed cell, a cell of another baseline, a cell of an older version.
         await #expect(throws: ChangelabError.self) { try await writer.adoptBaseline("db", from: "run-1/db") }
         await #expect(throws: ChangelabError.self) { try await writer.adoptBaseline("db", from: "run-1/web") }
+        // Another artifact tested on web@1 would drop what web@2 adopted: refused.
+        let other = ArtifactRecord(
+            digest: SHA256Digest(of: "nginx-1.22.1-10.deb"), package: "nginx", version: "1.22.1-10", size: 1234,
+            recordedAt: Fixture.start)
+        try await writer.record(artifact: other)
+        try await writer.record(
+            run: RunRecord(
+                id: "run-2", artifact: other.digest, baselines: [BaselineRef(name: "web", version: 1)], startedAt: Fixture.start,
+                finishedAt: Fixture.start.addingTimeInterval(100), status: .passed, actor: "tester"))
+        var otherCell = Fixture.cell(
+            "run-2", "web", baseline: BaselineRef(name: "web", version: 1), before: Fixture.web, after: Fixture.webWithNginx)
+        otherCell.artifact = other.digest
+        try await writer.record(cell: otherCell)
         do {
-            try await writer.adoptBaseline("web", from: "run-1/web")
+            try await writer.adoptBaseline("web", from: "run-2/web")
             Issue.record("adopted a cell of an older version")
         } catch {
             #expect("\(error)".contains("newest version is web@2"))

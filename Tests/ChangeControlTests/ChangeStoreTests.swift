@@ -190,6 +190,37 @@ import Testing
         #expect(statement.artifact == Lab.artifact().digest)
     }
 
+    /// A change is judged on the runs it was shown: a green run of the same artifact that was
+    /// not attached (an earlier session's, say) does not pass the gate until it is named.
+    @Test func theGateJudgesOnlyTheRunsAttachedToTheChange() async throws {
+        let lab = try await Lab.make()
+        defer { lab.remove() }
+        let store = lab.store
+        let change = try await store.propose(Self.proposal())
+        try await store.approve(change.id, stage: .preliminary, approver: "alice", key: lab.key("alice"))
+        try await store.approve(change.id, stage: .preliminary, approver: "bob", key: lab.key("bob"))
+        try await lab.run("run-full", Lab.artifact(), cells: Lab.fullGreen)
+        try await lab.run("run-install", Lab.artifact(), cells: [("web", "install", true), ("db", "install", true)])
+        let shown = try await store.attachEvidence(change.id, runs: ["run-install"])
+        #expect(shown.evidenceRuns == ["run-install"])
+        let refusal = await #expect(throws: ChangelabError.self) {
+            try await store.approve(change.id, stage: .release, approver: "alice", key: lab.key("alice"))
+        }
+        #expect(refusal?.why?.contains("no green uninstall cell on baseline db") == true)
+        #expect(refusal?.why?.contains("run-full") == false)
+        // Unknown runs, and runs of two artifacts at once, are refused.
+        await #expect(throws: ChangelabError.self) { try await store.attachEvidence(change.id, runs: ["run-nope"]) }
+        try await lab.run("run-other", Lab.artifact(build: 2), cells: Lab.fullGreen)
+        await #expect(throws: ChangelabError.self) { try await store.attachEvidence(change.id, runs: ["run-install", "run-other"]) }
+        // Naming the full run adds its evidence: the vote passes on both.
+        try await store.attachEvidence(change.id, runs: ["run-full"])
+        try await store.approve(change.id, stage: .release, approver: "alice", key: lab.key("alice"))
+        let two = try await store.approve(change.id, stage: .release, approver: "bob", key: lab.key("bob"))
+        #expect(two.approval == .releaseApproved)
+        #expect(two.evidenceRuns == ["run-full", "run-install"])
+        #expect(two.approvals.last?.envelope.unverifiedClaim(ApprovalStatement.self)?.evidence.count == 2)
+    }
+
     /// lyon-2 runs mail (a draft): a change reaching it needs mail evidence too.
     @Test func aTargetsBaselineWithoutEvidenceBlocksTheRelease() async throws {
         let lab = try await Lab.make()

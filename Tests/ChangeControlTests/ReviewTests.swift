@@ -50,18 +50,25 @@ import Testing
     @Test func aTargetOnTheChaseListIsResolvedWhenItIsNoLongerOnIt() {
         let first = DeliveryFollowUp.merging(
             nil, targets: 4, activated: 3, failed: 0, bytesSent: 300,
-            chase: [(agent: "a-4", target: "s2b-01", reason: "offline")], at: Self.t0)
+            chase: [(agent: "a-4", target: "s2b-01", reason: "offline", pending: false)], at: Self.t0)
         #expect(first.chase.map(\.target) == ["s2b-01"])
         #expect(first.chase.first?.resolved == nil)
         // Still offline a minute later: the same entry, not a second one.
         let again = DeliveryFollowUp.merging(
             first, targets: 4, activated: 3, failed: 0, bytesSent: 300,
-            chase: [(agent: "a-4", target: "s2b-01", reason: "offline")], at: Self.t0 + 60)
+            chase: [(agent: "a-4", target: "s2b-01", reason: "offline", pending: false)], at: Self.t0 + 60)
         #expect(again.chase.count == 1)
         #expect(again.sameAs(first))
         // No chase list given (activation not requested): entries stay open.
         let unknown = DeliveryFollowUp.merging(again, targets: 4, activated: 3, failed: 0, bytesSent: 300, chase: nil, at: Self.t0 + 90)
         #expect(unknown.chase.first?.resolved == nil)
+        // It came back and is installing: still open, still "offline" as its reason.
+        let installing = DeliveryFollowUp.merging(
+            again, targets: 4, activated: 3, failed: 0, bytesSent: 350,
+            chase: [(agent: "a-4", target: "s2b-01", reason: "in progress", pending: true),
+                    (agent: "a-5", target: "s3-01", reason: "in progress", pending: true)], at: Self.t0 + 100)
+        #expect(installing.chase.map(\.reason) == ["offline"])
+        #expect(installing.chase.first?.resolved == nil)
         // It came back and installed: off the list, resolved at that report.
         let back = DeliveryFollowUp.merging(
             again, targets: 4, activated: 4, failed: 0, bytesSent: 400, chase: [], at: Self.t0 + 120)
@@ -70,7 +77,7 @@ import Testing
         // It fails later: a new entry, the old one stays resolved.
         let failedAgain = DeliveryFollowUp.merging(
             back, targets: 4, activated: 3, failed: 1, bytesSent: 400,
-            chase: [(agent: "a-4", target: "s2b-01", reason: "installer exit code 3")], at: Self.t0 + 300)
+            chase: [(agent: "a-4", target: "s2b-01", reason: "installer exit code 3", pending: false)], at: Self.t0 + 300)
         #expect(failedAgain.chase.map(\.reason) == ["offline", "installer exit code 3"])
         #expect(failedAgain.chase.map { $0.resolved != nil } == [true, false])
     }
@@ -86,7 +93,7 @@ import Testing
         // Follow-up needs delivery to have started; before, it is refused.
         let offline = DeliveryFollowUp.merging(
             nil, targets: 2, activated: 1, failed: 0, bytesSent: 1000,
-            chase: [(agent: "a-2", target: "paris-2", reason: "offline")], at: Self.t0)
+            chase: [(agent: "a-2", target: "paris-2", reason: "offline", pending: false)], at: Self.t0)
         try await store.apply(.followedUp(offline), to: change.id)
         try await store.apply(.deployed, to: change.id)
         let back = DeliveryFollowUp.merging(offline, targets: 2, activated: 2, failed: 0, bytesSent: 2000, chase: [], at: Self.t0 + 95)

@@ -163,10 +163,14 @@ struct ChangeCommand: AsyncParsableCommand {
         @OptionGroup var context: ChangeContext
         @Argument(help: "The change id.") var id: String
         @Option(help: "The artifact digest (sha256:…).") var artifact: String?
+        @Option(name: .customLong("run"), parsing: .singleValue, help: "Only this matrix run of the artifact (repeatable; default: all of its finished runs).")
+        var runs: [String] = []
 
         func run() async throws {
             let digest = try artifact.map { try parseDigest($0, what: "--artifact") }
-            let record = try await context.writing { try await $0.attachEvidence(id, artifact: digest) }
+            let record = try await context.writing {
+                try await $0.attachEvidence(id, artifact: digest, runs: runs.isEmpty ? nil : runs)
+            }
             print("\(record.id): artifact \(record.artifact?.description ?? "?") tested in \(record.evidenceRuns.joined(separator: ", "))")
             print("next: \(record.nextStep)")
         }

@@ -139,7 +139,8 @@ struct ChangeRollout {
         }
         let followUp = DeliveryFollowUp.merging(
             current.followUp, targets: total.targets, activated: total.activated, failed: total.failed,
-            bytesSent: total.bytesSent, chase: chase?.map { (agent: $0.agent, target: $0.name, reason: $0.reason) }, at: Date())
+            bytesSent: total.bytesSent, chase: chase?.map { (agent: $0.agent, target: $0.name, reason: $0.reason, pending: $0.isPending) },
+            at: Date())
         guard current.delivery != .notStarted, !followUp.sameAs(current.followUp),
             (try? current.applying(.followedUp(followUp), by: store.actor, at: Date())) != nil
         else { return }
