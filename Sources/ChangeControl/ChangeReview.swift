@@ -82,8 +82,9 @@ public struct ChangeReview: Encodable, Sendable {
                 reason = "the target never reported an inventory"
             }
             let reached = reason == nil
+            // Fleet targets are keyed by the core's agent id; the agent's own name is an attribute.
             return TargetOutcome(
-                name: target.name, baseline: baseline, reached: reached, reason: reason,
+                name: target.attributes["name"] ?? target.name, baseline: baseline, reached: reached, reason: reason,
                 labEscape: !reached && target.inventory != nil && baseline.map(green.contains) == true)
         }
         reached = targets.filter(\.reached).count
