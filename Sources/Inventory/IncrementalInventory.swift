@@ -90,21 +90,30 @@ public struct IncrementalCollector: Sendable {
         }
         let started = ContinuousClock.now
         let collectedAt = Date()
-        let scan = try await run(InventoryScript.render(options, files: .listed(hashes: false)), what: "the inventory")
-        let listing = Self.listing(in: scan.stdoutText, root: options.normalizedRoot)
+        // One command: the guest hashes, in the same find pass, every regular file whose ctime
+        // is newer than the reference's newest. Changed files always are; the metadata
+        // comparison below checks it.
+        let since = Self.newestCtime(of: reference) ?? "0"
+        let scan = try await run(
+            InventoryScript.render(options, files: .listedChangedSince(ctime: since)), what: "the inventory")
+        var output = scan.stdoutText
+        let listing = Self.listing(in: output, root: options.normalizedRoot)
         let changed = listing.compactMap { path, metadata -> String? in
             guard metadata.hasPrefix("f\t") else { return nil }
             return reference.entries[path]?.metadata == metadata ? nil : path
         }.sorted()
-        var output = scan.stdoutText
-        if !changed.isEmpty {
+        let hashedInGuest = Self.hashedPaths(in: output, root: options.normalizedRoot)
+        // A changed file the ctime test missed (a guest clock set backwards) is hashed in a
+        // second command, so the snapshot never depends on the clock.
+        let missed = changed.filter { !hashedInGuest.contains($0) }
+        if !missed.isEmpty {
             let hashes = try await run(
-                Self.hashScript(changed, root: options.normalizedRoot), what: "the changed files' hashes")
+                Self.hashScript(missed, root: options.normalizedRoot), what: "the changed files' hashes")
             output += "\n" + InventoryScript.marker + "sha256\n" + hashes.stdoutText
         }
         var (snapshot, warnings) = InventoryParser.parse(output, options: options)
         warnings += scan.stderrText.split(separator: "\n").map(String.init)
-        let unchanged = Set(listing.keys).subtracting(changed)
+        let unchanged = Set(listing.keys).subtracting(changed).subtracting(hashedInGuest)
         for index in snapshot.files.indices where snapshot.files[index].kind == .file {
             let path = snapshot.files[index].path
             if unchanged.contains(path), let known = reference.entries[path] {
@@ -115,7 +124,42 @@ public struct IncrementalCollector: Sendable {
         return Result(
             inventory: CollectedInventory(
                 snapshot: snapshot, warnings: warnings, collectedAt: collectedAt, seconds: started.secondsSince),
-            hashed: changed.count)
+            hashed: hashedInGuest.count + missed.count)
+    }
+
+    /// The newest ctime in a listing, as `find` wrote it (seconds since the epoch); nil for
+    /// an empty listing.
+    static func newestCtime(of listing: FileListing) -> String? {
+        var newest: (value: Double, text: String)?
+        for entry in listing.entries.values {
+            guard let field = entry.metadata.split(separator: "\t").last, let ctime = Double(field), ctime.isFinite
+            else { continue }
+            if newest == nil || ctime > newest?.value ?? 0 { newest = (ctime, String(field)) }
+        }
+        return newest?.text
+    }
+
+    /// The root-relative paths the output's `sha256` sections hashed.
+    static func hashedPaths(in output: String, root: String) -> Set<String> {
+        let prefix = root == "/" ? "" : root
+        var inHashes = false
+        var paths: Set<String> = []
+        for line in output.split(separator: "\n", omittingEmptySubsequences: true) {
+            if line.hasPrefix(InventoryScript.marker) {
+                inHashes = line == InventoryScript.marker + "sha256"
+                continue
+            }
+            // sha256sum: `HASH  PATH`, or `\HASH  PATH` with the path escaped; an escaped
+            // name is left out (it counts as not hashed and goes to the second command).
+            guard inHashes, !line.hasPrefix("\\"), let gap = line.range(of: "  ") else { continue }
+            var path = String(line[gap.upperBound...])
+            if !prefix.isEmpty, path.hasPrefix(prefix) {
+                path = String(path.dropFirst(prefix.count))
+                if path.isEmpty { path = "/" }
+            }
+            paths.insert(path)
+        }
+        return paths
     }
 
     private func run(_ script: String, what: String) async throws -> CommandResult {

@@ -18,6 +18,12 @@ enum InventoryScript {
         /// Metadata, plus a `listing` section of cheap change indicators (inode, links,
         /// mtime, ctime) from the same `find` pass, and hashes only when `hashes` is true.
         case listed(hashes: Bool)
+        /// The listing, and in the same pass and the same command the hashes of the regular
+        /// files whose ctime is after `ctime` (seconds since the epoch as `find -printf %C@`
+        /// wrote it, digits and one dot): every file changed since a reference listing whose
+        /// newest ctime that is. (No write, chmod, chown, link or re-creation leaves a ctime
+        /// behind: user space cannot set it.)
+        case listedChangedSince(ctime: String)
     }
 
     /// One listing line: `type mode uid gid size inode links mtime ctime` and the path, tab-separated.
@@ -61,6 +67,26 @@ enum InventoryScript {
                 cat "$L"; rm -f "$L" "$L.part"
 
                 """ + (withHashes ? hashes : "")
+        case .listedChangedSince(let given):
+            // Anything but a plain decimal (it came from a stored file) hashes every file.
+            let ctime = given.allSatisfy { $0.isASCII && ($0.isNumber || $0 == ".") } && !given.isEmpty ? given : "0"
+            fileSections = """
+                sec files
+                L=$(mktemp /tmp/.changelab-listing.XXXXXX) || L=/tmp/.changelab-listing.$$
+                : >"$L"; : >"$L.hash"
+                for p in \(watched); do
+                  if [ -e "$R$p" ] || [ -L "$R$p" ]; then
+                    find "$R$p" \(prune)-printf '\(filesFormat)' -fprintf "$L.part" '\(listingFormat)' \\( -type f -newerct '@\(ctime)' -fprint0 "$L.hpart" \\)
+                    cat "$L.part" >>"$L"; cat "$L.hpart" >>"$L.hash"
+                  fi
+                done
+                sec listing
+                cat "$L"
+                sec sha256
+                xargs -0 -r sha256sum <"$L.hash"
+                rm -f "$L" "$L.part" "$L.hash" "$L.hpart"
+
+                """
         }
         return """
             R=\(shellQuote(root == "/" ? "" : root))

@@ -105,6 +105,56 @@ import Testing
         #expect(result.inventory.snapshot.files == baseline.snapshot.files)
     }
 
+    /// Counts the scripts a collector sends: each is a guest round trip in the lab.
+    final class CountingShell: CommandRunner, @unchecked Sendable {
+        // @unchecked: `count` is guarded by `lock`.
+        private let lock = NSLock()
+        private var sent = 0
+        var count: Int { lock.withLock { sent } }
+
+        func runShell(_ script: String, timeout: Duration) async throws -> CommandResult {
+            lock.withLock { sent += 1 }
+            return try await LocalShell().runShell(script, timeout: timeout)
+        }
+    }
+
+    @Test func anInventoryAfterChangesIsOneCommandHashingOnlyFilesWithANewerCtime() async throws {
+        let tree = try Tree()
+        defer { tree.remove() }
+        let (_, listing) = try await IncrementalCollector(runner: LocalShell(), options: tree.options).record()
+        try await Task.sleep(for: .milliseconds(20))
+        try tree.write("two\n", to: "etc/app/content")
+        try tree.write("new\n", to: "etc/app/added")
+        let shell = CountingShell()
+        let result = try await IncrementalCollector(runner: shell, options: tree.options).collect(against: listing)
+        #expect(shell.count == 1, "one command for the whole inventory, hashes included")
+        #expect(result.hashed == 2)
+        let full = try await InventoryCollector(runner: LocalShell(), options: tree.options).collect().snapshot
+        #expect(result.inventory.snapshot.files == full.files)
+    }
+
+    @Test func aChangedFileTheCtimeTestMissedIsStillHashed() async throws {
+        // A reference whose newest ctime lies in the future (a guest clock set backwards since):
+        // the guest hashes nothing, the metadata comparison catches the change, and a second
+        // command hashes it.
+        let tree = try Tree()
+        defer { tree.remove() }
+        var (_, listing) = try await IncrementalCollector(runner: LocalShell(), options: tree.options).record()
+        if var entry = listing.entries["/etc/app/untouched"] {
+            var fields = entry.metadata.split(separator: "\t").map(String.init)
+            fields[fields.count - 1] = "9999999999.0000000000"
+            entry.metadata = fields.joined(separator: "\t")
+            listing.entries["/etc/app/untouched"] = entry
+        }
+        try await Task.sleep(for: .milliseconds(20))
+        try tree.write("two\n", to: "etc/app/content")
+        let shell = CountingShell()
+        let result = try await IncrementalCollector(runner: shell, options: tree.options).collect(against: listing)
+        #expect(shell.count == 2)
+        let full = try await InventoryCollector(runner: LocalShell(), options: tree.options).collect().snapshot
+        #expect(result.inventory.snapshot.files == full.files)
+    }
+
     @Test func aListingOfAnotherFormatIsRefused() throws {
         let data = Data(#"{"entries":{},"format":99,"key":"x"}"#.utf8)
         #expect(throws: ChangelabError.self) { try FileListing.decode(data) }
