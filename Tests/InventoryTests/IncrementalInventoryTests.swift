@@ -1,6 +1,6 @@
 import Foundation
 import HostIO
-import Inventory
+@testable import Inventory
 import Model
 import Testing
 
@@ -165,5 +165,49 @@ import Testing
         let script = InventoryCollector(runner: LocalShell(), options: options).script
         #expect(script.contains("-printf '%y\\t%m\\t%U\\t%G\\t%s\\t%l\\t%p\\n'; fi"))
         #expect(!script.contains("sec listing"))
+    }
+}
+
+/// Which units an incremental inventory asks `systemctl list-unit-files` about again.
+@Suite struct UnitFileDiffTests {
+    static func entry(_ type: String, target: String = "") -> String { "\(type)\t644\t12\t100\t1.0\t1.0\t\(target)" }
+
+    static let reference = UnitReference(
+        files: ["getty@.service enabled enabled", "getty@tty1.service enabled enabled", "net.service disabled enabled",
+                "net.socket disabled enabled", "ssh.service enabled enabled", "multi-user.target static -"],
+        directories: [
+            "/lib/systemd/system": entry("d"), "/lib/systemd/system/ssh.service": entry("f"),
+            "/lib/systemd/system/net.service": entry("f"), "/lib/systemd/system/net.socket": entry("f"),
+            "/lib/systemd/system/getty@.service": entry("f"),
+            "/etc/systemd/system/multi-user.target.wants/ssh.service": entry("l", target: "/lib/systemd/system/ssh.service"),
+        ],
+        also: ["/lib/systemd/system/net.service:Also=net.socket"])
+
+    @Test func nothingChangedAsksAboutNoUnit() {
+        #expect(UnitFileDiff.changed(reference: Self.reference, directories: Self.reference.directories, also: Self.reference.also) == [])
+    }
+
+    @Test func aNewEnabledServiceNamesItselfAndTheTargetThatWantsIt() {
+        var now = Self.reference.directories
+        now["/lib/systemd/system/greeterd.service"] = Self.entry("f")
+        now["/etc/systemd/system/multi-user.target.wants/greeterd.service"] = Self.entry("l", target: "/lib/systemd/system/greeterd.service")
+        now["/lib/systemd/system"] = "d\t755\t12\t100\t2.0\t2.0\t"
+        let changed = UnitFileDiff.changed(reference: Self.reference, directories: now, also: Self.reference.also)
+        #expect(changed == ["greeterd.service", "multi-user.target"])
+    }
+
+    @Test func alsoTemplatesAndDropInsReachTheUnitsTheyTie() {
+        var now = Self.reference.directories
+        // A socket enabled: the service that names it in Also= may turn indirect.
+        now["/etc/systemd/system/sockets.target.wants/net.socket"] = Self.entry("l", target: "/lib/systemd/system/net.socket")
+        // A drop-in for an instance: the instance, its template and the template's other instances.
+        now["/etc/systemd/system/getty@tty2.service.d/override.conf"] = Self.entry("f")
+        // A removed unit file is named too.
+        now["/lib/systemd/system/ssh.service"] = nil
+        let changed = UnitFileDiff.changed(reference: Self.reference, directories: now, also: Self.reference.also) ?? []
+        for name in ["net.socket", "net.service", "sockets.target", "getty@tty2.service", "getty@.service", "getty@tty1.service", "ssh.service"] {
+            #expect(changed.contains(name), "\(name) missing from \(changed.sorted())")
+        }
+        #expect(!changed.contains("multi-user.target"))
     }
 }
