@@ -69,6 +69,8 @@ public struct IncrementalCollector: Sendable {
         /// Guest commands sent: one, a second when units changed (their states), a third when
         /// a changed file needed hashing apart.
         public var commands: Int
+        /// Units whose unit-file state was asked again (nil: all of them, the whole list).
+        public var unitsAsked: Int?
     }
 
     /// The key of listings this collector can compare with.
@@ -111,6 +113,7 @@ public struct IncrementalCollector: Sendable {
             what: "the inventory")
         var commandSeconds = scanStarted.secondsSince
         var commands = 1
+        var unitsAsked: Int?
         var output = scan.stdoutText
         if let units = reference.units {
             // The unit files' states: the reference's, asked again only for units whose files
@@ -119,6 +122,7 @@ public struct IncrementalCollector: Sendable {
             let now = UnitReference.directories(found["unit-dirs"] ?? [], root: options.normalizedRoot)
             let changed = UnitFileDiff.changed(reference: units, directories: now, also: (found["unit-also"] ?? []).map(String.init))
             var lines = units.files
+            unitsAsked = changed?.count
             if changed?.isEmpty != true {
                 let asked = ContinuousClock.now
                 let fresh = try await run(
@@ -165,7 +169,7 @@ public struct IncrementalCollector: Sendable {
         return Result(
             inventory: CollectedInventory(
                 snapshot: snapshot, warnings: warnings, collectedAt: collectedAt, seconds: started.secondsSince),
-            hashed: hashedInGuest.count + missed.count, commandSeconds: commandSeconds, commands: commands)
+            hashed: hashedInGuest.count + missed.count, commandSeconds: commandSeconds, commands: commands, unitsAsked: unitsAsked)
     }
 
     /// The newest ctime in a listing, as `find` wrote it (seconds since the epoch); nil for

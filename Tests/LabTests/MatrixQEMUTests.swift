@@ -467,6 +467,44 @@ extension LabQEMUTests {
         #expect(slots.contains { $0.host == "loop" && $0.domain.contains("-loop-s") })
     }
 
+    /// Cells after the first start from guests restored ahead, paused: a resume and a clock
+    /// set. After the run no guest the pool restored is left running and its overlays are gone.
+    @Test func cellsStartFromTheWarmPoolAndNothingIsLeftBehind() async throws {
+        let (lab, _) = try await SharedLab.shared.lab()
+        var options = Self.options([.install, .reinstall], baselines: ["minimal", "web"])
+        options.parallel = 1
+        let closed = PoolHistory()
+        let run = try await MatrixRunner(lab: lab) { event in
+            print("[matrix] \(event)")
+            if case .warmPoolClosed(let domains, let overlays) = event { closed.set(domains, overlays) }
+        }.run(package: "greeterd", options: options)
+        #expect(run.allPassed, "\(MatrixReport.table(run))")
+        let results = run.cells.compactMap { run.results[$0.id] }
+        let pooled = results.filter(\.timings.fromPool)
+        // The first cell restores (nothing was ahead of it); the other three find their guest waiting.
+        #expect(pooled.count == 3, "from the pool: \(pooled.map(\.id))")
+        for result in pooled {
+            let start = result.timings.restore + result.timings.clock
+            print(String(format: "%@ started from the pool in %.2f s (resume %.2f, clock %.2f)", result.id, start, result.timings.restore, result.timings.clock))
+            #expect(start < 1.5, "\(result.id): resume and clock took \(start) s")
+            #expect(result.steps.first?.name.contains("warm pool") == true)
+        }
+        let history = try #require(closed.value)
+        #expect(history.domains.count >= 3)
+        for overlay in history.overlays {
+            #expect(!FileManager.default.fileExists(atPath: overlay), "\(overlay) left behind")
+        }
+        // Other engineers' runs share the slots: a domain still running must be theirs (its
+        // slot lock held by another process), never one the pool left.
+        let connection = try await lab.connection()
+        for name in Set(history.domains) {
+            guard let domain = try await connection.domain(named: name), try await domain.state().isActive else { continue }
+            let lock = try FileLock.tryAcquire(lab.home.slotLock(domain: name))
+            #expect(lock == nil, "\(name) is running with nobody holding its slot: the pool leaked it")
+            lock?.release()
+        }
+    }
+
     @Test func resumeAfterKillingTheHarnessRunsOnlyTheUnfinishedCells() async throws {
         let (lab, _) = try await SharedLab.shared.lab()
         let process = Process()
@@ -569,4 +607,14 @@ final class CPUHogs {
             process.waitUntilExit()
         }
     }
+}
+
+/// What the warm pool reported when it closed.
+final class PoolHistory: @unchecked Sendable {
+    // @unchecked: guarded by `lock`.
+    private let lock = NSLock()
+    private var stored: (domains: [String], overlays: [String])?
+
+    func set(_ domains: [String], _ overlays: [String]) { lock.withLock { stored = (domains, overlays) } }
+    var value: (domains: [String], overlays: [String])? { lock.withLock { stored } }
 }
