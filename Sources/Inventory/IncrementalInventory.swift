@@ -70,7 +70,7 @@ public struct IncrementalCollector: Sendable {
         /// a changed file needed hashing apart.
         public var commands: Int
         /// Units whose unit-file state was asked again (nil: all of them, the whole list).
-        public var unitsAsked: Int?
+        public var unitsAsked: [String]?
     }
 
     /// The key of listings this collector can compare with.
@@ -113,7 +113,7 @@ public struct IncrementalCollector: Sendable {
             what: "the inventory")
         var commandSeconds = scanStarted.secondsSince
         var commands = 1
-        var unitsAsked: Int?
+        var unitsAsked: [String]?
         var output = scan.stdoutText
         if let units = reference.units {
             // The unit files' states: the reference's, asked again only for units whose files
@@ -122,11 +122,11 @@ public struct IncrementalCollector: Sendable {
             let now = UnitReference.directories(found["unit-dirs"] ?? [], root: options.normalizedRoot)
             let changed = UnitFileDiff.changed(reference: units, directories: now, also: (found["unit-also"] ?? []).map(String.init))
             var lines = units.files
-            unitsAsked = changed?.count
+            unitsAsked = changed?.sorted()
             if changed?.isEmpty != true {
                 let asked = ContinuousClock.now
                 let fresh = try await run(
-                    InventoryScript.unitFilesScript(options, units: changed.map { $0.sorted() } ?? []),
+                    InventoryScript.unitFilesScript(options, units: changed.map(UnitFileDiff.patterns) ?? []),
                     what: "the changed units' states")
                 commandSeconds += asked.secondsSince
                 commands += 1

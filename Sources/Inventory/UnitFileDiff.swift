@@ -62,7 +62,7 @@ enum UnitFileDiff {
     /// of the unit folders (the entry itself, the unit whose `.wants`, `.requires`,
     /// `.upholds` or `.d` folder holds it, a symlink's target), templates with their
     /// instances, and units tied to those by `Also=` either way. Empty when nothing changed;
-    /// nil when a name cannot be passed as a pattern (ask about every unit then).
+    /// nil when a name holds a glob character (ask about every unit then).
     static func changed(reference: UnitReference, directories now: [String: String], also: [String]) -> Set<String>? {
         var names = Set<String>()
         for path in Set(reference.directories.keys).union(now.keys) where reference.directories[path] != now[path] {
@@ -99,8 +99,17 @@ enum UnitFileDiff {
             }
             if !grew { break }
         }
-        if names.contains(where: { $0.contains(where: { "*?[\\".contains($0) }) || $0.hasPrefix("-") }) { return nil }
+        // Patterns go after `--`, so `-.slice` is safe; a backslash (`\x2d`) is asked as `?`
+        // (see `patterns`); a glob character would stand for more than its unit.
+        if names.contains(where: { $0.contains(where: { "*?[".contains($0) }) }) { return nil }
         return names
+    }
+
+    /// The names as `list-unit-files` patterns: a backslash, which fnmatch may read as an
+    /// escape, becomes `?` (it matches the backslash; any other unit it also matches comes
+    /// back with its current state, which is right too).
+    static func patterns(_ names: Set<String>) -> [String] {
+        names.sorted().map { $0.replacingOccurrences(of: "\\", with: "?") }
     }
 
     /// `a@b.service` → `a@.service`; nil for anything that is not an instance.

@@ -210,4 +210,15 @@ import Testing
         }
         #expect(!changed.contains("multi-user.target"))
     }
+
+    @Test func escapedAndDashNamesAreAskedByNameNotByAskingForEveryUnit() {
+        var now = Self.reference.directories
+        now["/run/systemd/generator/-.mount"] = Self.entry("f")
+        now["/lib/systemd/system/system-systemd\\x2dcryptsetup.slice"] = Self.entry("f")
+        let changed = UnitFileDiff.changed(reference: Self.reference, directories: now, also: [])
+        #expect(changed == ["-.mount", "system-systemd\\x2dcryptsetup.slice"])
+        #expect(UnitFileDiff.patterns(changed ?? []) == ["-.mount", "system-systemd?x2dcryptsetup.slice"])
+        now["/lib/systemd/system/odd*.service"] = Self.entry("f")
+        #expect(UnitFileDiff.changed(reference: Self.reference, directories: now, also: []) == nil)
+    }
 }

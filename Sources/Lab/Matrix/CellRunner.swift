@@ -446,7 +446,8 @@ final class CellAttempt: @unchecked Sendable {
                 format: "incremental inventory (%d guest command%@, %.2f s; parsing %.2f s), %d changed files hashed, %@",
                 result.commands, result.commands == 1 ? "" : "s", result.commandSeconds,
                 result.inventory.seconds - result.commandSeconds, result.hashed,
-                result.unitsAsked.map { "unit-file states asked again for \($0) units" } ?? "every unit's state asked")
+                result.unitsAsked.map { "unit-file states asked again for \($0.count) units (\(Self.brief($0)))" }
+                    ?? "every unit's state asked")
         } else {
             collected = try await lab.collector(for: guest, watching: context.watch).collect()
         }
