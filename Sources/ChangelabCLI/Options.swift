@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Lab
 import Model
 
 /// `--root DIR`: the project whose baselines/, packages/ and lab/ a command works on.
@@ -29,6 +30,22 @@ struct ProjectOptions: ParsableArguments {
 struct OutputOptions: ParsableArguments {
     @Flag(name: .long, help: "Print JSON instead of a table.")
     var json = false
+}
+
+/// The matrix's old code paths, kept to measure the new ones against.
+struct MatrixPathOptions: ParsableArguments {
+    @Flag(help: "The old path, to measure against: a full inventory (every file hashed) after install.")
+    var fullInventory = false
+    @Flag(help: "The old path, to measure against: one upload and guest command per test.")
+    var testPerCommand = false
+    @Flag(help: "The old path, to measure against: no warm pool (every cell restores on its own critical path).")
+    var noWarmPool = false
+
+    var path: MatrixBenchmark.Path {
+        MatrixBenchmark.Path(fullInventory: fullInventory, testPerCommand: testPerCommand, warmPool: !noWarmPool)
+    }
+
+    var isNew: Bool { path == .new }
 }
 
 /// Prints `value` as stable JSON on stdout.

@@ -417,4 +417,12 @@ public final class AtomicFlag: @unchecked Sendable {
         defer { lock.unlock() }
         return flag
     }
+    /// Sets the flag; true only for the call that set it, so a teardown runs once.
+    public func setOnce() -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        if flag { return false }
+        flag = true
+        return true
+    }
 }

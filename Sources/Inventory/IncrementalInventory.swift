@@ -20,11 +20,14 @@ public struct FileListing: Codable, Sendable, Equatable {
     /// The digest of the script that made it: a listing is only compared with one made the same way.
     public var key: String
     public var entries: [String: Entry]
+    /// The unit files' states and what decides them, when the script recorded them.
+    public var units: UnitReference?
 
-    public init(key: String, entries: [String: Entry]) {
+    public init(key: String, entries: [String: Entry], units: UnitReference? = nil) {
         format = Self.formatVersion
         self.key = key
         self.entries = entries
+        self.units = units
     }
 
     public static func decode(_ data: Data) throws -> FileListing {
@@ -60,6 +63,14 @@ public struct IncrementalCollector: Sendable {
         public var inventory: CollectedInventory
         /// Regular files hashed because they are new or their metadata changed.
         public var hashed: Int
+        /// Seconds spent in the guest commands (round trips included); the rest of
+        /// `inventory.seconds` is parsing and comparing on this host.
+        public var commandSeconds: Double
+        /// Guest commands sent: one, a second when units changed (their states), a third when
+        /// a changed file needed hashing apart.
+        public var commands: Int
+        /// Units whose unit-file state was asked again (nil: all of them, the whole list).
+        public var unitsAsked: [String]?
     }
 
     /// The key of listings this collector can compare with.
@@ -79,7 +90,9 @@ public struct IncrementalCollector: Sendable {
         }
         let inventory = CollectedInventory(
             snapshot: snapshot, warnings: warnings, collectedAt: Date(), seconds: started.secondsSince)
-        return (inventory, FileListing(key: listingKey, entries: entries))
+        let units = UnitReference.from(
+            Self.sections(["unit-files", "unit-dirs", "unit-also"], in: output.stdoutText), root: options.normalizedRoot)
+        return (inventory, FileListing(key: listingKey, entries: entries, units: units))
     }
 
     /// The inventory now, hashing only files that differ from `reference`.
@@ -90,21 +103,62 @@ public struct IncrementalCollector: Sendable {
         }
         let started = ContinuousClock.now
         let collectedAt = Date()
-        let scan = try await run(InventoryScript.render(options, files: .listed(hashes: false)), what: "the inventory")
-        let listing = Self.listing(in: scan.stdoutText, root: options.normalizedRoot)
+        // One command: the guest hashes, in the same find pass, every regular file whose ctime
+        // is newer than the reference's newest. Changed files always are; the metadata
+        // comparison below checks it.
+        let since = Self.newestCtime(of: reference) ?? "0"
+        let scanStarted = ContinuousClock.now
+        let scan = try await run(
+            InventoryScript.render(options, files: .listedChangedSince(ctime: since), unitFiles: reference.units == nil),
+            what: "the inventory")
+        var commandSeconds = scanStarted.secondsSince
+        var commands = 1
+        var unitsAsked: [String]?
+        var output = scan.stdoutText
+        if let units = reference.units {
+            // The unit files' states: the reference's, asked again only for units whose files
+            // or symlinks changed.
+            let found = Self.sections(["unit-dirs", "unit-also"], in: output)
+            let now = UnitReference.directories(found["unit-dirs"] ?? [], root: options.normalizedRoot)
+            let changed = UnitFileDiff.changed(reference: units, directories: now, also: (found["unit-also"] ?? []).map(String.init))
+            var lines = units.files
+            unitsAsked = changed?.sorted()
+            if changed?.isEmpty != true {
+                let asked = ContinuousClock.now
+                let fresh = try await run(
+                    InventoryScript.unitFilesScript(options, units: changed.map(UnitFileDiff.patterns) ?? []),
+                    what: "the changed units' states")
+                commandSeconds += asked.secondsSince
+                commands += 1
+                let freshLines = fresh.stdoutText.split(separator: "\n").map(String.init).filter { !$0.isEmpty }
+                if let changed {
+                    lines = lines.filter { UnitFileDiff.unitName($0).map { !changed.contains($0) } ?? true } + freshLines
+                } else {
+                    lines = freshLines
+                }
+            }
+            output += "\n" + InventoryScript.marker + "unit-files\n" + lines.joined(separator: "\n") + "\n"
+        }
+        let listing = Self.listing(in: output, root: options.normalizedRoot)
         let changed = listing.compactMap { path, metadata -> String? in
             guard metadata.hasPrefix("f\t") else { return nil }
             return reference.entries[path]?.metadata == metadata ? nil : path
         }.sorted()
-        var output = scan.stdoutText
-        if !changed.isEmpty {
+        let hashedInGuest = Self.hashedPaths(in: output, root: options.normalizedRoot)
+        // A changed file the ctime test missed (a guest clock set backwards) is hashed in a
+        // second command, so the snapshot never depends on the clock.
+        let missed = changed.filter { !hashedInGuest.contains($0) }
+        if !missed.isEmpty {
+            let hashStarted = ContinuousClock.now
             let hashes = try await run(
-                Self.hashScript(changed, root: options.normalizedRoot), what: "the changed files' hashes")
+                Self.hashScript(missed, root: options.normalizedRoot), what: "the changed files' hashes")
+            commandSeconds += hashStarted.secondsSince
+            commands += 1
             output += "\n" + InventoryScript.marker + "sha256\n" + hashes.stdoutText
         }
         var (snapshot, warnings) = InventoryParser.parse(output, options: options)
         warnings += scan.stderrText.split(separator: "\n").map(String.init)
-        let unchanged = Set(listing.keys).subtracting(changed)
+        let unchanged = Set(listing.keys).subtracting(changed).subtracting(hashedInGuest)
         for index in snapshot.files.indices where snapshot.files[index].kind == .file {
             let path = snapshot.files[index].path
             if unchanged.contains(path), let known = reference.entries[path] {
@@ -115,7 +169,58 @@ public struct IncrementalCollector: Sendable {
         return Result(
             inventory: CollectedInventory(
                 snapshot: snapshot, warnings: warnings, collectedAt: collectedAt, seconds: started.secondsSince),
-            hashed: changed.count)
+            hashed: hashedInGuest.count + missed.count, commandSeconds: commandSeconds, commands: commands, unitsAsked: unitsAsked)
+    }
+
+    /// The newest ctime in a listing, as `find` wrote it (seconds since the epoch); nil for
+    /// an empty listing.
+    static func newestCtime(of listing: FileListing) -> String? {
+        var newest: (value: Double, text: String)?
+        for entry in listing.entries.values {
+            guard let field = entry.metadata.split(separator: "\t").last, let ctime = Double(field), ctime.isFinite
+            else { continue }
+            if newest == nil || ctime > newest?.value ?? 0 { newest = (ctime, String(field)) }
+        }
+        return newest?.text
+    }
+
+    /// The lines of the named sections of a script's output (a section that comes twice adds up).
+    static func sections(_ names: Set<String>, in output: String) -> [String: [Substring]] {
+        var found: [String: [Substring]] = [:]
+        var current: String?
+        for line in output.split(separator: "\n", omittingEmptySubsequences: true) {
+            if line.hasPrefix(InventoryScript.marker) {
+                let name = String(line.dropFirst(InventoryScript.marker.count))
+                current = names.contains(name) ? name : nil
+                if let current, found[current] == nil { found[current] = [] }
+                continue
+            }
+            if let current { found[current, default: []].append(line) }
+        }
+        return found
+    }
+
+    /// The root-relative paths the output's `sha256` sections hashed.
+    static func hashedPaths(in output: String, root: String) -> Set<String> {
+        let prefix = root == "/" ? "" : root
+        var inHashes = false
+        var paths: Set<String> = []
+        for line in output.split(separator: "\n", omittingEmptySubsequences: true) {
+            if line.hasPrefix(InventoryScript.marker) {
+                inHashes = line == InventoryScript.marker + "sha256"
+                continue
+            }
+            // sha256sum: `HASH  PATH`, or `\HASH  PATH` with the path escaped; an escaped
+            // name is left out (it counts as not hashed and goes to the second command).
+            guard inHashes, !line.hasPrefix("\\"), let gap = line.range(of: "  ") else { continue }
+            var path = String(line[gap.upperBound...])
+            if !prefix.isEmpty, path.hasPrefix(prefix) {
+                path = String(path.dropFirst(prefix.count))
+                if path.isEmpty { path = "/" }
+            }
+            paths.insert(path)
+        }
+        return paths
     }
 
     private func run(_ script: String, what: String) async throws -> CommandResult {

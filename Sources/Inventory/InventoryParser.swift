@@ -11,8 +11,10 @@ public enum InventoryParser {
         var current: String?
         for line in output.split(separator: "\n", omittingEmptySubsequences: false) {
             if line.hasPrefix(InventoryScript.marker) {
-                current = String(line.dropFirst(InventoryScript.marker.count))
-                sections[current ?? "", default: []] = []
+                // A section that comes again (hashes from a second command) adds to the first.
+                let name = String(line.dropFirst(InventoryScript.marker.count))
+                current = name
+                if sections[name] == nil { sections[name] = [] }
             } else if let current, !line.isEmpty {
                 sections[current, default: []].append(line)
             }

@@ -102,14 +102,19 @@ public struct TestOutcome: Codable, Sendable, Equatable {
     public var seconds: Double
     /// The last lines of its output, to say why it failed.
     public var outputTail: String
+    /// Its run time by the guest's own clock (nil when not measured, e.g. killed).
+    public var guestSeconds: Double?
 
     public var passed: Bool { exitCode == 0 && !timedOut }
 
-    public init(name: String, exitCode: Int32, timedOut: Bool, seconds: Double, outputTail: String) {
+    public init(
+        name: String, exitCode: Int32, timedOut: Bool, seconds: Double, outputTail: String, guestSeconds: Double? = nil
+    ) {
         self.name = name
         self.exitCode = exitCode
         self.timedOut = timedOut
         self.seconds = seconds
         self.outputTail = outputTail
+        self.guestSeconds = guestSeconds
     }
 }

@@ -335,9 +335,23 @@ public struct Lab: Sendable {
         }
     }
 
-    private func restore(_ slot: BaselineImage.Slot, of image: BaselineImage, lock: FileLock, host: LabHosts.Host)
-        async throws -> RestoredGuest
-    {
+    /// Restores a guest of `image` ahead of time, paused (its own overlay, the slot's saved
+    /// state), for the matrix's warm pool: nil when no saved slot of it is free on `host`.
+    /// Never boots a new slot: a cold boot is what the pool exists to avoid.
+    func restorePaused(_ image: BaselineImage, on host: LabHosts.Host) async throws -> RestoredGuest? {
+        try home.prepare()
+        let current = try BaselineImage.load(from: image.directory) ?? image
+        for slot in current.slots where self.host(named: slot.host) == host && !isKept(slot.domain) {
+            if let lock = try FileLock.tryAcquire(home.slotLock(domain: slot.domain)) {
+                return try await restore(slot, of: current, lock: lock, host: host, paused: true)
+            }
+        }
+        return nil
+    }
+
+    private func restore(
+        _ slot: BaselineImage.Slot, of image: BaselineImage, lock: FileLock, host: LabHosts.Host, paused: Bool = false
+    ) async throws -> RestoredGuest {
         let started = ContinuousClock.now
         lock.note("pid \(getpid())\n")
         let connection: Connection
@@ -362,15 +376,21 @@ public struct Lab: Sendable {
             try await HostCommand.check("qemu-img", ["create", "-q", "-f", "qcow2", "-b", slot.disk, "-F", "qcow2", overlay])
             let saved = try await connection.savedImageXML(at: slot.saveFile)
             let xml = saved.replacingAttribute(slot.disk, with: overlay).replacingAttribute(slot.console, with: console)
-            try await connection.restore(from: slot.saveFile, xml: xml)
+            try await connection.restore(from: slot.saveFile, xml: xml, paused: paused)
             domain = try await connection.domain(named: slot.domain)
             guard let domain else { throw ChangelabError("domain \(slot.domain) vanished right after its restore") }
+            if paused {
+                return RestoredGuest(
+                    lab: self, image: image, slot: slot, host: host, domain: domain, overlay: overlay, console: console,
+                    lock: lock, restoreSeconds: started.secondsSince, clockSeconds: 0, paused: true)
+            }
             let agent = domain.agent
             try await awaitAgent(agent, console: console, within: .seconds(60), what: "restore of \(image.name)")
+            let clockStarted = ContinuousClock.now
             try await agent.setTime()
             return RestoredGuest(
                 lab: self, image: image, slot: slot, host: host, domain: domain, overlay: overlay, console: console,
-                lock: lock, restoreSeconds: started.secondsSince)
+                lock: lock, restoreSeconds: started.secondsSince, clockSeconds: clockStarted.secondsSince)
         } catch {
             let leftover = domain
             let cleanup = Task.detached {
@@ -527,10 +547,15 @@ public final class RestoredGuest: Sendable {
     let lock: FileLock
     /// Seconds from starting the restore to an answering agent with its clock set.
     public let restoreSeconds: Double
+    /// Of those, the seconds spent setting the clock.
+    public let clockSeconds: Double
+    /// Restored ahead of time and paused (the warm pool): `resume()` before use.
+    public let paused: Bool
+    private let finished = AtomicFlag()
 
     init(
         lab: Lab, image: BaselineImage, slot: BaselineImage.Slot, host: LabHosts.Host, domain: Domain, overlay: String,
-        console: String, lock: FileLock, restoreSeconds: Double
+        console: String, lock: FileLock, restoreSeconds: Double, clockSeconds: Double, paused: Bool = false
     ) {
         self.lab = lab
         self.image = image
@@ -541,6 +566,21 @@ public final class RestoredGuest: Sendable {
         self.console = console
         self.lock = lock
         self.restoreSeconds = restoreSeconds
+        self.clockSeconds = clockSeconds
+        self.paused = paused
+    }
+
+    /// Resumes a guest restored paused, waits for its agent and sets its clock: what a cell
+    /// from the warm pool pays on its critical path. Returns the resume (to an answering
+    /// agent) and clock seconds.
+    public func resume() async throws -> (resume: Double, clock: Double) {
+        let started = ContinuousClock.now
+        try await domain.resume()
+        try await lab.awaitAgent(agent, console: console, within: .seconds(60), what: "resume of \(image.name)")
+        let resumed = started.secondsSince
+        let clockStarted = ContinuousClock.now
+        try await agent.setTime()
+        return (resumed, clockStarted.secondsSince)
     }
 
     public var agent: GuestAgent { domain.agent }
@@ -548,7 +588,10 @@ public final class RestoredGuest: Sendable {
 
     /// Tears the guest down (destroy, delete overlay and console, free the slot), or keeps
     /// it running for debugging. Runs to the end even when the caller was cancelled.
+    /// Only the first call acts: a later one (a pooled guest torn down on a cancelled path)
+    /// never destroys a VM the first kept.
     public func finish(keep: Bool, reason: String = "kept on request") async {
+        guard finished.setOnce() else { return }
         let lab = self.lab
         let task = Task.detached { [self] in
             if keep {

@@ -45,12 +45,13 @@ public enum StandingSuite {
             let name = (test as NSString).lastPathComponent
             let target = "\(guestDirectory)/\(name)"
             try await agent.upload(file: test, to: target, mode: 0o755)
-            let result = try await agent.exec([target], timeout: timeout)
+            // Timed in the guest too, so the old path's work is counted as the new one's is.
+            let (result, guestSeconds) = GuestTiming.split(try await agent.exec(GuestTiming.argv([target]), timeout: timeout))
             let combined = result.stdoutText + (result.stderr.isEmpty ? "" : result.stderrText)
             outcomes.append(
                 TestOutcome(
                     name: name, exitCode: result.exitCode, timedOut: result.timedOut, seconds: result.seconds,
-                    outputTail: CommandResult.tail(of: combined, lines: 20)))
+                    outputTail: CommandResult.tail(of: combined, lines: 20), guestSeconds: guestSeconds))
         }
         return outcomes
     }
@@ -136,7 +137,7 @@ public enum StandingSuite {
             outcomes.append(
                 TestOutcome(
                     name: names[test], exitCode: timedOut ? -1 : code, timedOut: timedOut, seconds: elapsed,
-                    outputTail: CommandResult.tail(of: combined, lines: 20)))
+                    outputTail: CommandResult.tail(of: combined, lines: 20), guestSeconds: elapsed))
         }
         return outcomes
     }

@@ -1,6 +1,6 @@
 import Foundation
 import HostIO
-import Inventory
+@testable import Inventory
 import Model
 import Testing
 
@@ -105,6 +105,56 @@ import Testing
         #expect(result.inventory.snapshot.files == baseline.snapshot.files)
     }
 
+    /// Counts the scripts a collector sends: each is a guest round trip in the lab.
+    final class CountingShell: CommandRunner, @unchecked Sendable {
+        // @unchecked: `count` is guarded by `lock`.
+        private let lock = NSLock()
+        private var sent = 0
+        var count: Int { lock.withLock { sent } }
+
+        func runShell(_ script: String, timeout: Duration) async throws -> CommandResult {
+            lock.withLock { sent += 1 }
+            return try await LocalShell().runShell(script, timeout: timeout)
+        }
+    }
+
+    @Test func anInventoryAfterChangesIsOneCommandHashingOnlyFilesWithANewerCtime() async throws {
+        let tree = try Tree()
+        defer { tree.remove() }
+        let (_, listing) = try await IncrementalCollector(runner: LocalShell(), options: tree.options).record()
+        try await Task.sleep(for: .milliseconds(20))
+        try tree.write("two\n", to: "etc/app/content")
+        try tree.write("new\n", to: "etc/app/added")
+        let shell = CountingShell()
+        let result = try await IncrementalCollector(runner: shell, options: tree.options).collect(against: listing)
+        #expect(shell.count == 1, "one command for the whole inventory, hashes included")
+        #expect(result.hashed == 2)
+        let full = try await InventoryCollector(runner: LocalShell(), options: tree.options).collect().snapshot
+        #expect(result.inventory.snapshot.files == full.files)
+    }
+
+    @Test func aChangedFileTheCtimeTestMissedIsStillHashed() async throws {
+        // A reference whose newest ctime lies in the future (a guest clock set backwards since):
+        // the guest hashes nothing, the metadata comparison catches the change, and a second
+        // command hashes it.
+        let tree = try Tree()
+        defer { tree.remove() }
+        var (_, listing) = try await IncrementalCollector(runner: LocalShell(), options: tree.options).record()
+        if var entry = listing.entries["/etc/app/untouched"] {
+            var fields = entry.metadata.split(separator: "\t").map(String.init)
+            fields[fields.count - 1] = "9999999999.0000000000"
+            entry.metadata = fields.joined(separator: "\t")
+            listing.entries["/etc/app/untouched"] = entry
+        }
+        try await Task.sleep(for: .milliseconds(20))
+        try tree.write("two\n", to: "etc/app/content")
+        let shell = CountingShell()
+        let result = try await IncrementalCollector(runner: shell, options: tree.options).collect(against: listing)
+        #expect(shell.count == 2)
+        let full = try await InventoryCollector(runner: LocalShell(), options: tree.options).collect().snapshot
+        #expect(result.inventory.snapshot.files == full.files)
+    }
+
     @Test func aListingOfAnotherFormatIsRefused() throws {
         let data = Data(#"{"entries":{},"format":99,"key":"x"}"#.utf8)
         #expect(throws: ChangelabError.self) { try FileListing.decode(data) }
@@ -115,5 +165,60 @@ import Testing
         let script = InventoryCollector(runner: LocalShell(), options: options).script
         #expect(script.contains("-printf '%y\\t%m\\t%U\\t%G\\t%s\\t%l\\t%p\\n'; fi"))
         #expect(!script.contains("sec listing"))
+    }
+}
+
+/// Which units an incremental inventory asks `systemctl list-unit-files` about again.
+@Suite struct UnitFileDiffTests {
+    static func entry(_ type: String, target: String = "") -> String { "\(type)\t644\t12\t100\t1.0\t1.0\t\(target)" }
+
+    static let reference = UnitReference(
+        files: ["getty@.service enabled enabled", "getty@tty1.service enabled enabled", "net.service disabled enabled",
+                "net.socket disabled enabled", "ssh.service enabled enabled", "multi-user.target static -"],
+        directories: [
+            "/lib/systemd/system": entry("d"), "/lib/systemd/system/ssh.service": entry("f"),
+            "/lib/systemd/system/net.service": entry("f"), "/lib/systemd/system/net.socket": entry("f"),
+            "/lib/systemd/system/getty@.service": entry("f"),
+            "/etc/systemd/system/multi-user.target.wants/ssh.service": entry("l", target: "/lib/systemd/system/ssh.service"),
+        ],
+        also: ["/lib/systemd/system/net.service:Also=net.socket"])
+
+    @Test func nothingChangedAsksAboutNoUnit() {
+        #expect(UnitFileDiff.changed(reference: Self.reference, directories: Self.reference.directories, also: Self.reference.also) == [])
+    }
+
+    @Test func aNewEnabledServiceNamesItselfAndTheTargetThatWantsIt() {
+        var now = Self.reference.directories
+        now["/lib/systemd/system/greeterd.service"] = Self.entry("f")
+        now["/etc/systemd/system/multi-user.target.wants/greeterd.service"] = Self.entry("l", target: "/lib/systemd/system/greeterd.service")
+        now["/lib/systemd/system"] = "d\t755\t12\t100\t2.0\t2.0\t"
+        let changed = UnitFileDiff.changed(reference: Self.reference, directories: now, also: Self.reference.also)
+        #expect(changed == ["greeterd.service", "multi-user.target"])
+    }
+
+    @Test func alsoTemplatesAndDropInsReachTheUnitsTheyTie() {
+        var now = Self.reference.directories
+        // A socket enabled: the service that names it in Also= may turn indirect.
+        now["/etc/systemd/system/sockets.target.wants/net.socket"] = Self.entry("l", target: "/lib/systemd/system/net.socket")
+        // A drop-in for an instance: the instance, its template and the template's other instances.
+        now["/etc/systemd/system/getty@tty2.service.d/override.conf"] = Self.entry("f")
+        // A removed unit file is named too.
+        now["/lib/systemd/system/ssh.service"] = nil
+        let changed = UnitFileDiff.changed(reference: Self.reference, directories: now, also: Self.reference.also) ?? []
+        for name in ["net.socket", "net.service", "sockets.target", "getty@tty2.service", "getty@.service", "getty@tty1.service", "ssh.service"] {
+            #expect(changed.contains(name), "\(name) missing from \(changed.sorted())")
+        }
+        #expect(!changed.contains("multi-user.target"))
+    }
+
+    @Test func escapedAndDashNamesAreAskedByNameNotByAskingForEveryUnit() {
+        var now = Self.reference.directories
+        now["/run/systemd/generator/-.mount"] = Self.entry("f")
+        now["/lib/systemd/system/system-systemd\\x2dcryptsetup.slice"] = Self.entry("f")
+        let changed = UnitFileDiff.changed(reference: Self.reference, directories: now, also: [])
+        #expect(changed == ["-.mount", "system-systemd\\x2dcryptsetup.slice"])
+        #expect(UnitFileDiff.patterns(changed ?? []) == ["-.mount", "system-systemd?x2dcryptsetup.slice"])
+        now["/lib/systemd/system/odd*.service"] = Self.entry("f")
+        #expect(UnitFileDiff.changed(reference: Self.reference, directories: now, also: []) == nil)
     }
 }

@@ -55,7 +55,14 @@ struct BenchCommand: AsyncParsableCommand {
     struct MatrixBench: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "matrix",
-            abstract: "Per-cell harness overhead and parallel speed-up, measured on one real matrix run.")
+            abstract: "Per-cell harness share and steps, and parallel speed-up, measured on real matrix runs.",
+            discussion: """
+                The harness share of a cell is 1 - (the guest-measured time of the package's own steps, its tests \
+                and the standing suite) / (the cell's wall time from taking its slot to releasing it). \
+                --compare-old runs the new path, then the old one (--full-inventory --test-per-command \
+                --no-warm-pool), \
+                in this one invocation, and compares their wall times.
+                """)
         @OptionGroup var projectOptions: ProjectOptions
         @OptionGroup var output: OutputOptions
         @Option(help: "The package to run.")
@@ -64,31 +71,79 @@ struct BenchCommand: AsyncParsableCommand {
         var lanes = "install,reinstall,uninstall"
         @Option(help: "Baselines, comma-separated (default: every approved one).")
         var baselines: String?
+        @Option(help: "Cells at once (default: every slot of every lab host).")
+        var parallel: Int?
+        @OptionGroup var paths: MatrixPathOptions
+        @Flag(help: "Run the new path, then the old one (--full-inventory --test-per-command --no-warm-pool), and compare.")
+        var compareOld = false
+
+        func validate() throws {
+            if let parallel, parallel < 1 { throw ValidationError("--parallel must be at least 1") }
+            if compareOld && !paths.isNew {
+                throw ValidationError(
+                    "--compare-old runs both paths itself: leave out --full-inventory, --test-per-command and --no-warm-pool")
+            }
+        }
 
         func run() async throws {
             let lab = try Lab(project: try projectOptions.project(), progress: ConsoleProgress.handler())
             let progress = MatrixProgress(quiet: false)
-            let report = try await MatrixBenchmark(lab: lab).run(
+            let measured: [MatrixBenchmark.Path] = compareOld ? [.new, .old] : [paths.path]
+            let comparison = try await MatrixBenchmark(lab: lab).run(
                 package: package, lanes: try MatrixLane.parseList(lanes),
-                baselines: baselines.map { $0.split(separator: ",").map(String.init) } ?? []
+                baselines: baselines.map { $0.split(separator: ",").map(String.init) } ?? [], paths: measured,
+                parallel: parallel
             ) { progress.handle($0) }
-            if output.json { return try printJSON(report) }
+            if output.json { return try printJSON(comparison) }
+            for report in comparison.runs { Self.print(report) }
+            if let speedup = comparison.wallSpeedup, let new = comparison.runs.first(where: { $0.path == .new }),
+                let old = comparison.runs.first(where: { $0.path == .old })
+            {
+                Swift.print(
+                    String(
+                        format: "old wall %.0f s, new wall %.0f s: %.2fx faster (target >= %.1fx: %@)", old.wallSeconds,
+                        new.wallSeconds, speedup, comparison.wallSpeedupAtLeast,
+                        speedup >= comparison.wallSpeedupAtLeast ? "met" : "NOT met"))
+            }
+            if !comparison.allPassed { note("note: not every cell passed (see: changelab matrix show RUN)") }
+        }
+
+        static func print(_ report: MatrixBenchmark.Report) {
             func row(_ name: String, _ timings: Timings, percent: Bool = false) -> [String] {
                 let format = percent ? "%.1f%%" : "%.2f"
                 let scale = percent ? 100.0 : 1.0
                 return [name, String(format: format, timings.median * scale), String(format: format, timings.min * scale),
                         String(format: format, timings.max * scale)]
             }
+            Swift.print("\(report.path.name) path: run \(report.run)")
             var table = Table("PER CELL (\(report.cells) cells)", "MEDIAN", "MIN", "MAX")
-            table.add(row("harness overhead share", report.overheadShare, percent: true))
-            table.add(row("restore + clock (s)", report.restoreSeconds))
-            table.add(row("upload (s)", report.uploadSeconds))
-            table.add(row("discard (s)", report.discardSeconds))
-            table.add(row("cell (s)", report.cellSeconds))
+            table.add(row("harness share", report.harnessShare, percent: true))
+            table.add(row("cell in its slot (s)", report.cellSeconds))
+            table.add(row("guest work (s)", report.workSeconds))
+            table.add(row("harness (s)", report.harnessSeconds))
+            table.add(row("  restore/resume (s)", report.steps.restore))
+            table.add(row("  clock (s)", report.steps.clock))
+            table.add(row("  slot listing (s)", report.steps.listing))
+            table.add(row("  upload (s)", report.steps.upload))
+            table.add(row("  prerequisites (s)", report.steps.prerequisites))
+            table.add(row("  inventory and delta (s)", report.steps.inventory))
+            table.add(row("  settle (s)", report.steps.settle))
+            table.add(row("  guest round trips (s)", report.steps.roundTrips))
+            table.add(row("  discard (s)", report.steps.discard))
+            table.add(row("  unattributed (s)", report.steps.unattributed))
             table.print()
-            print(String(format: "wall %.0f s for %.0f s of cells: speed-up %.2f on %d slots, %d cores", report.wallSeconds, report.sumOfCellSeconds, report.speedup, report.slots, report.cores))
-            print(String(format: "targets: overhead <= 15%% of every cell, speed-up >= %.1f: %@", report.targets.speedupAtLeast, report.targets.met ? "met" : "NOT met"))
-            if !report.allPassed { note("note: not every cell passed (see: changelab matrix show \(report.run))") }
+            let load = report.loadAtStart.map { String(format: "%.2f", $0) }.joined(separator: " ")
+            Swift.print(
+                String(
+                    format: "wall %.0f s for %.0f s of cells: speed-up %.2f on %d slots, %d cores; %d cells from the warm pool; load average at start %@",
+                    report.wallSeconds, report.sumOfCellSeconds, report.speedup, report.slots, report.cores,
+                    report.cellsFromPool, load))
+            let targets = report.targets
+            Swift.print(
+                String(
+                    format: "targets: share <= %.0f%% median and <= %.0f%% worst, inventory <= %.0f s median, speed-up >= %.1f: %@\n",
+                    targets.shareMedianAtMost * 100, targets.shareWorstAtMost * 100, targets.inventoryMedianAtMostSeconds,
+                    targets.speedupAtLeast, targets.met ? "met" : "NOT met"))
         }
     }
 }

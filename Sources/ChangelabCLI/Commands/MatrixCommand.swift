@@ -65,10 +65,7 @@ struct MatrixCommand: AsyncParsableCommand {
         @OptionGroup var reports: MatrixCommand.ReportFiles
         @Flag(help: "Do not record the run in the CMDB.")
         var noRecord = false
-        @Flag(help: "The old path, to measure against: a full inventory (every file hashed) after install.")
-        var fullInventory = false
-        @Flag(help: "The old path, to measure against: one upload and guest command per test.")
-        var testPerCommand = false
+        @OptionGroup var paths: MatrixPathOptions
 
         func validate() throws {
             if let parallel, parallel < 1 { throw ValidationError("--parallel must be at least 1") }
@@ -84,8 +81,9 @@ struct MatrixCommand: AsyncParsableCommand {
             options.lanes = try MatrixLane.parseList(lanes)
             options.parallel = parallel
             options.keepFailed = keepFailed
-            options.fullInventory = fullInventory
-            options.testPerCommand = testPerCommand
+            options.fullInventory = paths.fullInventory
+            options.testPerCommand = paths.testPerCommand
+            options.warmPool = !paths.noWarmPool
             options.cmdb = noRecord ? nil : try cmdbOptions.path()
             let result: MatrixRun
             if let resume {
@@ -197,6 +195,8 @@ final class MatrixProgress: @unchecked Sendable {
             line("\(mark) \(result.id) \(MatrixReport.verdictLabelText(result.verdict)) in \(Int(result.timings.total.rounded())) s\(why)  \(counts)")
         case .note(let text):
             line(text)
+        case .warmPoolClosed(let restored, _):
+            if !restored.isEmpty { line("warm pool: closed; \(restored.count) guests restored ahead, none left running") }
         }
     }
 

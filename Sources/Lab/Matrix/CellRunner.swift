@@ -30,9 +30,26 @@ struct CellContext: Sendable {
 enum CellRunner {
     static let guestDirectory = "/var/tmp/changelab"
 
-    static func run(_ context: CellContext, on host: LabHosts.Host, onAttempt: @Sendable (Int) -> Void) async throws
-        -> CellResult
-    {
+    /// - Parameter pooled: a guest of the cell's baseline restored ahead, paused (the warm
+    ///   pool), for the first attempt; a retry always gets a fresh restore.
+    static func run(
+        _ context: CellContext, on host: LabHosts.Host, pooled: RestoredGuest? = nil, onAttempt: @Sendable (Int) -> Void
+    ) async throws -> CellResult {
+        // A pooled guest the first attempt never got to (cancelled first) is torn down here;
+        // one it used, it finished itself (finish acts once, so a kept VM stays kept).
+        do {
+            let result = try await attempts(context, on: host, pooled: pooled, onAttempt: onAttempt)
+            await pooled?.finish(keep: false)
+            return result
+        } catch {
+            await pooled?.finish(keep: false)
+            throw error
+        }
+    }
+
+    private static func attempts(
+        _ context: CellContext, on host: LabHosts.Host, pooled: RestoredGuest?, onAttempt: @Sendable (Int) -> Void
+    ) async throws -> CellResult {
         let log = TextLog()
         var lastError: Error?
         var lastSteps: [StepOutcome] = []
@@ -41,7 +58,7 @@ enum CellRunner {
             try Task.checkCancellation()
             onAttempt(attempt)
             log.append("==== attempt \(attempt) on a fresh restore of \(context.image.name) ====\n")
-            let cell = CellAttempt(context: context, host: host, log: log)
+            let cell = CellAttempt(context: context, host: host, log: log, pooled: attempt == 1 ? pooled : nil)
             do {
                 var result = try await cell.run()
                 result.attempts = attempt
@@ -78,13 +95,17 @@ final class CellAttempt: @unchecked Sendable {
     private(set) var steps: [StepOutcome] = []
     private var verdict = CellVerdict.pass
     private var reason = ""
+    private var timings = CellTimings()
     /// The restored slot's file listing, for the incremental inventory.
     private var listing: FileListing?
+    /// A paused guest from the warm pool, to resume instead of restoring.
+    private let pooled: RestoredGuest?
 
-    init(context: CellContext, host: LabHosts.Host, log: TextLog) {
+    init(context: CellContext, host: LabHosts.Host, log: TextLog, pooled: RestoredGuest? = nil) {
         self.context = context
         self.host = host
         self.log = log
+        self.pooled = pooled
     }
 
     private var lab: Lab { context.lab }
@@ -106,10 +127,29 @@ final class CellAttempt: @unchecked Sendable {
 
     func run() async throws -> CellResult {
         let started = ContinuousClock.now
-        var timings = CellTimings()
-        let guest = try await lab.restore(context.image, on: host)
-        timings.restore = guest.restoreSeconds
-        record(StepOutcome(phase: .restore, name: "restore \(context.image.name) + set clock", status: .passed, seconds: guest.restoreSeconds))
+        let guest: RestoredGuest
+        if let pooled {
+            do {
+                (timings.restore, timings.clock) = try await pooled.resume()
+            } catch {
+                await pooled.finish(keep: false)
+                throw error
+            }
+            guest = pooled
+            timings.fromPool = true
+            log.append(
+                String(format: "resumed %@ from the warm pool (restored ahead, paused, in %.1f s)\n", guest.name, guest.restoreSeconds))
+        } else {
+            guest = try await lab.restore(context.image, on: host)
+            timings.restore = max(0, guest.restoreSeconds - guest.clockSeconds)
+            timings.clock = guest.clockSeconds
+        }
+        record(
+            StepOutcome(
+                phase: .restore,
+                name: timings.fromPool
+                    ? "resume \(context.image.name) from the warm pool + set clock" : "restore \(context.image.name) + set clock",
+                status: .passed, seconds: timings.restore + timings.clock))
         var delta: ConfigurationDelta?
         var residue: ConfigurationDelta?
         var violations: [PolicyViolation] = []
@@ -119,6 +159,7 @@ final class CellAttempt: @unchecked Sendable {
                 let listed = ContinuousClock.now
                 let (listing, recorded) = try await lab.slotListing(for: guest, watching: context.watch)
                 self.listing = listing
+                timings.listing = listed.secondsSince
                 if recorded {
                     log.append(String(format: "recorded the slot's file listing (%.1f s, once per slot)\n", listed.secondsSince))
                 }
@@ -221,7 +262,9 @@ final class CellAttempt: @unchecked Sendable {
                 """
         }
         script += "exit $unmet\n"
+        let checkStarted = ContinuousClock.now
         let result = try await guest.agent.exec(["/bin/sh", "-c", script], timeout: .seconds(60))
+        timings.prerequisites = checkStarted.secondsSince
         let unmet = result.stdoutText.split(separator: "\n").map(String.init)
         log.append(result.stdoutText + result.stderrText)
         if result.exitCode == 0 {
@@ -260,9 +303,11 @@ final class CellAttempt: @unchecked Sendable {
                     cd '\(CellRunner.guestDirectory)'
 
                     """
-                let result = try await guest.agent.exec(
-                    ["/bin/sh", "-c", environment + script], timeout: .seconds(step.timeoutSeconds)
-                ) { [log] _, data in log.append(String(decoding: data, as: UTF8.self)) }
+                let (result, guestSeconds) = GuestTiming.split(
+                    try await guest.agent.exec(
+                        GuestTiming.argv(["/bin/sh", "-c", environment + script]), timeout: .seconds(step.timeoutSeconds)
+                    ) { [log] _, data in log.append(String(decoding: data, as: UTF8.self)) })
+                timings.workCommands += result.seconds
                 let tail = CommandResult.tail(of: result.stdoutText + result.stderrText, lines: 15)
                 if result.timedOut {
                     outcome = StepOutcome(phase: phase, name: step.name, status: .timedOut, seconds: result.seconds, detail: tail)
@@ -274,8 +319,12 @@ final class CellAttempt: @unchecked Sendable {
                 } else {
                     outcome = StepOutcome(phase: phase, name: step.name, status: .passed, exitCode: 0, seconds: result.seconds, detail: tail)
                 }
+                outcome.guestSeconds = guestSeconds
             case .reboot:
                 outcome = try await reboot(step, phase: phase, guest)
+                // The guest's uptime restarts: the reboot counts whole, by the host's clock.
+                outcome.guestSeconds = outcome.status == .passed ? outcome.seconds : nil
+                timings.workCommands += outcome.seconds
                 if outcome.status != .passed {
                     fail(.timeout, "\(label) '\(step.name)': the guest did not come back from the reboot within \(step.timeoutSeconds) s")
                 }
@@ -300,7 +349,10 @@ final class CellAttempt: @unchecked Sendable {
         let deadline = started + .seconds(step.timeoutSeconds)
         let left = max(.seconds(1), deadline - ContinuousClock.now)
         var settled = outcome
-        switch try await GuestSettle.wait(guest.agent, within: left) {
+        let settleStarted = ContinuousClock.now
+        let waited = try await GuestSettle.wait(guest.agent, within: left)
+        timings.settle += settleStarted.secondsSince
+        switch waited {
         case .settled(let state, let seconds):
             log.append(String(format: "settled (%@) after %.1f s\n", state, seconds))
             settled.seconds = started.secondsSince
@@ -356,15 +408,18 @@ final class CellAttempt: @unchecked Sendable {
 
     private func runTests(_ tests: [String], phase: StepOutcome.Phase, _ guest: RestoredGuest) async throws {
         guard !tests.isEmpty else { return }
+        let suiteStarted = ContinuousClock.now
         let outcomes = try await StandingSuite.run(
             tests, in: guest, timeout: .seconds(recipe.defaultTimeoutSeconds), oneByOne: !context.batchedTests,
             progress: { _ in })
+        timings.workCommands += suiteStarted.secondsSince
         for outcome in outcomes {
             log.append("-- \(phase.rawValue) \(outcome.name) output:\n\(outcome.outputTail)\n")
             record(
                 StepOutcome(
                     phase: phase, name: outcome.name, status: outcome.passed ? .passed : (outcome.timedOut ? .timedOut : .failed),
-                    exitCode: outcome.exitCode, seconds: outcome.seconds, detail: outcome.outputTail))
+                    exitCode: outcome.exitCode, seconds: outcome.seconds, detail: outcome.outputTail,
+                    guestSeconds: outcome.guestSeconds))
             guard !outcome.passed else { continue }
             let first = outcome.outputTail.split(separator: "\n").first.map(String.init) ?? ""
             let what = phase == .regression
@@ -387,12 +442,20 @@ final class CellAttempt: @unchecked Sendable {
         if let listing {
             let result = try await lab.incrementalCollector(for: guest, watching: context.watch).collect(against: listing)
             collected = result.inventory
-            how = "incremental inventory, \(result.hashed) changed files hashed"
+            how = String(
+                format: "incremental inventory (%d guest command%@, %.2f s; parsing %.2f s), %d changed files hashed, %@",
+                result.commands, result.commands == 1 ? "" : "s", result.commandSeconds,
+                result.inventory.seconds - result.commandSeconds, result.hashed,
+                result.unitsAsked.map { "unit-file states asked again for \($0.count) units (\(Self.brief($0)))" }
+                    ?? "every unit's state asked")
         } else {
             collected = try await lab.collector(for: guest, watching: context.watch).collect()
         }
+        let deltaStarted = ContinuousClock.now
         let delta = ConfigurationDelta(from: context.baselineInventory, to: collected.snapshot)
-        log.append(String(format: "-- %@ and delta in %.2f s\n", how, started.secondsSince))
+        how += String(format: "; delta %.2f s", deltaStarted.secondsSince)
+        timings.inventory = started.secondsSince
+        log.append(String(format: "-- %@ and delta in %.2f s\n", how, timings.inventory))
         record(
             StepOutcome(
                 phase: .inventory, name: "inventory and delta", status: .passed, seconds: started.secondsSince,

@@ -62,28 +62,97 @@ public struct StepOutcome: Codable, Sendable, Equatable {
     public var seconds: Double
     /// The last lines of the step's output, or what went wrong.
     public var detail: String
+    /// For the package's own steps, its tests and the standing suite: the seconds the guest
+    /// measured its command running (its /proc/uptime before and after), without the
+    /// agent's round trips or the settle wait. A reboot step counts whole, by the host's
+    /// clock (the guest's uptime restarts). Nil when not measured (a command killed at its
+    /// time-out, a harness step): such time counts as the harness's.
+    public var guestSeconds: Double?
 
-    public init(phase: Phase, name: String, status: Status, exitCode: Int32? = nil, seconds: Double, detail: String = "") {
+    public init(
+        phase: Phase, name: String, status: Status, exitCode: Int32? = nil, seconds: Double, detail: String = "",
+        guestSeconds: Double? = nil
+    ) {
         self.phase = phase
         self.name = name
         self.status = status
         self.exitCode = exitCode
         self.seconds = seconds
         self.detail = detail
+        self.guestSeconds = guestSeconds
     }
 }
 
-/// Where a cell's time went: the harness overhead (restore with clock, upload, discard)
-/// against the work itself.
+extension StepOutcome.Phase {
+    /// The package's own steps, its tests and the baseline's standing suite: what a cell is
+    /// for. Everything else in a cell is the harness.
+    public var isWork: Bool {
+        switch self {
+        case .install, .upgradeFrom, .reinstall, .uninstall, .test, .regression: return true
+        case .restore, .upload, .prerequisites, .inventory, .policy, .residue, .discard: return false
+        }
+    }
+}
+
+/// Where a cell's time went, by the host's clock, with the raw timestamps of its slot.
+///
+/// The harness's share of a cell is not a sum of these named steps: it is everything in
+/// the slot's wall time (`slotTakenAt` to `slotReleasedAt`) that was not the guest running
+/// the package's own steps, its tests and the standing suite (see `CellResult.harnessShare`).
+/// The named steps only say where that time went; `CellResult.unattributedHarnessSeconds`
+/// is what none of them names.
 public struct CellTimings: Codable, Sendable, Equatable {
+    /// Restoring the slot's saved memory (or resuming a guest from the warm pool) until its
+    /// agent answers.
     public var restore: Double = 0
+    /// Setting the guest clock after the restore.
+    public var clock: Double = 0
+    /// Reading the slot's file listing (or recording it, once per slot).
+    public var listing: Double = 0
     public var upload: Double = 0
+    public var prerequisites: Double = 0
+    /// The inventory after install and its delta from the baseline.
+    public var inventory: Double = 0
+    /// Waiting for the guest's systemd to settle after install and uninstall steps.
+    public var settle: Double = 0
+    /// Host seconds of the guest commands that ran the package's steps, its tests and the
+    /// standing suite, round trips included; minus the guest-measured time, the round trips.
+    public var workCommands: Double = 0
     public var discard: Double = 0
+    /// From the start of the last attempt to its discard.
     public var total: Double = 0
+    /// When the cell took its concurrency slot and gave it back: every attempt, the retry
+    /// included, lies in between. Nil in runs recorded before these were kept.
+    public var slotTakenAt: Date?
+    public var slotReleasedAt: Date?
+    /// The guest was resumed from the warm pool (restored ahead, paused), not restored.
+    public var fromPool = false
 
     public init() {}
 
-    public var overhead: Double { restore + upload + discard }
+    private enum CodingKeys: String, CodingKey {
+        case restore, clock, listing, upload, prerequisites, inventory, settle, workCommands, discard, total
+        case slotTakenAt, slotReleasedAt, fromPool
+    }
+
+    /// Runs stored before a field existed read it as zero (or nil).
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        func seconds(_ key: CodingKeys) throws -> Double { try container.decodeIfPresent(Double.self, forKey: key) ?? 0 }
+        restore = try seconds(.restore)
+        clock = try seconds(.clock)
+        listing = try seconds(.listing)
+        upload = try seconds(.upload)
+        prerequisites = try seconds(.prerequisites)
+        inventory = try seconds(.inventory)
+        settle = try seconds(.settle)
+        workCommands = try seconds(.workCommands)
+        discard = try seconds(.discard)
+        total = try seconds(.total)
+        slotTakenAt = try container.decodeIfPresent(Date.self, forKey: .slotTakenAt)
+        slotReleasedAt = try container.decodeIfPresent(Date.self, forKey: .slotReleasedAt)
+        fromPool = try container.decodeIfPresent(Bool.self, forKey: .fromPool) ?? false
+    }
 }
 
 /// The outcome of one cell: a lane of the package on one baseline.
@@ -112,6 +181,41 @@ public struct CellResult: Codable, Sendable, Equatable {
     public var keptVM: String?
 
     public var passed: Bool { verdict == .pass }
+
+    /// The guest-measured seconds of the package's own steps, its tests and the standing suite.
+    public var workSeconds: Double {
+        steps.filter(\.phase.isWork).reduce(0) { $0 + max(0, $1.guestSeconds ?? 0) }
+    }
+
+    /// The cell's wall time in its slot, from the raw timestamps (the last attempt's total
+    /// for runs recorded before they were kept).
+    public var slotSeconds: Double {
+        if let taken = timings.slotTakenAt, let released = timings.slotReleasedAt, released > taken {
+            return released.timeIntervalSince(taken)
+        }
+        return timings.total
+    }
+
+    /// Everything the harness added: 1 − work ÷ the slot's wall time, so a cost nobody
+    /// named (a retry, scheduling, logging, a slot warmed on the way) still counts.
+    public var harnessShare: Double {
+        let wall = slotSeconds
+        guard wall > 0 else { return 0 }
+        return min(1, max(0, 1 - workSeconds / wall))
+    }
+
+    /// The harness's seconds: the slot's wall time less the guest's work.
+    public var harnessSeconds: Double { max(0, slotSeconds - workSeconds) }
+
+    /// Host time of the work commands beyond what the guest measured: the agent's round trips.
+    public var roundTripSeconds: Double { max(0, timings.workCommands - workSeconds) }
+
+    /// Harness time none of the named steps accounts for.
+    public var unattributedHarnessSeconds: Double {
+        let named = timings.restore + timings.clock + timings.listing + timings.upload + timings.prerequisites
+            + timings.inventory + timings.settle + roundTripSeconds + timings.discard
+        return harnessSeconds - named
+    }
 }
 
 /// The plan of one cell.

@@ -169,15 +169,12 @@ public enum MatrixReport {
 
         for plan in run.cells {
             guard let result = run.results[plan.id] else { continue }
-            let overhead = result.timings.total > 0 ? 100 * result.timings.overhead / result.timings.total : 0
             page += """
                 <section id="\(h(plan.id))">
                 <h2 class="\(result.verdict.rawValue)">\(h(plan.id)): \(verdictLabel(result.verdict))</h2>
                 \(result.reason.isEmpty ? "" : "<p><b>Reason:</b> \(h(result.reason))</p>")
                 <p>Host \(h(result.host)), attempts \(result.attempts)\(result.upgradedFrom.map { ", upgraded from \(h($0))" } ?? "")\(result.keptVM.map { ", VM kept as <code>\(h($0))</code>" } ?? "").
-                Time \(String(format: "%.1f", result.timings.total)) s: restore \(String(format: "%.1f", result.timings.restore)) s,
-                upload \(String(format: "%.1f", result.timings.upload)) s, discard \(String(format: "%.1f", result.timings.discard)) s
-                (harness overhead \(String(format: "%.0f", overhead))%).</p>
+                \(h(harnessLine(result)))</p>
                 <table><tr><th>Phase</th><th>Step</th><th>Status</th><th>Seconds</th><th>Output</th></tr>
 
                 """
@@ -202,6 +199,19 @@ public enum MatrixReport {
         }
         page += "</body></html>\n"
         return page
+    }
+
+    /// The cell's time and the harness's share of it: everything in the slot's wall time
+    /// that was not the guest running the package's steps, its tests and the standing suite.
+    static func harnessLine(_ result: CellResult) -> String {
+        let t = result.timings
+        func f(_ value: Double) -> String { String(format: "%.1f", value) }
+        return "Time \(f(result.slotSeconds)) s in its slot, of which \(f(result.workSeconds)) s the package's steps, "
+            + "tests and standing suite (guest-measured): harness overhead \(String(format: "%.0f", 100 * result.harnessShare))% "
+            + "(\(f(result.harnessSeconds)) s: \(t.fromPool ? "resume" : "restore") \(f(t.restore)) s, clock \(f(t.clock)) s, "
+            + "listing \(f(t.listing)) s, upload \(f(t.upload)) s, prerequisites \(f(t.prerequisites)) s, "
+            + "inventory and delta \(f(t.inventory)) s, settle \(f(t.settle)) s, guest round trips \(f(result.roundTripSeconds)) s, "
+            + "discard \(f(t.discard)) s, other \(f(result.unattributedHarnessSeconds)) s)."
     }
 
     /// The cell logs of a run, for the reports.

@@ -9,6 +9,8 @@ public enum MatrixEvent: Sendable {
     case cellStarted(CellPlan, attempt: Int)
     case cellFinished(CellResult)
     case note(String)
+    /// The warm pool closed: every guest it restored ahead (domain, overlay), all destroyed.
+    case warmPoolClosed(restoredAhead: [String], overlays: [String])
 }
 
 /// `changelab matrix run`: the package on every approved baseline, one cell per lane, each
@@ -24,6 +26,9 @@ public struct MatrixRunner: Sendable {
         public var fullInventory = false
         /// The old way of running tests: one upload and guest command per test.
         public var testPerCommand = false
+        /// Restore the next cells' guests ahead of time, paused (false: every cell restores
+        /// on its own critical path, the old way).
+        public var warmPool = true
         /// Where to record the run (nil: do not record).
         public var cmdb: String?
 
@@ -170,27 +175,15 @@ public struct MatrixRunner: Sendable {
         let parallel = max(1, min(options.parallel ?? lab.hosts.totalSlots, lab.hosts.totalSlots))
         let pool = HostPool(lab.hosts)
         let events = self.events
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            var queue = initial.unfinished[...]
-            func startNext() {
-                guard let plan = queue.popFirst(), let context = contexts[plan.id] else { return }
-                group.addTask {
-                    let host = await pool.acquire()
-                    let result: CellResult
-                    do {
-                        result = try await CellRunner.run(context, on: host) { events(.cellStarted(plan, attempt: $0)) }
-                    } catch {
-                        await pool.release(host)
-                        throw error
-                    }
-                    await pool.release(host)
-                    try await state.finish(result)
-                    events(.cellFinished(result))
-                }
-            }
-            for _ in 0..<parallel { startNext() }
-            while try await group.next() != nil { startNext() }
+        let warm = options.warmPool ? warmPool(for: contexts.values.map(\.image), parallel: parallel) : nil
+        if let warm { events(.note("warm pool: up to \(warm.capacity) guests restored ahead, paused")) }
+        do {
+            try await runCells(initial, contexts: contexts, parallel: parallel, pool: pool, warm: warm, state: state)
+        } catch {
+            await close(warm)
+            throw error
         }
+        await close(warm)
         var run = await state.run
         run.status = .finished
         run.finishedAt = Date()
@@ -201,6 +194,67 @@ public struct MatrixRunner: Sendable {
             try run.save(home: lab.home)
         }
         return run
+    }
+
+    /// The pool for this run: sized by the free memory and the slots, on the first lab host.
+    private func warmPool(for images: [BaselineImage], parallel: Int) -> WarmPool? {
+        let guestMiB = images.map(\.memoryMiB).max() ?? 0
+        let capacity = WarmPool.capacity(
+            slots: parallel, guestMiB: guestMiB, runningCells: parallel, availableMiB: WarmPool.availableMemoryMiB())
+        guard capacity > 0 else {
+            events(.note("warm pool: off (not enough free memory beside \(parallel) running guests)"))
+            return nil
+        }
+        let events = self.events
+        return WarmPool(lab: lab, host: lab.primaryHost, capacity: capacity) { events(.note($0)) }
+    }
+
+    private func close(_ warm: WarmPool?) async {
+        guard let warm else { return }
+        await warm.close()
+        let history = await warm.history
+        events(.warmPoolClosed(restoredAhead: history.map(\.domain), overlays: history.map(\.overlay)))
+    }
+
+    private func runCells(
+        _ initial: MatrixRun, contexts: [String: CellContext], parallel: Int, pool: HostPool, warm: WarmPool?,
+        state: RunState
+    ) async throws {
+        let events = self.events
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            var queue = initial.unfinished[...]
+            func upcoming() -> [BaselineImage] { queue.compactMap { contexts[$0.id]?.image } }
+            func startNext() {
+                guard let plan = queue.popFirst(), let context = contexts[plan.id] else { return }
+                group.addTask {
+                    let host = await pool.acquire()
+                    // The cell's wall time is the slot's, every attempt included: what the
+                    // harness share is measured against.
+                    let taken = Date()
+                    let pooled = await warm?.take(context.image, on: host)
+                    var result: CellResult
+                    do {
+                        result = try await CellRunner.run(context, on: host, pooled: pooled) {
+                            events(.cellStarted(plan, attempt: $0))
+                        }
+                    } catch {
+                        await pool.release(host)
+                        throw error
+                    }
+                    result.timings.slotTakenAt = taken
+                    result.timings.slotReleasedAt = Date()
+                    await pool.release(host)
+                    try await state.finish(result)
+                    events(.cellFinished(result))
+                }
+            }
+            for _ in 0..<parallel { startNext() }
+            await warm?.plan(upcoming(), slotFreed: false)
+            while try await group.next() != nil {
+                startNext()
+                await warm?.plan(upcoming(), slotFreed: true)
+            }
+        }
     }
 
     static func newID(package: String, version: String) -> String {
