@@ -4,6 +4,7 @@ import PackageDescription
 // Dependencies point one way:
 //   changelab (exe) → ChangelabCLI → ChangeControl / Lab / Distribution → CMDB / Inventory → Model
 //                                    Lab → Libvirt → CLibvirt
+//                                    Distribution → CNorm (libnorm)
 let package = Package(
     name: "changelab",
     products: [
@@ -40,6 +41,13 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
+        // NORM (RFC 5740) reliable multicast from Debian's libnorm-dev: the segment transport
+        // of the distribution engine. shim.h declares the C API it uses (normApi.h is not valid C).
+        .systemLibrary(
+            name: "CNorm",
+            pkgConfig: "norm",
+            providers: [.apt(["libnorm-dev"])]
+        ),
         // Host plumbing every module shares: atomic files, file locks, child processes.
         .target(name: "HostIO"),
         // The shared vocabulary: recipes, inventories, deltas, versions, records. No I/O.
@@ -68,7 +76,7 @@ let package = Package(
         .target(
             name: "Distribution",
             dependencies: [
-                "Model", "Inventory", "CMDB", "HostIO",
+                "Model", "Inventory", "CMDB", "HostIO", "CNorm",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),

@@ -10,7 +10,7 @@ public struct Changelab: AsyncParsableCommand {
         version: "0.1.0",
         subcommands: [
             BaselineCommand.self, LabCommand.self, PackageCommand.self, MatrixCommand.self, DoctorCommand.self,
-            BenchCommand.self, CMDBCommand.self, InventoryCommand.self,
+            BenchCommand.self, CMDBCommand.self, InventoryCommand.self, MulticastCommand.self,
             CoreCommand.self, AgentCommand.self, PromoteCommand.self, ActivateCommand.self, RollbackCommand.self,
             StatusCommand.self, ChaseCommand.self, PolicyCommand.self, ChangeCommand.self, ApproverCommand.self,
             TrustRootCommand.self,

@@ -199,10 +199,7 @@ public struct AgentCache: Sendable {
         defer { try? handle.close() }
         var good = 0
         for index in 0..<entry.manifest.chunkCount {
-            let range = entry.manifest.range(ofChunk: index)
-            try handle.seek(toOffset: UInt64(range.lowerBound))
-            let data = try handle.read(upToCount: Int(range.count)) ?? Data()
-            guard data.count == range.count, SHA256.hash(data: data).hexString == entry.manifest.chunks[index] else {
+            guard entry.manifest.chunkMatches(try entry.manifest.readChunk(index, from: handle), index: index) else {
                 break
             }
             good += 1

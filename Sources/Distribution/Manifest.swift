@@ -46,6 +46,29 @@ public struct ReleaseManifest: Codable, Sendable, Equatable {
 
     public var chunkCount: Int { chunks.count }
 
+    /// Whether `data` is exactly chunk `index`: its length and its signed hash.
+    public func chunkMatches(_ data: Data, index: Int) -> Bool {
+        guard chunks.indices.contains(index) else { return false }
+        return Int64(data.count) == range(ofChunk: index).count && SHA256.hash(data: data).hexString == chunks[index]
+    }
+
+    /// Reads chunk `index` of the package from `handle` (which holds the package from offset 0).
+    func readChunk(_ index: Int, from handle: FileHandle) throws -> Data {
+        let range = range(ofChunk: index)
+        try handle.seek(toOffset: UInt64(range.lowerBound))
+        return try handle.read(upToCount: Int(range.count)) ?? Data()
+    }
+
+    /// The chunks of the file at `path` that do not match this manifest (all of them past
+    /// its end when it is short); empty when every byte is the signed package.
+    public func failingChunks(in path: String) throws -> [Int] {
+        guard let handle = FileHandle(forReadingAtPath: path) else {
+            throw ChangelabError("cannot read \(path)", fix: "check the path and its permissions")
+        }
+        defer { try? handle.close() }
+        return try (0..<chunkCount).filter { !chunkMatches(try readChunk($0, from: handle), index: $0) }
+    }
+
     /// Checks the manifest is internally consistent (chunk count matches the size).
     public func validate() throws {
         guard version == Self.formatVersion else {

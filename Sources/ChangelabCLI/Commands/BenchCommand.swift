@@ -6,7 +6,9 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks whose figures the README quotes (run them on a quiet machine).",
-        subcommands: [LabBench.self, MatrixBench.self, CMDBBench.self, BenchDistributionCommand.self]
+        subcommands: [
+            LabBench.self, MatrixBench.self, CMDBBench.self, BenchDistributionCommand.self, BenchMulticastCommand.self,
+        ]
     )
 
     struct LabBench: AsyncParsableCommand {

@@ -58,13 +58,7 @@ struct BenchDistributionCommand: AsyncParsableCommand {
             else { throw ValidationError("--loss '\(spec)' must be SEGMENT=PROBABILITY, e.g. 2=0.05") }
             losses[segment] = p
         }
-        let root = try project.project()
-        let script = root.labDirectory + "/fleet"
-        guard FileManager.default.isExecutableFile(atPath: script) else {
-            throw ChangelabError("\(script) is missing", fix: "run from the changelab checkout or pass --root DIR")
-        }
-        let executable =
-            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        let (script, executable) = try fleetTools(project)
         let base = FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm" : "/tmp"
         var options = BenchOptions(
             workDirectory: work ?? "\(base)/changelab-bench-\(getpid())", executable: executable, fleetScript: script)
@@ -93,4 +87,15 @@ struct BenchDistributionCommand: AsyncParsableCommand {
                     m.activationWithin5s ? "all within 5 s" : "NOT all within 5 s"))
         }
     }
+}
+
+/// lab/fleet of the project and this executable: what the fleet benches run.
+func fleetTools(_ project: ProjectOptions) throws -> (script: String, executable: String) {
+    let script = try project.project().labDirectory + "/fleet"
+    guard FileManager.default.isExecutableFile(atPath: script) else {
+        throw ChangelabError("\(script) is missing", fix: "run from the changelab checkout or pass --root DIR")
+    }
+    let executable =
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    return (script, executable)
 }
