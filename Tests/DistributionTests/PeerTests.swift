@@ -69,7 +69,8 @@ struct SegmentRuleTests {
     /// A core, one agent that verified a package and serves peers (one download at a time,
     /// throttled so a download stays open long enough to see the cap), and the package.
     func withServingAgent(
-        _ body: (_ port: Int, _ manifest: ReleaseManifest, _ cache: AgentCache, _ http: HTTPClient) async throws -> Void
+        _ body: (_ port: Int, _ manifest: ReleaseManifest, _ cache: AgentCache, _ http: HTTPClient, _ agent: Agent)
+            async throws -> Void
     ) async throws {
         try await withCore { core, scratch, http in
             let admin = try core.admin
@@ -85,7 +86,7 @@ struct SegmentRuleTests {
             let agent = try #require(group.agents.first)
             let port = try #require(await agent.peerServerPort)
             let cache = AgentCache(directory: scratch.path + "/agents/pc-1/cache", lifetime: 3600)
-            try await body(port, manifest, cache, http)
+            try await body(port, manifest, cache, http, agent)
             await group.stop()
         }
     }
@@ -99,7 +100,7 @@ struct SegmentRuleTests {
     }
 
     @Test func aPeerServesVerifiedBytesByDigestWithRanges() async throws {
-        try await withServingAgent { port, manifest, cache, http in
+        try await withServingAgent { port, manifest, cache, http, _ in
             let entry = try #require(cache.entries().first)
             let file = try Data(contentsOf: URL(fileURLWithPath: cache.packagePath(entry.change)))
             let (status, range, body) = try await get(
@@ -111,7 +112,7 @@ struct SegmentRuleTests {
     }
 
     @Test func aPeerRefusesPathsAndDigestsItDoesNotHoldVerified() async throws {
-        try await withServingAgent { port, manifest, cache, http in
+        try await withServingAgent { port, manifest, cache, http, _ in
             let base = "http://127.0.0.1:\(port)/v1/peer/sha256/"
             for hostile in [
                 "..%2F..%2Fidentity.json", "..", "identity.json", manifest.digest.hex.uppercased(),
@@ -142,7 +143,7 @@ struct SegmentRuleTests {
     }
 
     @Test func aPeerRefusesDownloadsBeyondItsCapWithAReason() async throws {
-        try await withServingAgent { port, manifest, _, http in
+        try await withServingAgent { port, manifest, _, http, _ in
             let url = "http://127.0.0.1:\(port)\(peerPath(manifest.digest))"
             // 600 kB at 150 kB/s: the first download holds the only slot for about four seconds.
             let first = try await http.execute(HTTPClientRequest(url: url), timeout: .seconds(30))
@@ -154,6 +155,20 @@ struct SegmentRuleTests {
             #expect(Int64(whole.readableBytes) == manifest.size)
             // The slot is free again once the download finished.
             #expect(try await eventually(.seconds(5)) { try await get(url, range: "bytes=0-0", http: http).0 == 206 })
+        }
+    }
+
+    @Test func aPeerThatLeftItsSegmentStopsServingAndAnnouncesNoPort() async throws {
+        try await withServingAgent { port, manifest, _, http, agent in
+            let url = "http://127.0.0.1:\(port)\(peerPath(manifest.digest))"
+            let here = Agent.addresses()
+            #expect(await agent.announcedPeerPort(addresses: here) == port)
+            #expect(try await get(url, range: "bytes=0-0", http: http).0 == 206)
+            // The machine moved: its first address is now on another subnet.
+            #expect(await agent.announcedPeerPort(addresses: ["1.0.0.5/24"]) == nil)
+            let (status, _, body) = try await get(url, range: "bytes=0-0", http: http)
+            #expect(status == 503)
+            #expect(String(buffer: body).contains("left segment"))
         }
     }
 }
