@@ -132,7 +132,8 @@ public struct PeerServer: Sendable {
         guard hex.utf8.count == 64, hex.utf8.allSatisfy({ (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }),
             let digest = SHA256Digest(hex: hex)
         else {
-            return errorResponse(.badRequest, "'\(AgentFacts.printable(hex))' is not a SHA-256 digest (64 lowercase hex digits)")
+            return errorResponse(
+                .badRequest, "'\(AgentFacts.printable(hex))' is not a SHA-256 digest (64 lowercase hex digits)")
         }
         if let closed = state.closedReason { return errorResponse(.serviceUnavailable, closed) }
         guard let entry = servable(digest) else {
@@ -140,7 +141,9 @@ public struct PeerServer: Sendable {
         }
         if let refusal = state.admit(cap: serving.maxDownloads) { return errorResponse(.serviceUnavailable, refusal) }
         do {
-            guard let file = try await RangedFile.load(cache.packagePath(entry.change), request: request, context: context)
+            guard
+                let file = try await RangedFile.load(
+                    cache.packagePath(entry.change), request: request, context: context)
             else {
                 state.release()
                 return errorResponse(.notFound, "this peer holds no verified copy of \(digest.short)")

@@ -54,7 +54,9 @@ import Testing
                         try await fleet.managementAddress(), "--trust-root", authority.digest.description,
                     ], log: work + "/core.log"))
             let certificate = CoreLayout(directory: state).tls + "/certificate.pem"
-            _ = try await DistributionBench.poll(.seconds(30)) { FileManager.default.isReadableFile(atPath: certificate) }
+            _ = try await DistributionBench.poll(.seconds(30)) {
+                FileManager.default.isReadableFile(atPath: certificate)
+            }
             pin = try CorePin.of(certificateFile: certificate)
             let url = "https://\(try await fleet.managementAddress()):\(fleet.port)"
             var client: HTTPClient?
@@ -169,17 +171,17 @@ import Testing
             let log = f.work + "/hostile.log"
             let script = f.work + "/hostile.py"
             try """
-                import http.server, os, sys
-                class H(http.server.BaseHTTPRequestHandler):
-                    def do_GET(self):
-                        with open(sys.argv[2], 'a') as f:
-                            f.write(self.path + ' auth=' + str(self.headers.get('Authorization')) + ' range=' + str(self.headers.get('Range')) + '\\n')
-                        self.send_response(200)
-                        self.send_header('Content-Length', str(int(sys.argv[3])))
-                        self.end_headers()
-                        self.wfile.write(os.urandom(int(sys.argv[3])))
-                http.server.ThreadingHTTPServer(('0.0.0.0', int(sys.argv[1])), H).serve_forever()
-                """.write(toFile: script, atomically: true, encoding: .utf8)
+            import http.server, os, sys
+            class H(http.server.BaseHTTPRequestHandler):
+                def do_GET(self):
+                    with open(sys.argv[2], 'a') as f:
+                        f.write(self.path + ' auth=' + str(self.headers.get('Authorization')) + ' range=' + str(self.headers.get('Range')) + '\\n')
+                    self.send_response(200)
+                    self.send_header('Content-Length', str(int(sys.argv[3])))
+                    self.end_headers()
+                    self.wfile.write(os.urandom(int(sys.argv[3])))
+            http.server.ThreadingHTTPServer(('0.0.0.0', int(sys.argv[1])), H).serve_forever()
+            """.write(toFile: script, atomically: true, encoding: .utf8)
             f.processes.add(
                 try await DetachedProcess.start(
                     "ip",

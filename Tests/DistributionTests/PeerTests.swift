@@ -52,7 +52,8 @@ struct SegmentRuleTests {
             let admin = try core.admin
             let token = try await admin.createToken(uses: 2, lifetime: 60)
             let link = HTTPLink(baseURL: core.url, credential: nil, client: http)
-            var bare = EnrolRequest(token: token.token, name: "new", segment: "s", addresses: ["10.0.0.1"], attributes: [:])
+            var bare = EnrolRequest(
+                token: token.token, name: "new", segment: "s", addresses: ["10.0.0.1"], attributes: [:])
             await #expect(throws: LinkError.self) { _ = try await link.post("/v1/enrol", bare, as: EnrolReply.self) }
             bare.protocolVersion = 2
             bare.name = "old"
@@ -81,7 +82,8 @@ struct SegmentRuleTests {
             }
             defer { Task { await group.stop() } }
             _ = try await admin.promote(
-                "CHG-peer", PromoteRequest(release: "peer-1", targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
+                "CHG-peer",
+                PromoteRequest(release: "peer-1", targets: "all", rings: nil, rate: nil, maxFailureRate: nil))
             #expect(try await eventually(.seconds(60)) { try await admin.status("CHG-peer").total.verified == 1 })
             let agent = try #require(group.agents.first)
             let port = try #require(await agent.peerServerPort)
@@ -116,7 +118,8 @@ struct SegmentRuleTests {
             let base = "http://127.0.0.1:\(port)/v1/peer/sha256/"
             for hostile in [
                 "..%2F..%2Fidentity.json", "..", "identity.json", manifest.digest.hex.uppercased(),
-                "sha256:" + manifest.digest.hex, manifest.digest.hex + "0", String(manifest.digest.hex.dropLast()) + "g",
+                "sha256:" + manifest.digest.hex, manifest.digest.hex + "0",
+                String(manifest.digest.hex.dropLast()) + "g",
             ] {
                 let (status, _, _) = try await get(base + hostile, http: http)
                 #expect(status == 400, "\(hostile) answered \(status)")
