@@ -42,6 +42,9 @@ public struct AgentConfiguration: Sendable {
     public var downloadRetryDelay: Duration = .milliseconds(500)
     /// Folders (under the root) whose files the inventory records with hashes.
     public var watchedPaths: [String] = InventoryOptions.defaultWatchedPaths
+    /// The peer server, serving verified packages to agents on this agent's segment (nil: off).
+    /// Downloading from peers needs no setting: the core names peers when there are any.
+    public var peerServing: PeerServing?
 
     public init(
         name: String, coreURL: String, stateDirectory: String, root: String, segment: String,
@@ -102,6 +105,10 @@ public actor Agent {
     /// Digest of the inventory the core last acknowledged; the whole inventory is sent only
     /// when the current one differs.
     private var inventoryAcknowledged: String?
+    /// The peer server while it runs, the port it bound and the segment it serves.
+    private var peerServer: PeerServer?
+    private var peerPort: Int?
+    private var peerSubnet: String?
 
     public init(
         configuration: AgentConfiguration, client: HTTPClient,
@@ -150,6 +157,11 @@ public actor Agent {
         try await enrolIfNeeded()
         resumeInterruptedSeeding()
         await withTaskGroup(of: Void.self) { group in
+            if let serving = configuration.peerServing {
+                let server = PeerServer(cache: cache, serving: serving)
+                peerServer = server
+                group.addTask { await self.runPeerServer(server) }
+            }
             group.addTask { await self.checkInLoop() }
             group.addTask { await self.streamLoop() }
             await group.waitForAll()
@@ -272,6 +284,42 @@ public actor Agent {
         }
     }
 
+    func runPeerServer(_ server: PeerServer) async {
+        do {
+            try await server.run(logger: logger) { port in await self.peerServerStarted(port) }
+        } catch {
+            if !Task.isCancelled { logger.error("the peer server on port \(server.serving.port) stopped: \(error)") }
+        }
+        peerPort = nil
+    }
+
+    /// The port the peer server bound (nil: not serving).
+    public var peerServerPort: Int? { peerPort }
+
+    func peerServerStarted(_ port: Int) {
+        peerPort = port
+        logger.info("\(configuration.name) serves verified packages to peers on port \(port)")
+    }
+
+    /// The port to announce at check-in: none once the agent left the segment it started
+    /// serving on (its subnet changed), and the server refuses from then on.
+    func announcedPeerPort(addresses: [String]) -> Int? {
+        guard let server = peerServer, let port = peerPort else { return nil }
+        let subnet = InterfaceAddress.segmentAddress(of: addresses)?.subnet
+        if peerSubnet == nil { peerSubnet = subnet }
+        if subnet != peerSubnet, !server.isClosed {
+            server.close(
+                "this agent left segment \(peerSubnet ?? "?") (it is on \(subnet ?? "no subnet") now) and serves no peers")
+            logger.notice("left segment \(peerSubnet ?? "?"): the peer server stops serving")
+        }
+        return server.isClosed ? nil : port
+    }
+
+    /// The peers on this agent's segment that the core says hold `digest` verified.
+    func peers(holding digest: SHA256Digest) async throws -> [PeerLocation] {
+        try await link().get("/v1/agent/peers/sha256/\(digest.hex)", as: PeerList.self).peers
+    }
+
     func streamLoop() async {
         var failures = 0
         while !Task.isCancelled {
@@ -297,13 +345,16 @@ public actor Agent {
         let reports = cache.entries().map { entry in
             CacheReport(
                 change: entry.change, release: entry.release, phase: entry.phase,
-                bytes: entry.phase >= .verified && entry.phase != .failed ? entry.manifest.size : 0)
+                bytes: entry.phase >= .verified && entry.phase != .failed ? entry.manifest.size : 0,
+                source: entry.source, bytesFromPeers: entry.bytesFromPeers)
         }
         let digest = inventory.digest
+        let addresses = Self.addresses()
         let body = CheckIn(
-            name: configuration.name, segment: configuration.segment, addresses: Self.addresses(),
+            name: configuration.name, segment: configuration.segment, addresses: addresses,
             attributes: configuration.attributes, inventory: digest == inventoryAcknowledged ? nil : inventory,
-            inventoryDigest: digest, cache: reports)
+            inventoryDigest: digest, cache: reports, peerPort: announcedPeerPort(addresses: addresses),
+            peerServedBytes: peerServer?.servedBytes)
         let reply = try await link().post("/v1/agent/checkin", body, as: CheckInReply.self)
         nextCheckIn = Self.checkInDelay(reply.checkInAfter, cap: configuration.maxCheckInInterval)
         if let rotations = reply.keyRotations, !rotations.isEmpty { adopt(rotations: rotations) }
@@ -552,10 +603,16 @@ public actor Agent {
         let change = entry.change
         let release = entry.release
         defer { seeding[change] = nil }
-        var seeder = Seeder(cache: cache, transport: transport(), bucket: bucket)
+        let sources = PeerFirstTransport(fallback: transport(), client: client) { digest in
+            try await self.peers(holding: digest)
+        }
+        var seeder = Seeder(cache: cache, transport: sources, bucket: bucket)
         seeder.retryDelay = configuration.downloadRetryDelay
         do {
-            try await seeder.seed(entry) { bytes in await self.progress(change, release: release, bytes: bytes) }
+            try await seeder.seed(entry) { bytes in
+                sources.verified(upTo: bytes)
+                await self.progress(change, release: release, bytes: bytes)
+            }
             let cache = self.cache
             guard try await BlockingWork.run({ try cache.verifyWhole(entry) }) else {
                 throw SeedingFailure(
@@ -564,6 +621,12 @@ public actor Agent {
             var done = entry
             done.phase = .verified
             done.verifiedStamp = FileStamp(path: cache.packagePath(entry.change))
+            let delivered = sources.delivered
+            done.source = delivered.core == 0 ? .peer : delivered.peers == 0 ? .core : .mixed
+            done.bytesFromPeers = min(delivered.peers, entry.manifest.size)
+            if !sources.avoidedPeers.isEmpty {
+                logger.warning("avoided peers \(sources.avoidedPeers.sorted()) while seeding \(change)")
+            }
             try cache.save(done)
             await report(AgentEvent(change: change, release: release, kind: .verified, bytes: entry.manifest.size))
         } catch let error as SeedingFailure {
@@ -798,7 +861,8 @@ public actor Agent {
         }
     }
 
-    /// Non-loopback IPv4 addresses of this host (this network namespace).
+    /// Non-loopback IPv4 interface addresses of this host (this network namespace) with their
+    /// prefix lengths, `10.77.1.11/24`: the core derives the agent's segment from them.
     public static func addresses() -> [String] {
         var result: [String] = []
         var list: UnsafeMutablePointer<ifaddrs>?
@@ -815,7 +879,13 @@ public actor Agent {
                 address, socklen_t(MemoryLayout<sockaddr_in>.size), &host, socklen_t(host.count), nil, 0, NI_NUMERICHOST
             ) == 0 {
                 let text = String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-                if !text.hasPrefix("127.") { result.append(text) }
+                // The prefix length from the netmask (contiguous on Linux); /32 when there is none.
+                let prefix = item.pointee.ifa_netmask.map { mask in
+                    mask.withMemoryRebound(to: sockaddr_in.self, capacity: 1) {
+                        UInt32(bigEndian: $0.pointee.sin_addr.s_addr).nonzeroBitCount
+                    }
+                } ?? 32
+                if !text.hasPrefix("127.") { result.append("\(text)/\(prefix)") }
             }
         }
         return result.sorted()

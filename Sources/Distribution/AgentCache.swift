@@ -20,6 +20,10 @@ public struct CacheEntry: Codable, Sendable, Equatable {
     public var lastResult: InstallResult?
     /// The package file as it was when its whole digest last verified.
     public var verifiedStamp: FileStamp?
+    /// Who delivered the verified bytes (peers on the segment, the core, or both).
+    public var source: ByteSource?
+    /// Of them, how many came from peers.
+    public var bytesFromPeers: Int64?
 }
 
 /// Identity of a file's content as the file system tracks it: if none of these changed, the

@@ -36,6 +36,9 @@ public actor Coordinator {
     private var state: CoreSnapshot
     private var inventories: [String: InventorySnapshot]
     private var inventoryDigests: [String: String]
+    /// Per agent, the packages its last check-in reported holding verified (rebuilt from
+    /// check-ins after a restart, like the agent's cache report itself).
+    private var holdings: [String: Set<SHA256Digest>] = [:]
     private var streams: [String: (id: UUID, continuation: AsyncStream<[Job]>.Continuation)] = [:]
     private var watchers: [UUID: AsyncStream<Void>.Continuation] = [:]
     /// Bytes-served counts not yet saved: they are saved with the next change or tick.
@@ -178,7 +181,8 @@ public actor Coordinator {
         if let refusal = WireProtocol.refusal(request.protocolVersion) { throw CoreRefusal.badRequest(refusal) }
         let problems = AgentFacts.problems(
             name: request.name, segment: request.segment, addresses: request.addresses,
-            attributes: request.attributes, limits: limits)
+            attributes: request.attributes, limits: limits,
+            prefixed: WireProtocol.sendsPrefixes(request.protocolVersion))
         guard problems.isEmpty else {
             throw CoreRefusal.badRequest("the enrolment is refused: " + problems.joined(separator: "; "))
         }
@@ -189,7 +193,7 @@ public actor Coordinator {
         // The name must be free before the token is spent on it.
         try checkFacts(
             of: nil, name: request.name, segment: request.segment, addresses: request.addresses,
-            attributes: request.attributes)
+            attributes: request.attributes, protocolVersion: request.protocolVersion)
         token.usesLeft -= 1
         if token.usesLeft == 0 { state.tokens[hash] = nil } else { state.tokens[hash] = token }
         let id = "a-" + UUID().uuidString.lowercased().prefix(13).replacingOccurrences(of: "-", with: "")
@@ -198,7 +202,9 @@ public actor Coordinator {
         state.agents[id] = AgentRecord(
             id: id, name: request.name, segment: request.segment, addresses: request.addresses,
             attributes: request.attributes, secretHash: SHA256Digest(of: secret).hex, revoked: false,
-            enrolledAt: now, lastSeen: now)
+            enrolledAt: now, lastSeen: now,
+            subnet: WireProtocol.sendsPrefixes(request.protocolVersion)
+                ? InterfaceAddress.segmentAddress(of: request.addresses)?.subnet : nil)
         try await commit()
         return EnrolReply(agent: id, secret: secret)
     }
@@ -206,10 +212,12 @@ public actor Coordinator {
     /// Refuses what an agent says about itself when it is malformed, or when its name is
     /// another live agent's: names are unique per core, at enrolment and at every check-in.
     private func checkFacts(
-        of id: String?, name: String, segment: String, addresses: [String], attributes: [String: String]
+        of id: String?, name: String, segment: String, addresses: [String], attributes: [String: String],
+        protocolVersion: Int?
     ) throws {
         let problems = AgentFacts.problems(
-            name: name, segment: segment, addresses: addresses, attributes: attributes, limits: limits)
+            name: name, segment: segment, addresses: addresses, attributes: attributes, limits: limits,
+            prefixed: WireProtocol.sendsPrefixes(protocolVersion))
         guard problems.isEmpty else {
             throw CoreRefusal.badRequest("the agent's report is refused: " + problems.joined(separator: "; "))
         }
@@ -330,6 +338,23 @@ public actor Coordinator {
         }
     }
 
+    // MARK: Peers
+
+    /// The online peers on `asker`'s own segment (its subnet) whose last check-in reported a
+    /// verified copy of `digest`, least-loaded first (fewest bytes served), the asker excluded.
+    public func peers(for asker: String, holding digest: SHA256Digest) throws -> PeerList {
+        guard let me = state.agents[asker], !me.revoked else { throw CoreRefusal.unauthorized("unknown agent") }
+        guard let subnet = me.subnet else { return PeerList(digest: digest, subnet: nil, peers: []) }
+        let peers = state.agents.values.filter { peer in
+            peer.id != asker && !peer.revoked && peer.subnet == subnet && peer.peerURL != nil && isOnline(peer)
+                && holdings[peer.id]?.contains(digest) == true
+        }
+        .sorted { ($0.peerServedBytes ?? 0, $0.name) < ($1.peerServedBytes ?? 0, $1.name) }
+        .prefix(limits.maxPeersListed)
+        .compactMap { peer in peer.peerURL.map { PeerLocation(agent: peer.id, url: $0) } }
+        return PeerList(digest: digest, subnet: subnet, peers: Array(peers))
+    }
+
     // MARK: Check-in and events
 
     public func checkIn(agent id: String, _ checkIn: CheckIn) async throws -> CheckInReply {
@@ -337,10 +362,16 @@ public actor Coordinator {
         if let refusal = WireProtocol.refusal(checkIn.protocolVersion) { throw CoreRefusal.badRequest(refusal) }
         try checkFacts(
             of: id, name: checkIn.name, segment: checkIn.segment, addresses: checkIn.addresses,
-            attributes: checkIn.attributes)
+            attributes: checkIn.attributes, protocolVersion: checkIn.protocolVersion)
         if let inventory = checkIn.inventory { try checkSize(of: inventory) }
+        if let port = checkIn.peerPort, !(1...65535).contains(port) {
+            throw CoreRefusal.badRequest("the agent's report is refused: peer port \(port) is not 1–65535")
+        }
+        if let served = checkIn.peerServedBytes, served < 0 {
+            throw CoreRefusal.badRequest("the agent's report is refused: negative peer bytes \(served)")
+        }
         record.name = checkIn.name
-        record.segment = checkIn.segment
+        record.apply(segmentOf: checkIn)
         record.addresses = checkIn.addresses
         record.attributes = checkIn.attributes
         record.lastSeen = clock()
@@ -351,6 +382,9 @@ public actor Coordinator {
             try await persistInventory(inventory, agent: id)
         }
         reconcile(agent: id, with: checkIn.cache)
+        holdings[id] = Set(
+            checkIn.cache.filter { $0.phase >= .verified && $0.phase != .failed && $0.phase != .rolledBack }
+                .compactMap { state.releases[$0.release]?.manifest.digest })
         applyPolicies(to: id)
         let jobs = jobs(for: id)
         try await commit()
@@ -722,6 +756,7 @@ public actor Coordinator {
         }
         let size = state.releases[deployment.release]?.manifest.size ?? 0
         var segments: [String: SegmentStatus] = [:]
+        var sources: [TargetSource] = []
         for target in deployment.targets.values {
             guard let agent = state.agents[target.agent] else { continue }
             var s = segments[agent.segment] ?? SegmentStatus(segment: agent.segment)
@@ -736,6 +771,14 @@ public actor Coordinator {
             if !isOnline(agent) { s.offline += 1 }
             s.bytesSent += target.bytesServed
             s.bytesVerified += min(target.bytes, size)
+            if target.holdsVerifiedCopy, let source = target.source {
+                s.bytesFromPeers += min(target.bytesFromPeers ?? 0, size)
+                s.count(source)
+                sources.append(
+                    TargetSource(
+                        name: agent.name, segment: agent.segment, subnet: agent.subnet, source: source,
+                        bytesFromPeers: min(target.bytesFromPeers ?? 0, size), bytesFromCore: target.bytesServed))
+            }
             segments[agent.segment] = s
         }
         var total = SegmentStatus(segment: "total")
@@ -744,7 +787,8 @@ public actor Coordinator {
             change: change, release: deployment.release, origin: deployment.origin, query: deployment.query,
             packageBytes: size, rings: deployment.rings, activationRequested: deployment.activation != nil,
             activeRing: deployment.activeRing, halted: deployment.halted, rollbackRequested: deployment.rollback != nil,
-            segments: segments.values.sorted { $0.segment < $1.segment }, total: total)
+            segments: segments.values.sorted { $0.segment < $1.segment }, total: total,
+            sources: sources.sorted { ($0.segment, $0.name) < ($1.segment, $1.name) })
     }
 
     /// Every target that does not have the change (activated, or verified before activation), and why.

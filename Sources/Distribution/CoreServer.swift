@@ -50,6 +50,9 @@ public struct CoreServer: Sendable {
     /// The core's TLS identity: agents and the CLI pin ``CoreTLSIdentity/pin``.
     public let tls: CoreTLSIdentity
     let checkIns: CheckInLimiter
+    /// Peer look-ups per agent, bounded like check-ins (a seeding agent asks once per job and
+    /// again after each failed peer).
+    let peerLookups: CheckInLimiter
     let sessions = Sessions()
 
     /// Opens (or creates) the core in `directory`; `observer` (a ``CMDBFleetRecorder``)
@@ -63,6 +66,7 @@ public struct CoreServer: Sendable {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         self.limits = limits
         self.checkIns = CheckInLimiter(burst: limits.checkInBurst, perSecond: limits.checkInsPerSecond)
+        self.peerLookups = CheckInLimiter(burst: limits.checkInBurst, perSecond: limits.checkInsPerSecond)
         self.tls = try CoreTLSIdentity.loadOrCreate(directory: layout.tls, names: tlsNames)
         self.layout = layout
         let key = try ReleaseKey.loadOrCreate(at: layout.releaseKey)
@@ -147,11 +151,7 @@ public struct CoreServer: Sendable {
         router.post("/v1/agent/checkin") { request, _ in
             try await handle {
                 let agent = try await authenticateAgent(request)
-                guard checkIns.allow(agent.id) else {
-                    throw HTTPRefusal(
-                        .tooManyRequests,
-                        "agent \(agent.id) checks in too often (at most \(limits.checkInsPerSecond) a second, bursts of \(Int(limits.checkInBurst))); slow down")
-                }
+                try throttle(agent, by: checkIns, "checks in")
                 let body = try await decode(CheckIn.self, request, limit: limits.agentBody)
                 return try json(try await coordinator.checkIn(agent: agent.id, body))
             }
@@ -168,6 +168,16 @@ public struct CoreServer: Sendable {
             try await handle {
                 let agent = try await authenticateAgent(request)
                 return agentStream(agent.id)
+            }
+        }
+        router.get("/v1/agent/peers/sha256/:hex") { request, context in
+            try await handle {
+                let agent = try await authenticateAgent(request)
+                try throttle(agent, by: peerLookups, "asks for peers")
+                guard let digest = SHA256Digest(hex: context.parameters.get("hex") ?? "") else {
+                    throw CoreRefusal.badRequest("'\(AgentFacts.printable(context.parameters.get("hex") ?? ""))' is not a SHA-256 digest")
+                }
+                return try json(try await coordinator.peers(for: agent.id, holding: digest))
             }
         }
         router.get("/v1/artifacts/sha256/:hex") { request, context in
@@ -383,32 +393,16 @@ public struct CoreServer: Sendable {
     func artifact(_ digest: SHA256Digest, request: Request, context: BasicRequestContext, agent: String?)
         async throws -> Response
     {
-        let path = repository.path(of: digest)
-        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
-            let size = (attributes[.size] as? NSNumber)?.intValue
-        else { throw CoreRefusal.notFound("artifact \(digest.short) is missing from the repository") }
-        var range = 0...max(0, size - 1)
-        var status = HTTPResponse.Status.ok
-        var headers: HTTPFields = [.contentType: "application/vnd.debian.binary-package", .acceptRanges: "bytes"]
-        if let header = request.headers[.range] {
-            guard let requested = Self.parseRange(header, size: size) else {
-                headers[.contentRange] = "bytes */\(size)"
-                return Response(status: .rangeNotSatisfiable, headers: headers)
-            }
-            range = requested
-            status = .partialContent
-            headers[.contentRange] = "bytes \(range.lowerBound)-\(range.upperBound)/\(size)"
+        guard let file = try await RangedFile.load(repository.path(of: digest), request: request, context: context) else {
+            throw CoreRefusal.notFound("artifact \(digest.short) is missing from the repository")
         }
-        headers[.contentLength] = String(size == 0 ? 0 : range.count)
-        guard size > 0 else { return Response(status: status, headers: headers) }
-        let body = try await FileIO().loadFile(path: path, range: range, context: context)
-        guard let agent else { return Response(status: status, headers: headers, body: body) }
+        guard let agent else { return file.response }
         let coordinator = self.coordinator
-        let counted = body.map { buffer in
+        let counted = file.body.map { buffer in
             await coordinator.served(buffer.readableBytes, of: digest, to: agent)
             return buffer
         }
-        return Response(status: status, headers: headers, body: counted)
+        return Response(status: file.status, headers: file.headers, body: counted)
     }
 
     /// `bytes=START-[END]` within a file of `size` bytes; nil when unsatisfiable or not understood.
@@ -527,6 +521,15 @@ public struct CoreServer: Sendable {
     }
 
     // MARK: Authentication
+
+    /// Refuses (429) an agent whose bucket in `limiter` is empty; `doing` says what it does too often.
+    func throttle(_ agent: AgentRecord, by limiter: CheckInLimiter, _ doing: String) throws {
+        guard limiter.allow(agent.id) else {
+            throw HTTPRefusal(
+                .tooManyRequests,
+                "agent \(agent.id) \(doing) too often (at most \(limiter.perSecond) a second, bursts of \(Int(limiter.burst))); slow down")
+        }
+    }
 
     /// `Authorization: Bearer AGENT:SECRET`.
     func authenticateAgent(_ request: Request) async throws -> AgentRecord {

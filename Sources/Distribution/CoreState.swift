@@ -16,6 +16,13 @@ public struct AgentRecord: Codable, Sendable, Equatable {
     /// The last job this agent refused and why (a forged, misdirected or unsafe job), so an
     /// operator sees an attack even when it names no change the core knows.
     public var lastRefusal: String?
+    /// The agent's segment as the core derived it from its addresses (`10.77.1.0/24`); nil for
+    /// a protocol 2 agent, which reports no prefix lengths (it gets no peers).
+    public var subnet: String?
+    /// Its peer server, `http://HOST:PORT` on its segment address; nil when it serves no peers.
+    public var peerURL: String?
+    /// Bytes its peer server reports having sent other agents since it started.
+    public var peerServedBytes: Int64?
 }
 
 /// A one-time (or N-time) enrolment token, stored as its hash.
@@ -102,6 +109,10 @@ public struct TargetRecord: Codable, Sendable, Equatable {
     /// The activation ring the target belongs to.
     public var ring: Int
     public var updatedAt: Date
+    /// Who delivered the agent's verified copy, as its cache reports it.
+    public var source: ByteSource?
+    /// Of the verified bytes, how many came from peers on its segment.
+    public var bytesFromPeers: Int64?
 
     public init(agent: String, ring: Int, at: Date) {
         self.agent = agent

@@ -23,6 +23,8 @@ public struct CoreLimits: Sendable {
     public var maxAttributeKey = 64
     public var maxAttributeValue = 256
     public var maxAddresses = 32
+    /// Peers named in one answer to `GET /v1/agent/peers/sha256/HEX`.
+    public var maxPeersListed = 16
     public var maxName = 64
     /// Installer output kept per target, and a failure's detail.
     public var maxOutputTail = 8 << 10
@@ -80,7 +82,8 @@ public enum BaselineAttribute {
 enum AgentFacts {
     /// Every problem with what an agent says about itself, empty when it is acceptable.
     static func problems(
-        name: String, segment: String, addresses: [String], attributes: [String: String], limits: CoreLimits
+        name: String, segment: String, addresses: [String], attributes: [String: String], limits: CoreLimits,
+        prefixed: Bool = true
     ) -> [String] {
         var problems: [String] = []
         if let problem = identifierProblem(name, what: "agent name", limit: limits.maxName) { problems.append(problem) }
@@ -90,8 +93,14 @@ enum AgentFacts {
         if addresses.count > limits.maxAddresses {
             problems.append("\(addresses.count) addresses (at most \(limits.maxAddresses))")
         }
-        for address in addresses.prefix(limits.maxAddresses + 1) where !isIPAddress(address) {
-            problems.append("address '\(printable(address))' is not an IPv4 or IPv6 address")
+        for address in addresses.prefix(limits.maxAddresses + 1) {
+            if prefixed && !isInterfaceAddress(address) {
+                problems.append(
+                    "address '\(printable(address))' is not an interface address with its prefix length "
+                        + "(10.77.1.11/24 or fd00::5/64)")
+            } else if !prefixed && !isIPAddress(address) {
+                problems.append("address '\(printable(address))' is not an IPv4 or IPv6 address")
+            }
         }
         if attributes.count > limits.maxAttributes {
             problems.append("\(attributes.count) attributes (at most \(limits.maxAttributes))")
@@ -132,6 +141,17 @@ enum AgentFacts {
         var v4 = in_addr()
         var v6 = in6_addr()
         return inet_pton(AF_INET, text, &v4) == 1 || inet_pton(AF_INET6, text, &v6) == 1
+    }
+
+    /// `IPv4/0–32` or `IPv6/0–128`: what protocol 3 agents report.
+    static func isInterfaceAddress(_ text: String) -> Bool {
+        if InterfaceAddress(text) != nil { return true }
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 2, text.utf8.count <= 64, InterfaceAddress.decimal(parts[1], max: 128) != nil else {
+            return false
+        }
+        var v6 = in6_addr()
+        return inet_pton(AF_INET6, String(parts[0]), &v6) == 1
     }
 
     /// At most 80 characters of `text`, control characters shown as `?`, for error messages.

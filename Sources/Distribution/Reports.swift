@@ -17,6 +17,12 @@ public struct SegmentStatus: Codable, Sendable, Equatable {
     public var bytesSent: Int64 = 0
     /// Verified bytes the agents report holding.
     public var bytesVerified: Int64 = 0
+    /// Of the verified bytes, those peers on the segment delivered (as the agents report).
+    public var bytesFromPeers: Int64 = 0
+    /// Targets whose verified copy came from peers alone, from the core alone, from both.
+    public var servedByPeers = 0
+    public var servedByCore = 0
+    public var servedByBoth = 0
 
     public init(segment: String) {
         self.segment = segment
@@ -32,6 +38,19 @@ public struct SegmentStatus: Codable, Sendable, Equatable {
         rolledBack += other.rolledBack
         bytesSent += other.bytesSent
         bytesVerified += other.bytesVerified
+        bytesFromPeers += other.bytesFromPeers
+        servedByPeers += other.servedByPeers
+        servedByCore += other.servedByCore
+        servedByBoth += other.servedByBoth
+    }
+
+    mutating func count(_ source: ByteSource?) {
+        switch source {
+        case .peer: servedByPeers += 1
+        case .core: servedByCore += 1
+        case .mixed: servedByBoth += 1
+        case nil: break
+        }
     }
 }
 
@@ -49,6 +68,19 @@ public struct StatusReport: Codable, Sendable, Equatable {
     public var rollbackRequested: Bool
     public var segments: [SegmentStatus]
     public var total: SegmentStatus
+    /// Per target, who delivered its copy (targets still without a verified copy are left out).
+    public var sources: [TargetSource]? = nil
+}
+
+/// Who served one target its package: peers on its segment, the core, or both.
+public struct TargetSource: Codable, Sendable, Equatable {
+    public var name: String
+    public var segment: String
+    public var subnet: String?
+    public var source: ByteSource
+    public var bytesFromPeers: Int64
+    /// Bytes the core counted sending this target.
+    public var bytesFromCore: Int64
 }
 
 /// One line of the chase list: a target that does not have the change yet, and why.
@@ -155,20 +187,34 @@ public enum StatusText {
             "activated \(bar(report.total.activated, of: report.total.targets))  \(report.total.activated)/\(report.total.targets)"
         )
         lines.append("")
-        let header = ["segment", "targets", "seeded", "verified", "activated", "failed", "offline", "bytes sent"]
+        let header = [
+            "segment", "targets", "seeded", "verified", "activated", "failed", "offline", "bytes sent", "from peers",
+        ]
         var rows = report.segments.map { s in
             [
                 s.segment, "\(s.targets)", "\(s.seeded)", "\(s.verified)", "\(s.activated)", "\(s.failed)",
                 "\(s.offline)",
-                bytes(s.bytesSent),
+                bytes(s.bytesSent), bytes(s.bytesFromPeers),
             ]
         }
         let t = report.total
         rows.append([
             "total", "\(t.targets)", "\(t.seeded)", "\(t.verified)", "\(t.activated)", "\(t.failed)",
-            "\(t.offline)", bytes(t.bytesSent),
+            "\(t.offline)", bytes(t.bytesSent), bytes(t.bytesFromPeers),
         ])
         lines.append(contentsOf: table(header: header, rows: rows))
+        if let sources = report.sources, !sources.isEmpty {
+            lines.append("")
+            lines.append(
+                contentsOf: table(
+                    header: ["target", "segment", "subnet", "served by", "from peers", "from core"],
+                    rows: sources.map { t in
+                        [
+                            t.name, t.segment, t.subnet ?? "-", t.source == .mixed ? "peers+core" : t.source.rawValue,
+                            bytes(t.bytesFromPeers), bytes(t.bytesFromCore),
+                        ]
+                    }))
+        }
         return lines.joined(separator: "\n")
     }
 

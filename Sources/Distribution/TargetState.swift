@@ -76,6 +76,10 @@ extension TargetRecord {
                 if phase != .failed { failedStep = nil }
             }
             bytes = max(bytes, report.bytes)
+            if let source = report.source {
+                self.source = source
+                bytesFromPeers = max(0, min(report.bytesFromPeers ?? 0, report.bytes))
+            }
         case .event(let event, let size, let rollingBack):
             updatedAt = now
             if let reported = event.bytes { bytes = max(bytes, reported) }

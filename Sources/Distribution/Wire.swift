@@ -103,7 +103,53 @@ public struct CacheReport: Codable, Sendable, Equatable {
     public var release: String
     public var phase: TargetPhase
     public var bytes: Int64
+    /// Protocol 3: where the verified bytes came from (nil while nothing verified).
+    public var source: ByteSource?
+    /// Protocol 3: of the bytes, how many came from peers.
+    public var bytesFromPeers: Int64?
+
+    public init(
+        change: String, release: String, phase: TargetPhase, bytes: Int64, source: ByteSource? = nil,
+        bytesFromPeers: Int64? = nil
+    ) {
+        self.change = change
+        self.release = release
+        self.phase = phase
+        self.bytes = bytes
+        self.source = source
+        self.bytesFromPeers = bytesFromPeers
+    }
 }
+
+/// Who delivered a cached package's bytes: peers on the agent's segment, the core (or its
+/// mirror), or both (a download that switched to the core part-way).
+public enum ByteSource: String, Codable, Sendable {
+    case peer, core, mixed
+}
+
+/// The peers on the asking agent's own segment that hold a verified copy of a package.
+public struct PeerList: Codable, Sendable, Equatable {
+    public var digest: SHA256Digest
+    /// The asker's segment (its subnet), as the core derived it.
+    public var subnet: String?
+    public var peers: [PeerLocation]
+
+    public init(digest: SHA256Digest, subnet: String?, peers: [PeerLocation]) {
+        self.digest = digest
+        self.subnet = subnet
+        self.peers = peers
+    }
+}
+
+public struct PeerLocation: Codable, Sendable, Equatable {
+    /// The peer's agent id (to avoid a peer that served bad bytes for the rest of a job).
+    public var agent: String
+    /// `http://HOST:PORT`, the host its address on the segment.
+    public var url: String
+}
+
+/// The peer route of a package on an agent's peer server.
+public func peerPath(_ digest: SHA256Digest) -> String { "/v1/peer/sha256/\(digest.hex)" }
 
 public struct CheckIn: Codable, Sendable {
     /// `WireProtocol.version` of the agent (absent: protocol 1).
@@ -117,11 +163,18 @@ public struct CheckIn: Codable, Sendable {
     /// Digest of the agent's current inventory (always sent).
     public var inventoryDigest: String
     public var cache: [CacheReport]
+    /// Protocol 3: the port of the agent's peer server (nil: it serves no peers).
+    public var peerPort: Int?
+    /// Protocol 3: bytes its peer server sent other agents since it started.
+    public var peerServedBytes: Int64?
 
     public init(
         name: String, segment: String, addresses: [String], attributes: [String: String],
-        inventory: InventorySnapshot?, inventoryDigest: String, cache: [CacheReport]
+        inventory: InventorySnapshot?, inventoryDigest: String, cache: [CacheReport], peerPort: Int? = nil,
+        peerServedBytes: Int64? = nil
     ) {
+        self.peerPort = peerPort
+        self.peerServedBytes = peerServedBytes
         self.protocolVersion = WireProtocol.version
         self.name = name
         self.segment = segment
@@ -220,13 +273,21 @@ public func artifactPath(_ digest: SHA256Digest) -> String { "/v1/artifacts/sha2
 /// The wire protocol agents and the core speak; the core refuses agents of another one.
 public enum WireProtocol {
     /// 2: signed per-agent job tickets, typed envelopes, key rotation.
-    public static let version = 2
+    /// 3: interface addresses with prefix lengths (the segment is the subnet), peer download.
+    public static let version = 3
+    /// Protocols the core still serves: a protocol 2 agent sends bare addresses, so the core
+    /// knows no subnet for it and it gets no peers (it downloads from the core as before).
+    public static let supported = 2...3
 
-    /// The refusal an agent of an older protocol gets.
+    /// The refusal an agent of an unsupported protocol gets.
     public static func refusal(_ sent: Int?) -> String? {
-        guard sent != version else { return nil }
-        return "this agent speaks changelab protocol \(sent ?? 1), the core speaks \(version): upgrade changelab on the agent"
+        let spoken = sent ?? 1
+        guard !supported.contains(spoken) else { return nil }
+        return "this agent speaks changelab protocol \(spoken), the core speaks \(supported.lowerBound)–\(version): upgrade changelab on the agent"
     }
+
+    /// Whether an agent of protocol `sent` reports addresses with prefix lengths.
+    public static func sendsPrefixes(_ sent: Int?) -> Bool { (sent ?? 1) >= 3 }
 }
 
 public struct CheckInReply: Codable, Sendable {

@@ -17,7 +17,7 @@ import Testing
         let token = try await core.admin.createToken(uses: 1, lifetime: 600)
         let reply = try await HTTPLink(baseURL: core.url, credential: nil, client: http).post(
             "/v1/enrol",
-            EnrolRequest(token: token.token, name: name, segment: "s1", addresses: ["10.0.0.1"], attributes: [:]),
+            EnrolRequest(token: token.token, name: name, segment: "s1", addresses: ["10.0.0.1/24"], attributes: [:]),
             as: EnrolReply.self)
         return (HTTPLink(baseURL: core.url, credential: "\(reply.agent):\(reply.secret)", client: http), reply.agent)
     }

@@ -79,6 +79,19 @@ struct AgentRunCommand: AsyncParsableCommand {
     var maxCheckIn: Double?
 
     @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Serve verified packages to agents on this agent's segment over plain HTTP on this port (default: off; with --count, identity N uses PORT+N-1).",
+            valueName: "port"))
+    var peerPort: Int?
+
+    @Option(name: .long, help: "With --peer-port: peer downloads served at once (more get 503).")
+    var peerDownloads: Int = 4
+
+    @Option(name: .long, help: "With --peer-port: bytes per second for all peer downloads together (default: unthrottled).")
+    var peerRate: Int64?
+
+    @Option(
         name: .long, parsing: .singleValue,
         help: ArgumentHelp(
             "A folder (under the root) whose files the inventory records with hashes (repeatable; default /etc /usr/local /opt /srv).",
@@ -140,6 +153,11 @@ struct AgentRunCommand: AsyncParsableCommand {
             }
             attributes[parts[0]] = parts[1]
         }
+        if let peerPort, !(1...65535).contains(peerPort) || peerPort + count - 1 > 65535 {
+            throw ValidationError("--peer-port must be 1–65535 (with --count, PORT+COUNT-1 too)")
+        }
+        guard (1...1024).contains(peerDownloads) else { throw ValidationError("--peer-downloads must be 1–1024") }
+        if let peerRate, peerRate <= 0 { throw ValidationError("--peer-rate must be a positive number of bytes per second") }
         let slots = parallelInstalls.map { Semaphore($0) }
         let base = name ?? ProcessInfo.processInfo.hostName
         let configurations = (1...count).map { i -> AgentConfiguration in
@@ -155,6 +173,7 @@ struct AgentRunCommand: AsyncParsableCommand {
             c.maxCheckInInterval = maxCheckIn
             if !watch.isEmpty { c.watchedPaths = watch }
             c.installSlots = slots
+            c.peerServing = peerPort.map { PeerServing(port: $0 + i - 1, maxDownloads: peerDownloads, rate: peerRate) }
             return c
         }
         note("changelab agent: \(count) identit\(count == 1 ? "y" : "ies") on segment \(segment), core \(core)")
