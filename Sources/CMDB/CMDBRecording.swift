@@ -72,9 +72,11 @@ extension CMDBWriter {
         let cell = try store.cellToAdopt(baseline: name, from: from)
         let latest = try store.latestBaseline(name)
         // The same artifact adopted again from a cell of the version it was adopted onto (a
-        // second run of the same change, say): the standard already is that configuration.
+        // second run of the same change, say), or of that adopted version itself (the matrix
+        // tests adopted versions with their artifacts installed): the standard already is
+        // that configuration.
         if latest.origin == .adopted, let adopted = latest.adoption, adopted.artifact == cell.artifact,
-            latest.previousVersion == cell.baseline.version
+            latest.previousVersion == cell.baseline.version || latest.version == cell.baseline.version
         {
             return latest
         }

@@ -738,7 +738,19 @@ public struct ChangeRecord: CMDBRecord, Equatable {
             record(.record, from: delivery.rawValue, to: delivery.rawValue)
 
         case .baselineAdopted(let ref):
-            guard lifecycle == .open || lifecycle == .reviewed else { throw refuse("the change is \(lifecycle.rawValue)") }
+            switch lifecycle {
+            case .open, .reviewed: break
+            case .postponed: throw refuse("the change is postponed", fix: "resume it first: changelab change resume \(id)")
+            case .closed:
+                throw refuse(
+                    "the change is closed: its history ended with the review",
+                    fix: "adopt before closing; now record the configuration without --change "
+                        + "(changelab baseline adopt NAME --from RUN/CELL --notes '\(id)')")
+            case .cancelled, .rejected:
+                throw refuse(
+                    "the change is \(lifecycle.rawValue): it deployed nothing that could become the standard",
+                    fix: "name the change that deployed this artifact (changelab change list --state deployed), or adopt without --change")
+            }
             guard delivery == .deployed else {
                 throw refuse(
                     "a baseline adopts a change once it is deployed, and its delivery is \(delivery.rawValue)",

@@ -46,7 +46,9 @@ struct MatrixCommand: AsyncParsableCommand {
                 package's tests → the baseline's standing regression suite → discard. The uninstall lane \
                 uninstalls after the tests and reports any residue. Verdicts: PASS, FAIL (product), ERROR (infrastructure, after one retry on a \
                 fresh restore), TIMEOUT. The run is recorded in the CMDB with its artifact digest and \
-                the baselines' image digests. Exit status 0 only when every cell passed.
+                the baselines' image digests. A baseline whose current CMDB version includes adoptions \
+                (baseline adopt) is tested as that version: each cell installs its adopted artifacts \
+                first (timed as preparation) and measures the delta from there. Exit status 0 only when every cell passed.
                 """)
         @OptionGroup var cmdbOptions: CMDBOptions
         @OptionGroup var output: OutputOptions
@@ -85,6 +87,7 @@ struct MatrixCommand: AsyncParsableCommand {
             options.testPerCommand = paths.testPerCommand
             options.warmPool = !paths.noWarmPool
             options.cmdb = noRecord ? nil : try cmdbOptions.path()
+            options.standardFrom = try cmdbOptions.path()
             let result: MatrixRun
             if let resume {
                 let earlier = try MatrixRun.load(home: lab.home, id: resume)

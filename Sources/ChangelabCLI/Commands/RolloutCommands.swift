@@ -296,6 +296,15 @@ struct PolicySetCommand: AsyncParsableCommand {
             guard let rollout = try ChangeRollout.load(id, context: changeContext) else {
                 throw ChangelabError("'\(id.prefix(40))' is not a change id", fix: "pass a change record's id like CHG-0001")
             }
+            // The policy installs the change's own artifact: another release is another package
+            // (or build) than the approvers signed.
+            if let release, release != id {
+                throw ChangelabError(
+                    "a policy for change \(id) installs its artifact (\(rollout.record.package) \(rollout.record.version ?? "")), "
+                        + "published as release \(id), not release '\(release.prefix(60))'",
+                    why: "the approvers signed \(id)'s artifact digest: the core and the agents refuse any other",
+                    fix: "drop --release, or propose a change for that package and set the policy with its id")
+            }
             guard rollout.record.approval == .releaseApproved, rollout.record.lifecycle == .open else {
                 throw ChangelabError(
                     "change \(id) is \(rollout.record.approval.rawValue) and \(rollout.record.lifecycle.rawValue): a policy carries out only an open, release-approved change",

@@ -12,6 +12,9 @@ struct CellContext: Sendable {
     let artifact: ArtifactManifest
     /// The earlier release the upgrade lane starts from.
     let previous: ArtifactManifest?
+    /// The adopted artifacts of the baseline's current CMDB version this cell installs
+    /// first (nil: the bare image is the baseline's standard configuration).
+    let preparation: CellPreparation?
     let packageTests: [String]
     let regressionTests: [String]
     let baselineInventory: InventorySnapshot
@@ -35,6 +38,21 @@ enum CellRunner {
     static func run(
         _ context: CellContext, on host: LabHosts.Host, pooled: RestoredGuest? = nil, onAttempt: @Sendable (Int) -> Void
     ) async throws -> CellResult {
+        // An adopted artifact that is not in the store fails every restore alike: no VM, no retry.
+        if let unusable = context.preparation?.unusable {
+            await pooled?.finish(keep: false)
+            onAttempt(1)
+            let reason = "infrastructure: the standard configuration \(context.preparation?.standard.version.description ?? "") "
+                + "cannot be prepared: \(unusable.what)\(unusable.why.map { ": \($0)" } ?? "")\(unusable.fix.map { "; fix: \($0)" } ?? "")"
+            let log = TextLog()
+            log.append(reason + "\n")
+            log.write(to: context.logPath)
+            return CellResult(
+                id: context.plan.id, baseline: context.plan.baseline, lane: context.plan.lane, host: host.name,
+                verdict: .error, reason: reason, attempts: 1, startedAt: Date(), timings: CellTimings(),
+                steps: [StepOutcome(phase: .prepare, name: "adopted artifacts", status: .error, seconds: 0, detail: reason)],
+                delta: nil, residue: nil, violations: [], after: nil, upgradedFrom: nil, keptVM: nil)
+        }
         // A pooled guest the first attempt never got to (cancelled first) is torn down here;
         // one it used, it finished itself (finish acts once, so a kept VM stays kept).
         do {
@@ -98,6 +116,8 @@ final class CellAttempt: @unchecked Sendable {
     private var timings = CellTimings()
     /// The restored slot's file listing, for the incremental inventory.
     private var listing: FileListing?
+    /// The inventory after the adopted artifacts were installed: what the delta is from.
+    private var prepared: InventorySnapshot?
     /// A paused guest from the warm pool, to resume instead of restoring.
     private let pooled: RestoredGuest?
 
@@ -174,7 +194,7 @@ final class CellAttempt: @unchecked Sendable {
             timings.upload = uploadStarted.secondsSince
             record(StepOutcome(phase: .upload, name: "upload artifact", status: .passed, seconds: timings.upload))
 
-            if let inspection = try await runLane(guest) {
+            if try await prepare(guest), let inspection = try await runLane(guest) {
                 (delta, residue, violations, after) = inspection
             }
         } catch {
@@ -191,7 +211,7 @@ final class CellAttempt: @unchecked Sendable {
         return CellResult(
             id: context.plan.id, baseline: context.plan.baseline, lane: context.plan.lane, host: host.name,
             verdict: verdict, reason: reason, attempts: 1, startedAt: Date(), timings: timings, steps: steps, delta: delta,
-            residue: residue, violations: violations, after: after,
+            residue: residue, violations: violations, after: after, before: prepared,
             upgradedFrom: context.plan.lane == .upgrade ? context.previous?.version : nil, keptVM: keep ? guest.name : nil)
     }
 
@@ -229,6 +249,51 @@ final class CellAttempt: @unchecked Sendable {
     }
 
     // MARK: Steps
+
+    /// Makes the restored guest the baseline version's standard configuration: uploads each
+    /// adopted artifact, runs its own install steps in adoption order, and takes the
+    /// inventory the package's delta is measured from. A failed install is a product failure
+    /// (of the adopted package, not the one under test) that names the fix; true when the
+    /// guest is ready for the lane.
+    private func prepare(_ guest: RestoredGuest) async throws -> Bool {
+        guard let preparation = context.preparation else { return true }
+        let version = preparation.standard.version
+        let started = ContinuousClock.now
+        defer { timings.preparation = started.secondsSince }
+        log.append(
+            "preparing \(version): "
+                + (preparation.installs.isEmpty
+                    ? "nothing adopted to install for this lane\n"
+                    : preparation.installs.map(\.0.label).joined(separator: ", ") + "\n"))
+        for (adopted, resolved) in preparation.installs {
+            let manifest = try resolved.get()
+            let uploadStarted = ContinuousClock.now
+            try await guest.agent.upload(
+                file: context.store.debPath(manifest.digest), to: "\(CellRunner.guestDirectory)/\(manifest.debFileName)",
+                mode: 0o644)
+            record(
+                StepOutcome(
+                    phase: .prepare, name: "upload \(adopted.package) \(adopted.packageVersion) (adopted as \(adopted.version))",
+                    status: .passed, seconds: uploadStarted.secondsSince))
+            guard try await runSteps(manifest.recipe.install, of: manifest, phase: .prepare, guest) else {
+                reason += "; the standard configuration \(version) cannot be reproduced: fix \(adopted.package) and adopt it again, "
+                    + "or take it out of the standard"
+                    + (adopted.change.map { " ('changelab rollback \($0)' reverts its adoption)" } ?? "")
+                return false
+            }
+        }
+        guard !preparation.installs.isEmpty else { return true }
+        let inventoryStarted = ContinuousClock.now
+        let (collected, how) = try await collectInventory(guest)
+        prepared = collected.snapshot
+        log.append(String(format: "-- %@ of the standard configuration %@ in %.2f s\n", how, version.description, inventoryStarted.secondsSince))
+        record(
+            StepOutcome(
+                phase: .prepare, name: "inventory of the standard configuration \(version)", status: .passed,
+                seconds: inventoryStarted.secondsSince,
+                detail: ConfigurationDelta(from: context.baselineInventory, to: collected.snapshot).summary()))
+        return true
+    }
 
     private func checkPrerequisites(_ recipe: PackageRecipe, _ guest: RestoredGuest) async throws -> Bool {
         let needs = recipe.prerequisites
@@ -290,6 +355,7 @@ final class CellAttempt: @unchecked Sendable {
         case .upgradeFrom: label = "install of the earlier release \(manifest.version), step"
         case .reinstall: label = "second install, step"
         case .uninstall: label = "uninstall step"
+        case .prepare: label = "preparation: install of the adopted \(manifest.name) \(manifest.version), step"
         default: label = "install step"
         }
         for step in steps {
@@ -307,7 +373,7 @@ final class CellAttempt: @unchecked Sendable {
                     try await guest.agent.exec(
                         GuestTiming.argv(["/bin/sh", "-c", environment + script]), timeout: .seconds(step.timeoutSeconds)
                     ) { [log] _, data in log.append(String(decoding: data, as: UTF8.self)) })
-                timings.workCommands += result.seconds
+                if phase.isWork { timings.workCommands += result.seconds }
                 let tail = CommandResult.tail(of: result.stdoutText + result.stderrText, lines: 15)
                 if result.timedOut {
                     outcome = StepOutcome(phase: phase, name: step.name, status: .timedOut, seconds: result.seconds, detail: tail)
@@ -324,7 +390,7 @@ final class CellAttempt: @unchecked Sendable {
                 outcome = try await reboot(step, phase: phase, guest)
                 // The guest's uptime restarts: the reboot counts whole, by the host's clock.
                 outcome.guestSeconds = outcome.status == .passed ? outcome.seconds : nil
-                timings.workCommands += outcome.seconds
+                if phase.isWork { timings.workCommands += outcome.seconds }
                 if outcome.status != .passed {
                     fail(.timeout, "\(label) '\(step.name)': the guest did not come back from the reboot within \(step.timeoutSeconds) s")
                 }
@@ -351,7 +417,8 @@ final class CellAttempt: @unchecked Sendable {
         var settled = outcome
         let settleStarted = ContinuousClock.now
         let waited = try await GuestSettle.wait(guest.agent, within: left)
-        timings.settle += settleStarted.secondsSince
+        // Settling after an adopted artifact's install is preparation, timed as such.
+        if outcome.phase.isWork { timings.settle += settleStarted.secondsSince }
         switch waited {
         case .settled(let state, let seconds):
             log.append(String(format: "settled (%@) after %.1f s\n", state, seconds))
@@ -437,22 +504,10 @@ final class CellAttempt: @unchecked Sendable {
     /// the recipe's expected-delta policy (or, for the uninstall lane, for residue).
     private func inspect(_ guest: RestoredGuest) async throws -> Inspection {
         let started = ContinuousClock.now
-        let collected: CollectedInventory
-        var how = "full inventory"
-        if let listing {
-            let result = try await lab.incrementalCollector(for: guest, watching: context.watch).collect(against: listing)
-            collected = result.inventory
-            how = String(
-                format: "incremental inventory (%d guest command%@, %.2f s; parsing %.2f s), %d changed files hashed, %@",
-                result.commands, result.commands == 1 ? "" : "s", result.commandSeconds,
-                result.inventory.seconds - result.commandSeconds, result.hashed,
-                result.unitsAsked.map { "unit-file states asked again for \($0.count) units (\(Self.brief($0)))" }
-                    ?? "every unit's state asked")
-        } else {
-            collected = try await lab.collector(for: guest, watching: context.watch).collect()
-        }
+        var (collected, how) = try await collectInventory(guest)
         let deltaStarted = ContinuousClock.now
-        let delta = ConfigurationDelta(from: context.baselineInventory, to: collected.snapshot)
+        // On an adopted version, from the standard configuration the cell prepared.
+        let delta = ConfigurationDelta(from: prepared ?? context.baselineInventory, to: collected.snapshot)
         how += String(format: "; delta %.2f s", deltaStarted.secondsSince)
         timings.inventory = started.secondsSince
         log.append(String(format: "-- %@ and delta in %.2f s\n", how, timings.inventory))
@@ -484,6 +539,22 @@ final class CellAttempt: @unchecked Sendable {
             }
         }
         return (delta, nil, violations, collected.snapshot)
+    }
+
+    /// The guest's inventory now (incremental against the slot's listing when there is one),
+    /// and how it was taken, for the log.
+    private func collectInventory(_ guest: RestoredGuest) async throws -> (CollectedInventory, String) {
+        guard let listing else {
+            return (try await lab.collector(for: guest, watching: context.watch).collect(), "full inventory")
+        }
+        let result = try await lab.incrementalCollector(for: guest, watching: context.watch).collect(against: listing)
+        let how = String(
+            format: "incremental inventory (%d guest command%@, %.2f s; parsing %.2f s), %d changed files hashed, %@",
+            result.commands, result.commands == 1 ? "" : "s", result.commandSeconds,
+            result.inventory.seconds - result.commandSeconds, result.hashed,
+            result.unitsAsked.map { "unit-file states asked again for \($0.count) units (\(Self.brief($0)))" }
+                ?? "every unit's state asked")
+        return (result.inventory, how)
     }
 
     /// The first four items of a list for a one-line verdict reason; "…" when there are more.

@@ -49,6 +49,9 @@ public struct StepOutcome: Codable, Sendable, Equatable {
     public enum Phase: String, Codable, Sendable {
         case restore, upload, prerequisites, install, upgradeFrom = "upgrade-from", reinstall, test, regression, inventory
         case policy, uninstall, residue, discard
+        /// Installing the baseline version's adopted artifacts: the harness making the
+        /// standard configuration, before the package under test.
+        case prepare
     }
 
     public enum Status: String, Codable, Sendable {
@@ -89,7 +92,7 @@ extension StepOutcome.Phase {
     public var isWork: Bool {
         switch self {
         case .install, .upgradeFrom, .reinstall, .uninstall, .test, .regression: return true
-        case .restore, .upload, .prerequisites, .inventory, .policy, .residue, .discard: return false
+        case .restore, .upload, .prepare, .prerequisites, .inventory, .policy, .residue, .discard: return false
         }
     }
 }
@@ -110,6 +113,9 @@ public struct CellTimings: Codable, Sendable, Equatable {
     /// Reading the slot's file listing (or recording it, once per slot).
     public var listing: Double = 0
     public var upload: Double = 0
+    /// Uploading and installing the baseline version's adopted artifacts, and the inventory
+    /// of that standard configuration the delta is measured from (zero on a bare image).
+    public var preparation: Double = 0
     public var prerequisites: Double = 0
     /// The inventory after install and its delta from the baseline.
     public var inventory: Double = 0
@@ -131,7 +137,7 @@ public struct CellTimings: Codable, Sendable, Equatable {
     public init() {}
 
     private enum CodingKeys: String, CodingKey {
-        case restore, clock, listing, upload, prerequisites, inventory, settle, workCommands, discard, total
+        case restore, clock, listing, upload, preparation, prerequisites, inventory, settle, workCommands, discard, total
         case slotTakenAt, slotReleasedAt, fromPool
     }
 
@@ -143,6 +149,7 @@ public struct CellTimings: Codable, Sendable, Equatable {
         clock = try seconds(.clock)
         listing = try seconds(.listing)
         upload = try seconds(.upload)
+        preparation = try seconds(.preparation)
         prerequisites = try seconds(.prerequisites)
         inventory = try seconds(.inventory)
         settle = try seconds(.settle)
@@ -175,6 +182,9 @@ public struct CellResult: Codable, Sendable, Equatable {
     public var violations: [PolicyViolation]
     /// The inventory after install, kept for the CMDB.
     public var after: InventorySnapshot?
+    /// The inventory of the standard configuration the cell prepared (image + adopted
+    /// artifacts), which its delta and residue are measured from; nil on a bare image.
+    public var before: InventorySnapshot?
     /// The version installed first in the upgrade lane.
     public var upgradedFrom: String?
     /// A VM kept for debugging (`--keep-failed`).
@@ -212,7 +222,8 @@ public struct CellResult: Codable, Sendable, Equatable {
 
     /// Harness time none of the named steps accounts for.
     public var unattributedHarnessSeconds: Double {
-        let named = timings.restore + timings.clock + timings.listing + timings.upload + timings.prerequisites
+        let named = timings.restore + timings.clock + timings.listing + timings.upload + timings.preparation
+            + timings.prerequisites
             + timings.inventory + timings.settle + roundTripSeconds + timings.discard
         return harnessSeconds - named
     }
@@ -242,6 +253,9 @@ public struct MatrixRun: Codable, Sendable, Equatable {
         public var recipeDigest: SHA256Digest
         /// The CMDB version of the baseline the cells started from, once recorded.
         public var cmdbVersion: Int?
+        /// The baseline's standard configuration when its current CMDB version includes
+        /// adoptions: what each cell installs before the package (nil: the bare image).
+        public var standard: StandardConfiguration?
     }
 
     public enum Status: String, Codable, Sendable {
@@ -277,6 +291,9 @@ public struct MatrixRun: Codable, Sendable, Equatable {
     }
     public static func afterInventoryPath(_ home: LabHome, _ id: String, _ cell: String) -> String {
         directory(home, id) + "/cells/\(cell).after.json"
+    }
+    public static func beforeInventoryPath(_ home: LabHome, _ id: String, _ cell: String) -> String {
+        directory(home, id) + "/cells/\(cell).before.json"
     }
 
     public func save(home: LabHome) throws {

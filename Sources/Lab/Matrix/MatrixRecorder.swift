@@ -21,7 +21,13 @@ struct MatrixRecorder {
                 throw ChangelabError(
                     "cannot record run \(run.id): the image of \(baseline.name) it tested (\(baseline.imageDigest.short)) is gone")
             }
-            let version = try await lab.record(image, writer: writer)
+            // An adopted version the cells were prepared as is what they tested; else the image.
+            let version: BaselineVersionRecord
+            if let standard = baseline.standard {
+                version = try standardVersion(standard, of: baseline, in: writer.store)
+            } else {
+                version = try await lab.record(image, writer: writer)
+            }
             run.baselines[index].cmdbVersion = version.version
             refs[baseline.name] = version.ref
             before[baseline.name] = version.inventory
@@ -41,8 +47,11 @@ struct MatrixRecorder {
             guard let result = run.results[plan.id], let ref = refs[plan.baseline], let base = before[plan.baseline] else {
                 continue
             }
-            let afterPath = MatrixRun.afterInventoryPath(lab.home, run.id, plan.id)
-            let after = FileManager.default.contents(atPath: afterPath).flatMap { try? StableJSON.decode(InventorySnapshot.self, from: $0) }
+            let after = Self.inventory(at: MatrixRun.afterInventoryPath(lab.home, run.id, plan.id))
+            // A prepared cell's delta is from the standard configuration it measured.
+            let prepared = Self.inventory(at: MatrixRun.beforeInventoryPath(lab.home, run.id, plan.id))
+            var cellBefore = base
+            if let prepared { cellBefore = try await writer.record(inventory: prepared) }
             let failure: CellRecord.FailureClass? =
                 switch result.verdict {
                 case .pass: nil
@@ -58,7 +67,7 @@ struct MatrixRecorder {
             let cell = CellRecord(
                 run: run.id, name: plan.id, baseline: ref, artifact: artifact.digest,
                 verdict: result.passed ? .passed : .failed, failure: failure, reason: result.reason.isEmpty ? nil : result.reason,
-                attempts: result.attempts, startedAt: result.startedAt, seconds: result.timings.total, before: base,
+                attempts: result.attempts, startedAt: result.startedAt, seconds: result.timings.total, before: cellBefore,
                 installDelta: result.delta ?? ConfigurationDelta(), residue: result.residue, violations: result.violations,
                 tests: tests)
             recorded.append((cell, try await writer.record(cell: cell, after: after)))
@@ -68,6 +77,25 @@ struct MatrixRecorder {
         try await writer.record(run: runRecord)
         await writer.close()
         return run
+    }
+
+    private static func inventory(at path: String) -> InventorySnapshot? {
+        FileManager.default.contents(atPath: path).flatMap { try? StableJSON.decode(InventorySnapshot.self, from: $0) }
+    }
+
+    /// The adopted (or reverted) version the run's cells were prepared as, still standing on
+    /// the image they ran.
+    private func standardVersion(
+        _ standard: StandardConfiguration, of baseline: MatrixRun.BaselineUnderTest, in store: CMDBStore
+    ) throws -> BaselineVersionRecord {
+        let version = try store.read(BaselineVersionRecord.self, standard.version.description)
+        let built = try store.read(BaselineVersionRecord.self, standard.built.description)
+        guard built.imageDigest == baseline.imageDigest else {
+            throw ChangelabError(
+                "cannot record the run on \(standard.version): \(standard.built) is not the image its cells ran (\(baseline.imageDigest.short))",
+                fix: "run 'changelab cmdb verify'")
+        }
+        return version
     }
 }
 

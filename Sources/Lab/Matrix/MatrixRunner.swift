@@ -31,6 +31,9 @@ public struct MatrixRunner: Sendable {
         public var warmPool = true
         /// Where to record the run (nil: do not record).
         public var cmdb: String?
+        /// The CMDB whose current baseline versions the cells test, adopted artifacts
+        /// installed (default: `cmdb`; nil with no `cmdb`: the bare images).
+        public var standardFrom: String?
 
         public init() {}
     }
@@ -70,9 +73,20 @@ public struct MatrixRunner: Sendable {
             throw ChangelabError("no lane left to run", why: notes.joined(separator: "; "), fix: "add --lanes install")
         }
         var under: [MatrixRun.BaselineUnderTest] = []
+        let standards = try StandardStore(path: options.standardFrom ?? options.cmdb)
         for baseline in baselineRecipes {
             let image = try await readyImage(baseline)
-            under.append(.init(name: baseline.name, imageDigest: image.imageDigest, recipeDigest: image.recipeDigest, cmdbVersion: nil))
+            let standard = try standards.current(of: baseline.name, image: image)
+            if let standard {
+                events(
+                    .note(
+                        "baseline \(baseline.name): testing \(standard.version), the image of \(standard.built) + "
+                            + (standard.adopted.isEmpty ? "no adopted artifact (reverted)" : standard.adopted.map(\.label).joined(separator: " + "))))
+            }
+            under.append(
+                .init(
+                    name: baseline.name, imageDigest: image.imageDigest, recipeDigest: image.recipeDigest,
+                    cmdbVersion: standard?.version.version, standard: standard))
         }
         // Round-robin over baselines, so parallel cells are of different baselines first.
         var cells: [CellPlan] = []
@@ -157,11 +171,25 @@ public struct MatrixRunner: Sendable {
             let image = try lab.readyImage(baseline.name)
             inventories[baseline.name] = try await lab.baselineInventory(image)
         }
+        let standards = Dictionary(
+            initial.baselines.compactMap { baseline in baseline.standard.map { (baseline.name, $0) } },
+            uniquingKeysWith: { first, _ in first })
+        var adoptedArtifacts: [SHA256Digest: Result<ArtifactManifest, ChangelabError>] = [:]
+        for adopted in standards.values.flatMap(\.adopted) where adoptedArtifacts[adopted.artifact] == nil {
+            adoptedArtifacts[adopted.artifact] = Self.adoptedArtifact(adopted, in: store)
+        }
         for plan in initial.unfinished {
             let image = try lab.readyImage(plan.baseline)
             let recipe = try lab.baselines.load(plan.baseline)
+            let preparation = standards[plan.baseline].map { standard in
+                CellPreparation(
+                    standard: standard,
+                    installs: standard.installs(for: plan.lane, testing: artifact.name).map {
+                        ($0, adoptedArtifacts[$0.artifact] ?? Self.adoptedArtifact($0, in: store))
+                    })
+            }
             contexts[plan.id] = CellContext(
-                lab: lab, plan: plan, image: image, artifact: artifact, previous: previous,
+                lab: lab, plan: plan, image: image, artifact: artifact, previous: previous, preparation: preparation,
                 packageTests: packages.tests(of: artifact.recipe), regressionTests: lab.baselines.tests(of: plan.baseline),
                 baselineInventory: inventories[plan.baseline] ?? InventorySnapshot(), watch: recipe.watch, store: store,
                 keepFailed: options.keepFailed,
@@ -194,6 +222,25 @@ public struct MatrixRunner: Sendable {
             try run.save(home: lab.home)
         }
         return run
+    }
+
+    /// An adopted artifact from the lab's store, its .deb verified against its digest; or why
+    /// it cannot be installed, with the fix.
+    static func adoptedArtifact(
+        _ adopted: StandardConfiguration.Adopted, in store: ArtifactStore
+    ) -> Result<ArtifactManifest, ChangelabError> {
+        do {
+            return .success(try store.manifest(adopted.artifact))
+        } catch {
+            let cause = (error as? ChangelabError).map { $0.what + ($0.why.map { ": \($0)" } ?? "") } ?? "\(error)"
+            return .failure(
+                ChangelabError(
+                    "\(adopted.version)'s adopted artifact \(adopted.label) is not usable in the lab's artifact store: \(cause)",
+                    fix: "build it again ('changelab package build \(adopted.package) --force', if its recipe still makes "
+                        + "\(adopted.artifact.short)), or take it out of the standard configuration"
+                        + (adopted.change.map { " ('changelab rollback \($0)' reverts its adoption)" }
+                            ?? " (record a version without it: 'changelab baseline adopt \(adopted.version.name) --from RUN/CELL')")))
+        }
     }
 
     /// The pool for this run: sized by the free memory and the slots, on the first lab host.
@@ -314,7 +361,11 @@ actor RunState {
         if let after = result.after {
             try AtomicFile.write(try StableJSON.data(after), to: MatrixRun.afterInventoryPath(home, run.id, result.id))
         }
+        if let before = result.before {
+            try AtomicFile.write(try StableJSON.data(before), to: MatrixRun.beforeInventoryPath(home, run.id, result.id))
+        }
         stored.after = nil
+        stored.before = nil
         run.results[result.id] = stored
         try run.save(home: home)
     }
