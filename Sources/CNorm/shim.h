@@ -75,7 +75,6 @@ typedef struct {
 } NormEvent;
 
 // Instances and events.
-int NormGetVersion(int *major, int *minor, int *patch);
 NormInstanceHandle NormCreateInstance(bool priorityBoost);
 void NormDestroyInstance(NormInstanceHandle instance);
 bool NormSetCacheDirectory(NormInstanceHandle instance, const char *cachePath);
@@ -92,41 +91,34 @@ bool NormSetTTL(NormSessionHandle session, unsigned char ttl);
 bool NormSetLoopback(NormSessionHandle session, bool loopback);
 void NormSetRxPortReuse(NormSessionHandle session, bool enableReuse, const char *rxBindAddress,
                         const char *senderAddress, uint16_t senderPort);
-NormNodeId NormGetLocalNodeId(NormSessionHandle session);
 
 // Sender.
 NormSessionId NormGetRandomSessionId(void);
 bool NormStartSender(NormSessionHandle session, NormSessionId instanceId, uint32_t bufferSpace, uint16_t segmentSize,
                      uint16_t numData, uint16_t numParity, uint8_t fecId);
-void NormStopSender(NormSessionHandle session);
 void NormSetTxRate(NormSessionHandle session, double bitsPerSecond);
 void NormSetCongestionControl(NormSessionHandle session, bool enable, bool adjustRate);
 void NormSetTxRateBounds(NormSessionHandle session, double rateMin, double rateMax);
 void NormSetAutoParity(NormSessionHandle session, unsigned char autoParity);
 void NormSetGrttEstimate(NormSessionHandle session, double grttEstimate);
 void NormSetGrttMax(NormSessionHandle session, double grttMax);
-void NormSetTxRobustFactor(NormSessionHandle session, int robustFactor);
 NormObjectHandle NormFileEnqueue(NormSessionHandle session, const char *fileName, const char *infoPtr,
                                  unsigned int infoLen);
 bool NormSetWatermark(NormSessionHandle session, NormObjectHandle object, bool overrideFlush);
 bool NormResetWatermark(NormSessionHandle session);
 bool NormAddAckingNode(NormSessionHandle session, NormNodeId nodeId);
-void NormRemoveAckingNode(NormSessionHandle session, NormNodeId nodeId);
 NormAckingStatus NormGetAckingStatus(NormSessionHandle session, NormNodeId nodeId);
 bool NormSendCommand(NormSessionHandle session, const char *cmdBuffer, unsigned int cmdLength, bool robust);
 
 // Receiver.
 bool NormStartReceiver(NormSessionHandle session, uint32_t bufferSpace);
-void NormStopReceiver(NormSessionHandle session);
 void NormSetDefaultUnicastNack(NormSessionHandle session, bool unicastNacks);
-void NormSetDefaultRxRobustFactor(NormSessionHandle session, int robustFactor);
 
 // Objects and nodes.
 NormObjectType NormObjectGetType(NormObjectHandle object);
 uint16_t NormObjectGetInfoLength(NormObjectHandle object);
 uint16_t NormObjectGetInfo(NormObjectHandle object, char *buffer, uint16_t bufferLen);
 NormSize NormObjectGetSize(NormObjectHandle object);
-NormSize NormObjectGetBytesPending(NormObjectHandle object);
 void NormObjectCancel(NormObjectHandle object);
 NormNodeHandle NormObjectGetSender(NormObjectHandle object);
 bool NormFileGetName(NormObjectHandle file, char *nameBuffer, unsigned int bufferLen);
