@@ -120,7 +120,7 @@ let package = Package(
         .testTarget(name: "HostIOTests", dependencies: ["HostIO"]),
         .testTarget(name: "LabTests", dependencies: ["Lab", "Libvirt", "Model", "HostIO", "changelab"], exclude: ["Fixtures"]),
         .testTarget(name: "InventoryTests", dependencies: ["Inventory", "Model", "HostIO"], exclude: ["Fixtures"]),
-        .testTarget(name: "ChangeControlTests", dependencies: ["ChangeControl", "CMDB", "Model", "HostIO"]),
+        .testTarget(name: "ChangeControlTests", dependencies: ["ChangeControl", "CMDB", "Model", "HostIO", "Lab"]),
         .testTarget(name: "CMDBTests", dependencies: ["CMDB", "Model", "HostIO", "changelab"]),
         .testTarget(
             name: "DistributionTests",

@@ -539,7 +539,10 @@ public struct ChangeRecord: CMDBRecord, Equatable {
     {
         var next = self
         func refuse(_ why: String, fix: String? = nil) -> ChangeRefusal {
-            ChangeRefusal(change: id, event: event.name, reason: why, fix: fix)
+            // Every refusal says what to do; where no step fits, where the change stands.
+            ChangeRefusal(
+                change: id, event: event.name, reason: why,
+                fix: fix ?? "'changelab change show \(id)' shows where it stands and what blocks its next step")
         }
         func record(_ dimension: ChangeTransition.Dimension, from: String, to: String) {
             next.history.append(

@@ -37,10 +37,26 @@ import Testing
             return Project(lab: lab, policy: policy)
         }
 
-        func run(_ arguments: [String]) async throws -> CommandResult {
-            try await HostCommand.run(
-                try binary(),
-                arguments + ["--root", repository, "--cmdb", lab.folder + "/cmdb", "--policy", policy, "--actor", "dave"],
+        /// What `run` adds to a command's arguments.
+        enum Context {
+            /// The repository, the CMDB, the policy and the actor (change control's commands).
+            case change
+            /// The repository and the policy (`trust-root …`).
+            case policy
+            /// Nothing (commands that only talk to a core).
+            case none
+        }
+
+        func run(_ arguments: [String], context: Context = .change) async throws -> CommandResult {
+            let policyOptions = ["--root", repository, "--policy", policy]
+            let added: [String] =
+                switch context {
+                case .change: policyOptions + ["--cmdb", lab.folder + "/cmdb", "--actor", "dave"]
+                case .policy: policyOptions
+                case .none: []
+                }
+            return try await HostCommand.run(
+                try binary(), arguments + added,
                 environment: ProcessInfo.processInfo.environment.merging(
                     ["CHANGELAB_HOME": lab.folder + "/home", "CHANGELAB_APPROVER_KEYS": lab.folder + "/approver-keys"]
                 ) { _, new in new },

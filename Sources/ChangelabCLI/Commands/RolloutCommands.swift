@@ -311,6 +311,15 @@ struct PolicySetCommand: AsyncParsableCommand {
                     fix: "'changelab change show \(id)' lists what blocks the release")
             }
             try rollout.checkScope(targets: targets, rings: nil)
+            // A policy installs on each matching target as it qualifies: it has one ring, all.
+            guard rollout.record.scope.rings == "all" else {
+                throw ChangelabError(
+                    "change \(id) was approved with the ring plan '\(rollout.record.scope.rings)': a passive policy installs on "
+                        + "every matching target as it qualifies, in one ring",
+                    why: "the approvers signed a staged rollout; the core and the agents refuse a policy that skips its rings",
+                    fix: "carry the change out with 'changelab promote \(id)' and 'changelab activate \(id)', or give the "
+                        + "policy a change approved with the ring plan 'all'")
+            }
             return rollout
         }
         guard let targets = targets ?? rollout?.record.scope.targets else {
