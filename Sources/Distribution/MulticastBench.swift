@@ -128,13 +128,15 @@ public enum MulticastSegmentBench {
                         "ip",
                         ["netns", "exec", fleet.namespace(segment: 1, host: host), options.executable, "multicast",
                          "receive", "--node", String(host), "--sender", "1", "--size", String(options.packageBytes),
-                         "--out", work + "/received-\(host)", "--manifest", manifestPath] + common,
+                         "--out", work + "/received-\(host)", "--manifest", manifestPath,
+                         "--ready-file", work + "/ready-\(host)"] + common,
                         timeout: options.timeout + .seconds(30))
                     return (host, result.status == 0 ? result.stdout : result.stderr)
                 }
             }
             // The receivers join the group before the object starts.
-            try await Task.sleep(for: .seconds(1))
+            try await MulticastReadiness.wait(
+                for: (2...(options.receivers + 1)).map { work + "/ready-\($0)" }, within: options.timeout)
             let receivers = (2...(options.receivers + 1)).map(String.init).joined(separator: ",")
             let sent = try await HostCommand.run(
                 "ip",
@@ -197,5 +199,20 @@ extension TestFleet {
             if f.first == "port", f.count >= 4, let rx = Int64(f[2]) { ports[String(f[1])] = rx }
         }
         return ports
+    }
+}
+
+/// Waits until every receiver has said it joined its group (`multicast receive --ready-file`).
+public enum MulticastReadiness {
+    public static func wait(for files: [String], within timeout: Duration) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while let missing = files.first(where: { !FileManager.default.fileExists(atPath: $0) }) {
+            guard ContinuousClock.now < deadline else {
+                throw ChangelabError(
+                    "a multicast receiver did not join its group within \(Int(timeout.seconds)) s (no \(missing))",
+                    fix: "check that the receivers start (their output names the problem) and that the machine is not overloaded")
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
     }
 }

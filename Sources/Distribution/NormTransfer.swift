@@ -194,7 +194,7 @@ public enum NormTransfer {
     public static func receive(
         into destination: String, workDirectory: String, node: NormNode, sender: NormNode, size: Int64,
         info: [UInt8], manifest: ReleaseManifest? = nil, settings: NormSettings, timeout: Duration,
-        linger: Duration = .seconds(10)
+        linger: Duration = .seconds(10), ready: (@Sendable () -> Void)? = nil
     ) async throws -> NormReceiveReport {
         try settings.check()
         guard size > 0 else { throw NormTransferError.setup("the expected size must be positive") }
@@ -208,7 +208,7 @@ public enum NormTransfer {
         return try await onOwnThread(timeout: timeout) { stop, deadline in
             try receiveNow(
                 into: destination, scratch: scratch, node: node, sender: sender, size: size, info: info,
-                manifest: manifest, settings: settings, linger: linger, stop: stop, deadline: deadline)
+                manifest: manifest, settings: settings, linger: linger, stop: stop, deadline: deadline, ready: ready)
         }
     }
 
@@ -290,7 +290,8 @@ public enum NormTransfer {
 
     private static func receiveNow(
         into destination: String, scratch: String, node: NormNode, sender: NormNode, size: Int64, info: [UInt8],
-        manifest: ReleaseManifest?, settings: NormSettings, linger: Duration, stop: AtomicFlag, deadline: ContinuousClock.Instant
+        manifest: ReleaseManifest?, settings: NormSettings, linger: Duration, stop: AtomicFlag, deadline: ContinuousClock.Instant,
+        ready: (@Sendable () -> Void)?
     ) throws -> NormReceiveReport {
         let started = ContinuousClock.now
         let (instance, session) = try open(settings, node: node, cache: scratch)
@@ -301,6 +302,8 @@ public enum NormTransfer {
         guard NormStartReceiver(session, UInt32(16 << 20)) else {
             throw NormTransferError.setup("NormStartReceiver refused \(settings.group):\(settings.port)")
         }
+        // Joined the group: a sender started from now on reaches this receiver from its first packet.
+        ready?()
         var refused = 0
         var completedAt: ContinuousClock.Instant?
         var failing: [Int]?

@@ -72,9 +72,9 @@ import Testing
             try Data(repeating: 0x66, count: size).write(to: URL(fileURLWithPath: dir + "/rogue"))
             async let received = Self.inHost(
                 3, binary,
-                ["multicast", "receive", "--node", "3", "--sender", "1", "--size", String(size), "--out", dir + "/got"]
-                    + Self.settings("job-7"))
-            try await Task.sleep(for: .seconds(1))
+                ["multicast", "receive", "--node", "3", "--sender", "1", "--size", String(size), "--out", dir + "/got",
+                 "--ready-file", dir + "/ready-3"] + Self.settings("job-7"))
+            try await MulticastReadiness.wait(for: [dir + "/ready-3"], within: .seconds(60))
             // The rogue (another node id, same group, size and info) starts first.
             async let rogue = Self.inHost(
                 2, binary,
@@ -101,13 +101,13 @@ import Testing
             // exit non-zero (the sender's end command or the time-out ends them).
             async let wrongSize = Self.inHost(
                 2, binary,
-                ["multicast", "receive", "--node", "2", "--sender", "1", "--size", "200001", "--out", dir + "/a"]
-                    + Self.settings("job-1", timeout: 8))
+                ["multicast", "receive", "--node", "2", "--sender", "1", "--size", "200001", "--out", dir + "/a",
+                 "--ready-file", dir + "/ready-2"] + Self.settings("job-1", timeout: 8))
             async let wrongJob = Self.inHost(
                 3, binary,
-                ["multicast", "receive", "--node", "3", "--sender", "1", "--size", "200000", "--out", dir + "/b"]
-                    + Self.settings("job-2", timeout: 8))
-            try await Task.sleep(for: .seconds(1))
+                ["multicast", "receive", "--node", "3", "--sender", "1", "--size", "200000", "--out", dir + "/b",
+                 "--ready-file", dir + "/ready-3"] + Self.settings("job-2", timeout: 8))
+            try await MulticastReadiness.wait(for: [dir + "/ready-2", dir + "/ready-3"], within: .seconds(60))
             let sent = try await Self.inHost(
                 1, binary,
                 ["multicast", "send", dir + "/file", "--node", "1", "--receivers", "2,3", "--rounds", "1"]
@@ -146,8 +146,8 @@ import Testing
             async let received = Self.inHost(
                 2, binary,
                 ["multicast", "receive", "--node", "2", "--sender", "1", "--size", String(4 * chunk), "--out",
-                 dir + "/got", "--manifest", dir + "/manifest.json"] + Self.settings("j"))
-            try await Task.sleep(for: .seconds(1))
+                 dir + "/got", "--manifest", dir + "/manifest.json", "--ready-file", dir + "/ready-2"] + Self.settings("j"))
+            try await MulticastReadiness.wait(for: [dir + "/ready-2"], within: .seconds(60))
             let sent = try await Self.inHost(
                 1, binary,
                 ["multicast", "send", dir + "/forged", "--node", "1", "--receivers", "2", "--rounds", "2"]

@@ -111,6 +111,8 @@ struct MulticastCommand: AsyncParsableCommand {
         var info = ""
         @Option(help: "A release manifest (JSON) to check every chunk against after reassembly.")
         var manifest: String?
+        @Option(help: "An empty file written once the receiver has joined the group (for scripts that start the sender).")
+        var readyFile: String?
         @OptionGroup var multicast: Settings
         @OptionGroup var output: OutputOptions
 
@@ -120,6 +122,11 @@ struct MulticastCommand: AsyncParsableCommand {
             var failingChunks: [Int]?
         }
 
+
+        /// Writes `path`, empty, once the receiver has joined its group.
+        static func announceReady(at path: String) -> @Sendable () -> Void {
+            { _ = FileManager.default.createFile(atPath: path, contents: Data()) }
+        }
 
         func run() async throws {
             let (settings, node, timeout) = try multicast.settings()
@@ -137,7 +144,7 @@ struct MulticastCommand: AsyncParsableCommand {
             let report = try await NormTransfer.receive(
                 into: absolute, workDirectory: (absolute as NSString).deletingLastPathComponent, node: node,
                 sender: senderNode, size: size, info: Array(info.utf8), manifest: checked, settings: settings,
-                timeout: timeout)
+                timeout: timeout, ready: readyFile.map(Self.announceReady))
             let failing = report.failingChunks
             if output.json {
                 try printJSON(Result(file: absolute, transfer: report, failingChunks: failing))
