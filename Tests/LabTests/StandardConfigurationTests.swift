@@ -155,6 +155,13 @@ extension LabQEMUTests {
         let firstInstall = try #require(cell.steps.firstIndex { $0.phase == .install })
         #expect(cell.steps.lastIndex { $0.phase == .prepare }.map { $0 < firstInstall } == true)
         #expect(cell.timings.preparation > 0)
+        // greeterd's own tests belong to minimal@2 as its standing suite does: they ran after
+        // session-store's install, each as a regression step named for the adoption.
+        let adoptedTests = cell.steps.filter { $0.phase == .regression && $0.name.hasPrefix("greeterd (adopted as minimal@2): ") }
+        #expect(adoptedTests.map(\.name) == ["10-greets", "20-service", "30-conffile"].map { "greeterd (adopted as minimal@2): \($0)" })
+        #expect(adoptedTests.allSatisfy { $0.status == .passed }, "\(adoptedTests.map(\.detail))")
+        let lastStanding = try #require(cell.steps.lastIndex { $0.phase == .regression && !$0.name.hasPrefix("greeterd") })
+        #expect(cell.steps.firstIndex { $0.name.hasPrefix("greeterd (adopted") }.map { $0 > lastStanding } == true)
         // greeterd is on the guest after the cell's install: it was installed, not just listed.
         let after = try StableJSON.decode(
             InventorySnapshot.self,
@@ -170,17 +177,43 @@ extension LabQEMUTests {
         #expect(record.baseline == adopted.ref)
         #expect(try store.inventory(record.before).packages.contains { $0.name == "greeterd" })
 
-        // An adopted artifact that is not in the lab's store: an error that says how to fix it.
+        // An adopted artifact whose own install fails on the guest (bytes dpkg cannot read, in
+        // the store under their digest): the standard configuration cannot be reproduced, a
+        // product failure of the adopted package that names the fix; session-store never ran.
+        let junk = lab.home.root + "/adopted-broken.deb"
+        let junkBytes = Data("this is not a Debian archive\n".utf8)
+        try junkBytes.write(to: URL(fileURLWithPath: junk))
+        var unreadable = greeterd
+        unreadable.name = "adopted-broken"
+        unreadable.recipe.name = "adopted-broken"
+        unreadable.digest = SHA256Digest(of: junkBytes)
+        unreadable.size = junkBytes.count
+        unreadable.recipeDigest = SHA256Digest(of: "adopted-broken-recipe")
+        try ArtifactStore(home: lab.home).add(deb: junk, manifest: unreadable, log: "made by the test\n")
         let writer = try await CMDBWriter(path: cmdb.path, actor: "test")
         try await AdoptionFixture.adopt(
-            "phantom", "1.0", SHA256Digest(of: "phantom-artifact"), change: "CHG-0002", into: "minimal", with: writer)
+            "adopted-broken", unreadable.version, unreadable.digest, change: "CHG-0002", into: "minimal", with: writer)
         await writer.close()
+        let failing = try await MatrixRunner(lab: lab).run(
+            package: "session-store", options: Self.options([.install], baselines: ["minimal"], cmdb: cmdb.path))
+        let failed = try #require(failing.results["minimal.install"])
+        #expect(failed.verdict == .fail && failed.attempts == 1, "\(failed.verdict): \(failed.reason)")
+        #expect(failed.reason.contains("minimal@3 cannot be reproduced: fix adopted-broken"), "\(failed.reason)")
+        #expect(failed.reason.contains("changelab rollback CHG-0002"), "\(failed.reason)")
+        #expect(failed.steps.contains { $0.phase == .prepare && $0.status == .failed })
+        #expect(!failed.steps.contains { $0.phase == .install }, "session-store was installed over a broken standard")
+
+        // An adopted artifact that is not in the lab's store: an error that says how to fix it.
+        let again = try await CMDBWriter(path: cmdb.path, actor: "test")
+        try await AdoptionFixture.adopt(
+            "phantom", "1.0", SHA256Digest(of: "phantom-artifact"), change: "CHG-0003", into: "minimal", with: again)
+        await again.close()
         let broken = try await MatrixRunner(lab: lab).run(
             package: "session-store", options: Self.options([.install], baselines: ["minimal"], cmdb: cmdb.path))
         let error = try #require(broken.results["minimal.install"])
         #expect(error.verdict == .error && error.attempts == 1)
-        #expect(error.reason.contains("minimal@3's adopted artifact"), "\(error.reason)")
-        #expect(error.reason.contains("changelab rollback CHG-0002"), "\(error.reason)")
+        #expect(error.reason.contains("minimal@4's adopted artifact"), "\(error.reason)")
+        #expect(error.reason.contains("changelab rollback CHG-0003"), "\(error.reason)")
         #expect(error.reason.contains("changelab package build phantom"), "\(error.reason)")
         try? FileManager.default.removeItem(atPath: cmdb.path)
     }

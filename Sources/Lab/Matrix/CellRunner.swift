@@ -17,6 +17,9 @@ struct CellContext: Sendable {
     let preparation: CellPreparation?
     let packageTests: [String]
     let regressionTests: [String]
+    /// The own tests of the packages adopted into the cell's baseline version, run after the
+    /// standing suite (empty on a built version).
+    var adoptedTests: [(adopted: StandardConfiguration.Adopted, tests: [String])] = []
     let baselineInventory: InventorySnapshot
     let watch: [String]
     let store: ArtifactStore
@@ -245,6 +248,9 @@ final class CellAttempt: @unchecked Sendable {
             try await runTests(context.packageTests, phase: .test, guest)
         }
         try await runTests(context.regressionTests, phase: .regression, guest)
+        for (adopted, tests) in context.adoptedTests {
+            try await runTests(tests, phase: .regression, of: adopted, guest)
+        }
         return inspection
     }
 
@@ -473,7 +479,12 @@ final class CellAttempt: @unchecked Sendable {
         return "serial console (last lines):\n" + CommandResult.tail(of: text, lines: 15)
     }
 
-    private func runTests(_ tests: [String], phase: StepOutcome.Phase, _ guest: RestoredGuest) async throws {
+    /// - Parameter adopted: the adopted package whose own tests these are (regression phase
+    ///   on an adopted baseline version); nil for the package's tests or the standing suite.
+    private func runTests(
+        _ tests: [String], phase: StepOutcome.Phase, of adopted: StandardConfiguration.Adopted? = nil,
+        _ guest: RestoredGuest
+    ) async throws {
         guard !tests.isEmpty else { return }
         let suiteStarted = ContinuousClock.now
         let outcomes = try await StandingSuite.run(
@@ -481,17 +492,23 @@ final class CellAttempt: @unchecked Sendable {
             progress: { _ in })
         timings.workCommands += suiteStarted.secondsSince
         for outcome in outcomes {
-            log.append("-- \(phase.rawValue) \(outcome.name) output:\n\(outcome.outputTail)\n")
+            let name = adopted.map { "\($0.package) (adopted as \($0.version)): \(outcome.name)" } ?? outcome.name
+            log.append("-- \(phase.rawValue) \(name) output:\n\(outcome.outputTail)\n")
             record(
                 StepOutcome(
-                    phase: phase, name: outcome.name, status: outcome.passed ? .passed : (outcome.timedOut ? .timedOut : .failed),
+                    phase: phase, name: name, status: outcome.passed ? .passed : (outcome.timedOut ? .timedOut : .failed),
                     exitCode: outcome.exitCode, seconds: outcome.seconds, detail: outcome.outputTail,
                     guestSeconds: outcome.guestSeconds))
             guard !outcome.passed else { continue }
             let first = outcome.outputTail.split(separator: "\n").first.map(String.init) ?? ""
-            let what = phase == .regression
-                ? "regression: \(context.plan.baseline)'s standing test \(outcome.name)"
-                : "package test \(outcome.name)"
+            let what =
+                if let adopted {
+                    "regression: \(adopted.package), adopted as \(adopted.version), test \(outcome.name)"
+                } else if phase == .regression {
+                    "regression: \(context.plan.baseline)'s standing test \(outcome.name)"
+                } else {
+                    "package test \(outcome.name)"
+                }
             if outcome.timedOut {
                 fail(.timeout, "\(what) timed out")
             } else {

@@ -188,13 +188,15 @@ public struct MatrixRunner: Sendable {
                         ($0, adoptedArtifacts[$0.artifact] ?? Self.adoptedArtifact($0, in: store))
                     })
             }
-            contexts[plan.id] = CellContext(
+            var context = CellContext(
                 lab: lab, plan: plan, image: image, artifact: artifact, previous: previous, preparation: preparation,
                 packageTests: packages.tests(of: artifact.recipe), regressionTests: lab.baselines.tests(of: plan.baseline),
                 baselineInventory: inventories[plan.baseline] ?? InventorySnapshot(), watch: recipe.watch, store: store,
                 keepFailed: options.keepFailed,
                 logPath: MatrixRun.cellLogPath(lab.home, initial.id, plan.id), incrementalInventory: !options.fullInventory,
                 batchedTests: !options.testPerCommand)
+            context.adoptedTests = preparation?.adoptedTests(testing: artifact.name, tests: packages.tests(of:)) ?? []
+            contexts[plan.id] = context
         }
 
         // Wall time counts from the first cell: preparation (inventories) is not the matrix.

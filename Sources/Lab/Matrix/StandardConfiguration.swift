@@ -153,6 +153,27 @@ struct CellPreparation: Sendable {
     let standard: StandardConfiguration
     let installs: [(StandardConfiguration.Adopted, Result<ArtifactManifest, ChangelabError>)]
 
+    /// The own tests of every adopted package the cell installs, other than the package under
+    /// test (whose tests the cell runs anyway), each package once with its latest adoption:
+    /// they belong to the standard configuration as the baseline's standing suite does, so a
+    /// package that breaks an adopted one fails on that version as it would on its targets.
+    func adoptedTests(
+        testing package: String, tests: (PackageRecipe) -> [String]
+    ) -> [(adopted: StandardConfiguration.Adopted, tests: [String])] {
+        var latest: [String: (StandardConfiguration.Adopted, ArtifactManifest)] = [:]
+        var order: [String] = []
+        for (adopted, resolved) in installs where adopted.package != package {
+            guard case .success(let manifest) = resolved else { continue }
+            if latest[adopted.package] == nil { order.append(adopted.package) }
+            latest[adopted.package] = (adopted, manifest)
+        }
+        return order.compactMap { name in
+            guard let (adopted, manifest) = latest[name] else { return nil }
+            let found = tests(manifest.recipe)
+            return found.isEmpty ? nil : (adopted, found)
+        }
+    }
+
     /// The first adopted artifact that cannot be installed, as the cell's reason.
     var unusable: ChangelabError? {
         for (_, resolved) in installs {
