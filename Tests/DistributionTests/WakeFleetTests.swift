@@ -51,6 +51,12 @@ import Testing
             let started = try #require(log.range(of: "changelab agent: 1 identity"), "\(log.suffix(2000))")
             #expect(woken.lowerBound < started.lowerBound, "the agent started only after its magic packet")
 
+            // The representative reports what it sent at its next check-in (the woken agent can
+            // be verified before that).
+            #expect(
+                try await eventually(.seconds(20)) {
+                    try await f.admin.status("CHG-wake").representatives?.first?.wakeAttempts.isEmpty == false
+                })
             let status = try await f.admin.status("CHG-wake")
             let segment = try #require(status.representatives?.first)
             #expect(segment.subnet == "10.77.1.0/24")
