@@ -30,7 +30,8 @@ extension Coordinator {
             let needed = targets.contains { !isDone($0, in: deployment) } || representation.pendingWake != nil
             // Candidates matter only when the lease is to be granted (none, or expired).
             let granting = needed && representation.lease?.isActive(at: now) != true
-            let candidates = granting ? targets.compactMap { candidate($0.agent, for: change, subnet: subnet, now: now) } : []
+            let candidates =
+                granting ? targets.compactMap { candidate($0.agent, for: change, subnet: subnet, now: now) } : []
             representation.lease = RepresentativeElection.next(
                 current: representation.lease, lastEpoch: representation.epoch, candidates: candidates,
                 renewing: renewing, needed: needed && !targets.isEmpty, now: now, duration: leaseDuration)
@@ -107,7 +108,8 @@ extension Coordinator {
     func requestWake(_ change: ChangeID, purpose: String) {
         guard let deployment = state.deployments[change] else { return }
         var offline: [String: [WakeTarget]] = [:]
-        for target in deployment.targets.values.sorted(by: { $0.agent < $1.agent }) where !isDone(target, in: deployment) {
+        for target in deployment.targets.values.sorted(by: { $0.agent < $1.agent })
+        where !isDone(target, in: deployment) {
             guard let agent = state.agents[target.agent], !agent.revoked, !isOnline(agent), let subnet = agent.subnet,
                 let macs = agent.macAddresses, !macs.isEmpty
             else { continue }
@@ -135,7 +137,8 @@ extension Coordinator {
             guard (0...limits.maxMACAddresses * 1024).contains(report.packets), (report.error?.utf8.count ?? 0) <= 1024
             else {
                 throw CoreRefusal.badRequest(
-                    "the agent's report is refused: a wake report with \(report.packets) packets or an error over 1 KiB")
+                    "the agent's report is refused: a wake report with \(report.packets) packets or an error over 1 KiB"
+                )
             }
         }
     }
@@ -171,7 +174,8 @@ extension Coordinator {
                 agent: lease?.agent, epoch: r.epoch, leaseExpiresAt: lease?.expiresAt,
                 offlineTargets: offline[r.subnet] ?? 0, wakePending: r.pendingWake?.targets.count ?? 0,
                 wakeAttempts: r.wakeAttempts.map {
-                    WakeAttemptStatus(target: name($0.target), by: name($0.by), packets: $0.packets, error: $0.error, at: $0.at)
+                    WakeAttemptStatus(
+                        target: name($0.target), by: name($0.by), packets: $0.packets, error: $0.error, at: $0.at)
                 },
                 note: lease == nil && (offline[r.subnet] ?? 0) > 0 ? Self.noOneToWake : nil)
         }
@@ -191,7 +195,8 @@ extension Coordinator {
         var detail = seen
         if let last = attempts.last {
             let by = state.agents[last.by]?.name ?? last.by
-            detail += "; Wake-on-LAN \(attempts.count)× (last by \(by) at \(ISO8601DateFormatter().string(from: last.at))"
+            detail +=
+                "; Wake-on-LAN \(attempts.count)× (last by \(by) at \(ISO8601DateFormatter().string(from: last.at))"
                 + (last.error.map { ": \($0)" } ?? "") + ")"
         } else if agent.macAddresses?.isEmpty ?? true {
             detail += "; it reported no MAC address, so it cannot be woken"

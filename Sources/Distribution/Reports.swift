@@ -221,7 +221,10 @@ public enum StatusText {
         }
         if let representatives = report.representatives, !representatives.isEmpty {
             lines.append("")
-            lines.append(contentsOf: table(header: ["segment", "subnet", "representative", "lease", "offline", "wake"], rows: representatives.map(representativeRow)))
+            lines.append(
+                contentsOf: table(
+                    header: ["segment", "subnet", "representative", "lease", "offline", "wake"],
+                    rows: representatives.map(representativeRow)))
         }
         return lines.joined(separator: "\n")
     }

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #endif
 import Foundation
 import Model
@@ -69,7 +69,8 @@ public enum WakeOnLAN {
         destination.sin_family = sa_family_t(AF_INET)
         destination.sin_port = port.bigEndian
         guard inet_pton(AF_INET, broadcast, &destination.sin_addr) == 1 else {
-            throw ChangelabError("'\(broadcast)' is not an IPv4 broadcast address", fix: "pass a dotted address such as 10.77.1.255")
+            throw ChangelabError(
+                "'\(broadcast)' is not an IPv4 broadcast address", fix: "pass a dotted address such as 10.77.1.255")
         }
         let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
         guard fd >= 0 else { throw socketError("cannot open a UDP socket to send Wake-on-LAN packets") }
@@ -117,7 +118,9 @@ public enum WakeOnLAN {
             }
         }
         guard bound == 0 else {
-            throw socketError("cannot listen on UDP port \(port) for the magic packet (another listener, or not root for a port below 1024)")
+            throw socketError(
+                "cannot listen on UDP port \(port) for the magic packet (another listener, or not root for a port below 1024)"
+            )
         }
         let deadline = Date().addingTimeInterval(timeout)
         var buffer = [UInt8](repeating: 0, count: 2048)

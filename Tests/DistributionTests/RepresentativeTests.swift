@@ -13,7 +13,8 @@ struct RepresentativeElectionTests {
         _ agent: String, since: Double = 0, busy: Bool = false, roaming: Bool = false, leases: Int = 0
     ) -> RepresentativeCandidate {
         RepresentativeCandidate(
-            agent: agent, onlineSince: Self.t0.addingTimeInterval(since), busy: busy, roaming: roaming, leasesHeld: leases)
+            agent: agent, onlineSince: Self.t0.addingTimeInterval(since), busy: busy, roaming: roaming,
+            leasesHeld: leases)
     }
 
     @Test func theLongestRunningIdleSettledMachineIsPreferred() {
@@ -42,27 +43,32 @@ struct RepresentativeElectionTests {
         // A better candidate appears while the lease is active: nothing changes.
         let better = [candidate("b", since: -99_999)]
         let kept = RepresentativeElection.next(
-            current: lease, lastEpoch: 1, candidates: better, renewing: "b", needed: true, now: Self.t0.addingTimeInterval(30),
+            current: lease, lastEpoch: 1, candidates: better, renewing: "b", needed: true,
+            now: Self.t0.addingTimeInterval(30),
             duration: 60)
         #expect(kept == lease, "another agent's check-in neither takes nor renews the lease")
         let renewed = try #require(
             RepresentativeElection.next(
-                current: lease, lastEpoch: 1, candidates: better, renewing: "a", needed: true, now: Self.t0.addingTimeInterval(30),
+                current: lease, lastEpoch: 1, candidates: better, renewing: "a", needed: true,
+                now: Self.t0.addingTimeInterval(30),
                 duration: 60))
         #expect(renewed.agent == "a" && renewed.epoch == 1 && renewed.expiresAt == Self.t0.addingTimeInterval(90))
         // Not renewed past its expiry: re-assigned, with a higher epoch.
         let next = try #require(
             RepresentativeElection.next(
-                current: renewed, lastEpoch: 1, candidates: better, renewing: nil, needed: true, now: Self.t0.addingTimeInterval(90),
+                current: renewed, lastEpoch: 1, candidates: better, renewing: nil, needed: true,
+                now: Self.t0.addingTimeInterval(90),
                 duration: 60))
         #expect(next.agent == "b" && next.epoch == 2)
         #expect(
             RepresentativeElection.next(
-                current: renewed, lastEpoch: 1, candidates: [], renewing: nil, needed: true, now: Self.t0.addingTimeInterval(91),
+                current: renewed, lastEpoch: 1, candidates: [], renewing: nil, needed: true,
+                now: Self.t0.addingTimeInterval(91),
                 duration: 60) == nil, "nobody online: no representative")
         #expect(
             RepresentativeElection.next(
-                current: renewed, lastEpoch: 1, candidates: better, renewing: "a", needed: false, now: Self.t0.addingTimeInterval(31),
+                current: renewed, lastEpoch: 1, candidates: better, renewing: "a", needed: false,
+                now: Self.t0.addingTimeInterval(31),
                 duration: 60) == nil, "a job done on the segment needs none")
     }
 
@@ -396,7 +402,8 @@ struct MagicPacketTests {
     @Test func wrongLengthsBrokenCopiesAndGroupAddressesAreNotMagicPackets() throws {
         let packet = MagicPacket.encode(try #require(Self.mac))
         #expect(MagicPacket.parse(Array(packet.dropLast())) == nil)
-        #expect(MagicPacket.parse(packet + [0]) == nil, "a SecureOn password or trailing bytes: not exactly a magic packet")
+        #expect(
+            MagicPacket.parse(packet + [0]) == nil, "a SecureOn password or trailing bytes: not exactly a magic packet")
         #expect(MagicPacket.parse([]) == nil)
         var broken = packet
         broken[50] ^= 1
@@ -404,7 +411,8 @@ struct MagicPacketTests {
         var noSync = packet
         noSync[2] = 0xFE
         #expect(MagicPacket.parse(noSync) == nil)
-        let group = [UInt8](repeating: 0xFF, count: 6) + (0..<16).flatMap { _ in [0x01, 0x00, 0x5E, 0, 0, 1] as [UInt8] }
+        let group =
+            [UInt8](repeating: 0xFF, count: 6) + (0..<16).flatMap { _ in [0x01, 0x00, 0x5E, 0, 0, 1] as [UInt8] }
         #expect(MagicPacket.parse(group) == nil)
         #expect(MACAddress("52:54:00:12:34:5") == nil && MACAddress("5254:00:12:34:56:") == nil)
         #expect(MACAddress("52:54:00:12:34:56")?.description == "52:54:00:12:34:56")

@@ -15,8 +15,10 @@ import Testing
             let sleeper = try await f.startAgent(host: 2)
             let namespace = f.fleet.namespace(segment: 1, host: 2)
             // The MAC the agent reported is its namespace's own interface address.
-            let own = try await HostCommand.check("ip", ["netns", "exec", namespace, "cat", "/sys/class/net/eth0/address"])
-                .stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+            let own = try await HostCommand.check(
+                "ip", ["netns", "exec", namespace, "cat", "/sys/class/net/eth0/address"]
+            )
+            .stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
             #expect(
                 try await eventually(.seconds(20)) {
                     try await f.admin.agents().first { $0.name == "s1-h2" }?.macAddresses == [own]
@@ -29,7 +31,9 @@ import Testing
                     try await f.admin.agents().first { $0.name == "s1-h2" }?.online == false
                 })
             let waiterLog = f.work + "/agent-s1-h2-woken.log"
-            let quoted = ([f.binary, "agent", "wait-for-wake", "--mac", own, "--timeout", "120"], f.agentCommand(host: 2))
+            let quoted = (
+                [f.binary, "agent", "wait-for-wake", "--mac", own, "--timeout", "120"], f.agentCommand(host: 2)
+            )
             let script =
                 quoted.0.map { "'\($0)'" }.joined(separator: " ") + " && exec "
                 + quoted.1.map { "'\($0)'" }.joined(separator: " ")
