@@ -46,10 +46,12 @@ import Testing
             try await Task.sleep(for: .seconds(2))
             #expect(try await f.admin.agents().first { $0.name == "s1-h2" }?.online == false, "asleep until woken")
 
+            let promoted = ContinuousClock.now
             try await f.promote("CHG-wake", targets: "all")
             #expect(
                 try await eventually(.seconds(90)) { try await f.source(of: "s1-h2", in: "CHG-wake") != nil },
                 "the woken agent verified the release; see \(waiterLog)")
+            let verifiedAfter = ContinuousClock.now - promoted
             let log = (try? String(contentsOfFile: waiterLog, encoding: .utf8)) ?? ""
             let woken = try #require(log.range(of: "woken by a magic packet for \(own)"), "\(log.suffix(2000))")
             let started = try #require(log.range(of: "changelab agent: 1 identity"), "\(log.suffix(2000))")
@@ -68,6 +70,7 @@ import Testing
             #expect(segment.wakeAttempts.first?.error == nil && segment.wakeAttempts.first?.packets == 1)
             let representativeLog = (try? String(contentsOfFile: f.work + "/agent-s1-h1.log", encoding: .utf8)) ?? ""
             #expect(representativeLog.contains("sent 1 Wake-on-LAN packets to 10.77.1.255:9"))
+            print("wake fleet: promote to the woken target's verified copy reported: \(verifiedAfter)")
             print("wake fleet: \(StatusText.render(status))")
         }
     }
