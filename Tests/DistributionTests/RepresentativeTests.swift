@@ -453,3 +453,40 @@ struct MagicPacketTests {
         #expect(try #require(InterfaceAddress("10.77.1.11/32")).broadcast == "255.255.255.255")
     }
 }
+
+/// `changelab agent wait-for-wake` as a process: its refusals and exit codes, on loopback.
+struct WaitForWakeCommandTests {
+    @Test func aMalformedMACIsRefusedWithTheFixAndTheTimeoutExitsOne() async throws {
+        let binary = try #require(changelabExecutable(), "build the changelab executable first (swift build)")
+        let bad = try await HostCommand.run(binary, ["agent", "wait-for-wake", "--mac", "01:00:5e:00:00:01"])
+        #expect(bad.status != 0)
+        #expect(String(decoding: bad.stderr, as: UTF8.self).contains("is not a unicast MAC address"))
+        let port = String(46_000 + Int.random(in: 0..<1000))
+        let quiet = try await HostCommand.run(
+            binary, ["agent", "wait-for-wake", "--mac", "52:54:00:12:34:56", "--port", port, "--timeout", "1"])
+        #expect(quiet.status == 1)
+        #expect(String(decoding: quiet.stderr, as: UTF8.self).contains("no magic packet for 52:54:00:12:34:56"))
+    }
+
+    @Test func itExitsZeroWhenItsOwnMagicPacketArrives() async throws {
+        let binary = try #require(changelabExecutable(), "build the changelab executable first (swift build)")
+        let port = 45_000 + UInt16.random(in: 0..<1000)
+        let waiting = Task {
+            try await HostCommand.run(
+                binary,
+                ["agent", "wait-for-wake", "--mac", "52:54:00:12:34:56", "--port", String(port), "--timeout", "20"])
+        }
+        let mac = try #require(MACAddress("52:54:00:12:34:56"))
+        // Sent every 200 ms until the process exits (it may take a moment to start listening).
+        let sender = Task {
+            while !Task.isCancelled {
+                _ = try? WakeOnLAN.send([mac], broadcast: "127.0.0.1", port: port)
+                try? await Task.sleep(for: .milliseconds(200))
+            }
+        }
+        let done = try await waiting.value
+        sender.cancel()
+        #expect(done.status == 0)
+        #expect(String(decoding: done.stderr, as: UTF8.self).contains("woken by a magic packet"))
+    }
+}
