@@ -45,6 +45,8 @@ public struct AgentConfiguration: Sendable {
     /// The peer server, serving verified packages to agents on this agent's segment (nil: off).
     /// Downloading from peers needs no setting: the core names peers when there are any.
     public var peerServing: PeerServing?
+    /// The UDP port magic packets go to when this agent wakes its segment's targets.
+    public var wakePort: UInt16 = MagicPacket.port
 
     public init(
         name: String, coreURL: String, stateDirectory: String, root: String, segment: String,
@@ -109,6 +111,11 @@ public actor Agent {
     private var peerServer: PeerServer?
     private var peerPort: Int?
     private var peerSubnet: String?
+    /// The jobs this agent represents its segment for, with the lease's epoch (to log changes).
+    private var roles: [String: UInt64] = [:]
+    /// Wake orders carried out (bounded), and the reports the next check-in carries.
+    private var wakesDone: [String] = []
+    private var wakeReports: [WakeReport] = []
 
     public init(
         configuration: AgentConfiguration, client: HTTPClient,
@@ -354,8 +361,11 @@ public actor Agent {
             name: configuration.name, segment: configuration.segment, addresses: addresses,
             attributes: configuration.attributes, inventory: digest == inventoryAcknowledged ? nil : inventory,
             inventoryDigest: digest, cache: reports, peerPort: announcedPeerPort(addresses: addresses),
-            peerServedBytes: peerServer?.servedBytes)
+            peerServedBytes: peerServer?.servedBytes, macAddresses: WakeOnLAN.localAddresses(),
+            wakeReports: wakeReports.isEmpty ? nil : wakeReports)
         let reply = try await link().post("/v1/agent/checkin", body, as: CheckInReply.self)
+        wakeReports.removeAll { sent in body.wakeReports?.contains(sent) == true }
+        await take(roles: reply.representing ?? [], addresses: addresses)
         nextCheckIn = Self.checkInDelay(reply.checkInAfter, cap: configuration.maxCheckInInterval)
         if let rotations = reply.keyRotations, !rotations.isEmpty { adopt(rotations: rotations) }
         if reply.sendInventory == true {
@@ -383,6 +393,57 @@ public actor Agent {
             logger.warning("cannot collect the inventory: \(error)")
             return inventory ?? InventorySnapshot()
         }
+    }
+
+    // MARK: Representative roles
+
+    /// The jobs this agent represents its segment for now (change → lease epoch).
+    public var representedJobs: [String: UInt64] { roles }
+
+    /// Takes the roles of a check-in reply: logs a new or ended role, and carries out each wake
+    /// order once — magic packets broadcast on this agent's own segment, never elsewhere.
+    func take(roles given: [RepresentativeRole], addresses: [String]) async {
+        let own = InterfaceAddress.segmentAddress(of: addresses)
+        var now: [String: UInt64] = [:]
+        for role in given.prefix(64) {
+            guard let own, role.subnet == own.subnet else {
+                logger.warning("ignoring a role for segment \(AgentFacts.printable(role.subnet)): this agent is on \(own?.subnet ?? "no subnet")")
+                continue
+            }
+            now[role.change] = role.epoch
+            if roles[role.change] != role.epoch {
+                logger.info(
+                    "representative of \(own.subnet) for \(AgentFacts.printable(role.change)) (epoch \(role.epoch), lease \(Int(exactly: role.leaseSeconds.rounded()) ?? 0) s)")
+            }
+            guard let order = role.wake, !wakesDone.contains(order.request) else { continue }
+            wakesDone.append(order.request)
+            if wakesDone.count > 256 { wakesDone.removeFirst(wakesDone.count - 256) }
+            await wake(order, change: role.change, epoch: role.epoch, broadcast: own.broadcast)
+        }
+        for (change, _) in roles where now[change] == nil {
+            logger.info("no longer representative for \(AgentFacts.printable(change))")
+        }
+        roles = now
+    }
+
+    /// Sends the magic packets of one wake order and keeps the report for the next check-in.
+    func wake(_ order: WakeOrder, change: String, epoch: UInt64, broadcast: String) async {
+        let macs = order.macAddresses.prefix(1024).compactMap { MACAddress($0) }
+        let port = configuration.wakePort
+        var report = WakeReport(change: change, request: order.request, epoch: epoch, packets: 0, error: nil)
+        if macs.count != order.macAddresses.count {
+            report.error = "the wake order named \(order.macAddresses.count - macs.count) malformed MAC addresses"
+        }
+        do {
+            report.packets = try await BlockingWork.run { try WakeOnLAN.send(macs, broadcast: broadcast, port: port) }
+            logger.info("sent \(report.packets) Wake-on-LAN packets to \(broadcast):\(port) for \(AgentFacts.printable(change)): \(macs.map(\.description))")
+        } catch {
+            report.error = "\(error)".boundedTail(1000)
+            logger.error("Wake-on-LAN for \(AgentFacts.printable(change)) failed: \(error)")
+        }
+        wakeReports.append(report)
+        if wakeReports.count > 64 { wakeReports.removeFirst(wakeReports.count - 64) }
+        nextCheckIn = min(nextCheckIn, 1)
     }
 
     // MARK: Jobs

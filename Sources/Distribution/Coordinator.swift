@@ -33,7 +33,8 @@ public actor Coordinator {
     private(set) var key: ReleaseKey
     let clock: @Sendable () -> Date
     let observer: (any FleetObserver)?
-    private var state: CoreSnapshot
+    /// Internal (not private) for the representative and wake logic in Coordinator+Representatives.swift.
+    var state: CoreSnapshot
     private var inventories: [String: InventorySnapshot]
     private var inventoryDigests: [String: String]
     /// Per agent, the packages its last check-in reported holding verified (rebuilt from
@@ -47,7 +48,7 @@ public actor Coordinator {
     private var saveSequence: UInt64 = 0
     private var inventorySequence: UInt64 = 0
     /// What agents may report about themselves (set by the server).
-    private var limits = CoreLimits()
+    var limits = CoreLimits()
 
     public init(
         store: any CoreStore, key: ReleaseKey, settings: CoreSettings = CoreSettings(),
@@ -141,6 +142,9 @@ public actor Coordinator {
         try await store.saveInventory(inventory, agent: agent, sequence: inventorySequence)
     }
 
+    /// Saves with the next change or tick (for state an agent can tell again).
+    func markDirty() { dirty = true }
+
     /// Sets what agents may report about themselves (the server's limits).
     public func setLimits(_ limits: CoreLimits) {
         self.limits = limits
@@ -156,6 +160,7 @@ public actor Coordinator {
             }
         }
         for change in state.deployments.keys { advanceRings(change) }
+        if updateAllRepresentatives() { dirty = true }
         for agent in due where streams[agent] != nil { push(to: agent) }
         if dirty || !due.isEmpty { try? await commit() }
     }
@@ -204,7 +209,8 @@ public actor Coordinator {
             attributes: request.attributes, secretHash: SHA256Digest(of: secret).hex, revoked: false,
             enrolledAt: now, lastSeen: now,
             subnet: WireProtocol.sendsPrefixes(request.protocolVersion)
-                ? InterfaceAddress.segmentAddress(of: request.addresses)?.subnet : nil)
+                ? InterfaceAddress.segmentAddress(of: request.addresses)?.subnet : nil,
+            protocolVersion: request.protocolVersion, onlineSince: now)
         try await commit()
         return EnrolReply(agent: id, secret: secret)
     }
@@ -213,11 +219,11 @@ public actor Coordinator {
     /// another live agent's: names are unique per core, at enrolment and at every check-in.
     private func checkFacts(
         of id: String?, name: String, segment: String, addresses: [String], attributes: [String: String],
-        protocolVersion: Int?
+        protocolVersion: Int?, macAddresses: [String]? = nil
     ) throws {
         let problems = AgentFacts.problems(
             name: name, segment: segment, addresses: addresses, attributes: attributes, limits: limits,
-            prefixed: WireProtocol.sendsPrefixes(protocolVersion))
+            prefixed: WireProtocol.sendsPrefixes(protocolVersion), macAddresses: macAddresses)
         guard problems.isEmpty else {
             throw CoreRefusal.badRequest("the agent's report is refused: " + problems.joined(separator: "; "))
         }
@@ -258,11 +264,11 @@ public actor Coordinator {
         state.agents.values.sorted { ($0.segment, $0.name) < ($1.segment, $1.name) }.map { a in
             AgentSummary(
                 id: a.id, name: a.name, segment: a.segment, attributes: a.attributes, addresses: a.addresses,
-                revoked: a.revoked, online: isOnline(a), lastSeen: a.lastSeen)
+                revoked: a.revoked, online: isOnline(a), lastSeen: a.lastSeen, macAddresses: a.macAddresses)
         }
     }
 
-    private func isOnline(_ agent: AgentRecord) -> Bool {
+    func isOnline(_ agent: AgentRecord) -> Bool {
         streams[agent.id] != nil || clock().timeIntervalSince(agent.lastSeen) < settings.offlineAfter
     }
 
@@ -362,7 +368,7 @@ public actor Coordinator {
         if let refusal = WireProtocol.refusal(checkIn.protocolVersion) { throw CoreRefusal.badRequest(refusal) }
         try checkFacts(
             of: id, name: checkIn.name, segment: checkIn.segment, addresses: checkIn.addresses,
-            attributes: checkIn.attributes, protocolVersion: checkIn.protocolVersion)
+            attributes: checkIn.attributes, protocolVersion: checkIn.protocolVersion, macAddresses: checkIn.macAddresses)
         if let inventory = checkIn.inventory { try checkSize(of: inventory) }
         if let port = checkIn.peerPort, !(1...65535).contains(port) {
             throw CoreRefusal.badRequest("the agent's report is refused: peer port \(port) is not 1–65535")
@@ -370,10 +376,15 @@ public actor Coordinator {
         if let served = checkIn.peerServedBytes, served < 0 {
             throw CoreRefusal.badRequest("the agent's report is refused: negative peer bytes \(served)")
         }
+        try checkWakeReports(checkIn.wakeReports)
+        let wasOnline = isOnline(record)
         record.name = checkIn.name
-        record.apply(segmentOf: checkIn)
+        record.apply(segmentOf: checkIn, at: clock())
         record.addresses = checkIn.addresses
         record.attributes = checkIn.attributes
+        record.protocolVersion = checkIn.protocolVersion
+        record.macAddresses = WireProtocol.takesRoles(checkIn.protocolVersion) ? checkIn.macAddresses : nil
+        if !wasOnline || record.onlineSince == nil { record.onlineSince = clock() }
         record.lastSeen = clock()
         state.agents[id] = record
         if let inventory = checkIn.inventory, inventories[id] != inventory {
@@ -387,12 +398,15 @@ public actor Coordinator {
                 .compactMap { state.releases[$0.release]?.manifest.digest })
         applyPolicies(to: id)
         let jobs = jobs(for: id)
+        take(checkIn.wakeReports ?? [], from: id)
+        let roles = representativeRoles(renewedBy: id)
         try await commit()
         let stale = checkIn.inventory == nil && inventoryDigests[id] != checkIn.inventoryDigest
         await observer?.agentReported(record, inventory: inventories[id], inventoryDigest: inventoryDigests[id])
         return CheckInReply(
             jobs: jobs, checkInAfter: settings.checkInInterval, sendInventory: stale ? true : nil,
-            keyRotations: state.keyRotations)
+            keyRotations: state.keyRotations,
+            representing: WireProtocol.takesRoles(checkIn.protocolVersion) && !roles.isEmpty ? roles : nil)
     }
 
     /// Applies what an agent's cache says it holds: a lost event must not leave the core behind.
@@ -587,6 +601,7 @@ public actor Coordinator {
                 agent: agent, ring: Self.ring(of: index, count: ordered.count, rings: deployment.rings), at: clock())
         }
         state.deployments[change] = deployment
+        requestWake(change, purpose: "seed")
         for agent in deployment.targets.keys { push(to: agent) }
         try await commit()
         return try status(change: change)
@@ -622,6 +637,7 @@ public actor Coordinator {
         }
         deployment.halted = nil
         state.deployments[change] = deployment
+        requestWake(change, purpose: "activate")
         advanceRings(change)
         for agent in deployment.targets.keys { push(to: agent) }
         try await commit()
@@ -788,7 +804,8 @@ public actor Coordinator {
             packageBytes: size, rings: deployment.rings, activationRequested: deployment.activation != nil,
             activeRing: deployment.activeRing, halted: deployment.halted, rollbackRequested: deployment.rollback != nil,
             segments: segments.values.sorted { $0.segment < $1.segment }, total: total,
-            sources: sources.sorted { ($0.segment, $0.name) < ($1.segment, $1.name) })
+            sources: sources.sorted { ($0.segment, $0.name) < ($1.segment, $1.name) },
+            representatives: representativeStatus(of: deployment))
     }
 
     /// Every target that does not have the change (activated, or verified before activation), and why.
@@ -809,8 +826,7 @@ public actor Coordinator {
                 reason = failure.summary
                 detail = failure.detail
             } else if !isOnline(agent) {
-                reason = FailureReason.offline.rawValue
-                detail = "last seen \(ISO8601DateFormatter().string(from: agent.lastSeen))"
+                (reason, detail) = offlineReason(agent, in: deployment)
             } else if agent.revoked {
                 reason = "revoked"
                 detail = "the agent's credential is revoked"

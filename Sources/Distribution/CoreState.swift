@@ -23,6 +23,14 @@ public struct AgentRecord: Codable, Sendable, Equatable {
     public var peerURL: String?
     /// Bytes its peer server reports having sent other agents since it started.
     public var peerServedBytes: Int64?
+    /// The protocol of its last check-in (nil: not checked in since enrolment, or an older core).
+    public var protocolVersion: Int?
+    /// Its Ethernet MAC addresses, as its last protocol 4 check-in reported them (Wake-on-LAN).
+    public var macAddresses: [String]?
+    /// Start of its current continuous online time (representatives prefer long-running agents).
+    public var onlineSince: Date?
+    /// When its subnet last changed (it moved): recently moved agents count as roaming.
+    public var subnetChangedAt: Date?
 }
 
 /// A one-time (or N-time) enrolment token, stored as its hash.
@@ -151,6 +159,9 @@ public struct Deployment: Codable, Sendable, Equatable {
     /// The change's trust root chain, lab evidence and approvals: relayed to every agent
     /// with its activation, and checked by it (nil until promoted or activated with one).
     public var authorization: ChangeAuthorization?
+    /// Per segment (subnet): its representative's lease for this job and its Wake-on-LAN
+    /// requests and attempts (nil in a state from before representatives).
+    public var representatives: [String: SegmentRepresentation]?
 }
 
 extension Deployment {

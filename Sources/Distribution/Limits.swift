@@ -23,6 +23,9 @@ public struct CoreLimits: Sendable {
     public var maxAttributeKey = 64
     public var maxAttributeValue = 256
     public var maxAddresses = 32
+    /// MAC addresses an agent may report (Wake-on-LAN), and wake reports in one check-in.
+    public var maxMACAddresses = 16
+    public var maxWakeReports = 64
     /// Peers named in one answer to `GET /v1/agent/peers/sha256/HEX`.
     public var maxPeersListed = 16
     public var maxName = 64
@@ -83,7 +86,7 @@ enum AgentFacts {
     /// Every problem with what an agent says about itself, empty when it is acceptable.
     static func problems(
         name: String, segment: String, addresses: [String], attributes: [String: String], limits: CoreLimits,
-        prefixed: Bool = true
+        prefixed: Bool = true, macAddresses: [String]? = nil
     ) -> [String] {
         var problems: [String] = []
         if let problem = identifierProblem(name, what: "agent name", limit: limits.maxName) { problems.append(problem) }
@@ -100,6 +103,16 @@ enum AgentFacts {
                         + "(10.77.1.11/24 or fd00::5/64)")
             } else if !prefixed && !isIPAddress(address) {
                 problems.append("address '\(printable(address))' is not an IPv4 or IPv6 address")
+            }
+        }
+        if let macAddresses {
+            if macAddresses.count > limits.maxMACAddresses {
+                problems.append("\(macAddresses.count) MAC addresses (at most \(limits.maxMACAddresses))")
+            }
+            for mac in macAddresses.prefix(limits.maxMACAddresses + 1) where MACAddress(mac)?.description != mac {
+                problems.append(
+                    "MAC address '\(printable(mac))' is not a unicast Ethernet address in lowercase "
+                        + "(six pairs of hex digits separated by ':', such as 52:54:00:ab:cd:ef)")
             }
         }
         if attributes.count > limits.maxAttributes {

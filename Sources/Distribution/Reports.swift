@@ -70,6 +70,8 @@ public struct StatusReport: Codable, Sendable, Equatable {
     public var total: SegmentStatus
     /// Per target, who delivered its copy (targets still without a verified copy are left out).
     public var sources: [TargetSource]? = nil
+    /// Per segment (subnet): the representative for this change and its Wake-on-LAN attempts.
+    public var representatives: [RepresentativeStatus]? = nil
 }
 
 /// Who served one target its package: peers on its segment, the core, or both.
@@ -135,6 +137,8 @@ public struct AgentSummary: Codable, Sendable, Equatable {
     public var revoked: Bool
     public var online: Bool
     public var lastSeen: Date
+    /// The MAC addresses it reported (protocol 4), for Wake-on-LAN.
+    public var macAddresses: [String]? = nil
 }
 
 /// Text renderings for the terminal.
@@ -215,7 +219,31 @@ public enum StatusText {
                         ]
                     }))
         }
+        if let representatives = report.representatives, !representatives.isEmpty {
+            lines.append("")
+            lines.append(
+                contentsOf: table(
+                    header: ["segment", "subnet", "representative", "lease", "offline", "wake"],
+                    rows: representatives.map(representativeRow)))
+        }
         return lines.joined(separator: "\n")
+    }
+
+    /// `office  10.77.1.0/24  s1-h1 (epoch 2)  until 18:40:07  1  sent 1 (s1-h2 by s1-h1)`.
+    static func representativeRow(_ r: RepresentativeStatus) -> [String] {
+        let time = DateFormatter()
+        time.dateFormat = "HH:mm:ss"
+        time.timeZone = TimeZone(identifier: "UTC")
+        let sent = r.wakeAttempts.filter { $0.error == nil }
+        let failed = r.wakeAttempts.count - sent.count
+        var wake = r.wakeAttempts.isEmpty ? "none" : "sent \(sent.count)"
+        if let last = r.wakeAttempts.last { wake += " (last: \(last.target) by \(last.by))" }
+        if failed > 0 { wake += ", \(failed) failed" }
+        if r.wakePending > 0 { wake += ", \(r.wakePending) waiting" }
+        return [
+            r.segment, r.subnet, r.representative.map { "\($0) (epoch \(r.epoch))" } ?? "none: \(r.note ?? "all done")",
+            r.leaseExpiresAt.map { "until \(time.string(from: $0)) UTC" } ?? "-", "\(r.offlineTargets)", wake,
+        ]
     }
 
     public static func render(chase entries: [ChaseEntry]) -> String {

@@ -69,7 +69,7 @@ extension AgentRecord {
     /// agent sends (`--segment`) only names the segment, and is taken when the subnet changes
     /// (the agent moved), never on its own. A protocol 2 agent, whose addresses carry no prefix,
     /// keeps the label as its segment, as before.
-    mutating func apply(segmentOf checkIn: CheckIn) {
+    mutating func apply(segmentOf checkIn: CheckIn, at now: Date = Date()) {
         guard WireProtocol.sendsPrefixes(checkIn.protocolVersion) else {
             segment = checkIn.segment
             subnet = nil
@@ -79,6 +79,7 @@ extension AgentRecord {
         let address = InterfaceAddress.segmentAddress(of: checkIn.addresses)
         let derived = address?.subnet
         if derived != subnet || derived == nil {
+            if subnet != nil && derived != subnet { subnetChangedAt = now }
             segment = checkIn.segment
             subnet = derived
         }

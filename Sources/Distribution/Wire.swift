@@ -167,14 +167,20 @@ public struct CheckIn: Codable, Sendable {
     public var peerPort: Int?
     /// Protocol 3: bytes its peer server sent other agents since it started.
     public var peerServedBytes: Int64?
+    /// Protocol 4: the host's Ethernet MAC addresses (`52:54:00:ab:cd:ef`), for Wake-on-LAN.
+    public var macAddresses: [String]?
+    /// Protocol 4: what the agent did with the wake orders of its representative roles.
+    public var wakeReports: [WakeReport]?
 
     public init(
         name: String, segment: String, addresses: [String], attributes: [String: String],
         inventory: InventorySnapshot?, inventoryDigest: String, cache: [CacheReport], peerPort: Int? = nil,
-        peerServedBytes: Int64? = nil
+        peerServedBytes: Int64? = nil, macAddresses: [String]? = nil, wakeReports: [WakeReport]? = nil
     ) {
         self.peerPort = peerPort
         self.peerServedBytes = peerServedBytes
+        self.macAddresses = macAddresses
+        self.wakeReports = wakeReports
         self.protocolVersion = WireProtocol.version
         self.name = name
         self.segment = segment
@@ -274,10 +280,13 @@ public func artifactPath(_ digest: SHA256Digest) -> String { "/v1/artifacts/sha2
 public enum WireProtocol {
     /// 2: signed per-agent job tickets, typed envelopes, key rotation.
     /// 3: interface addresses with prefix lengths (the segment is the subnet), peer download.
-    public static let version = 3
+    /// 4: MAC addresses and wake reports at check-in, representative roles in the reply.
+    public static let version = 4
     /// Protocols the core still serves: a protocol 2 agent sends bare addresses, so the core
-    /// knows no subnet for it and it gets no peers (it downloads from the core as before).
-    public static let supported = 2...3
+    /// knows no subnet for it and it gets no peers (it downloads from the core as before); a
+    /// protocol 3 agent reports no MAC address and is never made a representative (it would
+    /// not understand the role), so it can neither be woken nor wake others.
+    public static let supported = 2...4
 
     /// The refusal an agent of an unsupported protocol gets.
     public static func refusal(_ sent: Int?) -> String? {
@@ -288,6 +297,9 @@ public enum WireProtocol {
 
     /// Whether an agent of protocol `sent` reports addresses with prefix lengths.
     public static func sendsPrefixes(_ sent: Int?) -> Bool { (sent ?? 1) >= 3 }
+
+    /// Whether an agent of protocol `sent` understands representative roles and wake orders.
+    public static func takesRoles(_ sent: Int?) -> Bool { (sent ?? 1) >= 4 }
 }
 
 public struct CheckInReply: Codable, Sendable {
@@ -298,6 +310,8 @@ public struct CheckInReply: Codable, Sendable {
     public var sendInventory: Bool?
     /// The core's release key rotations, oldest first: each signed by the key it replaces.
     public var keyRotations: [SignedEnvelope]?
+    /// Protocol 4: the jobs for which this agent represents its segment (nil: none).
+    public var representing: [RepresentativeRole]?
 }
 
 public enum AgentEventKind: String, Codable, Sendable {

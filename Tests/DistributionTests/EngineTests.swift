@@ -103,7 +103,8 @@ import Testing
             #expect(try await eventually { try await admin.agents().first?.online == true })
             await group.stop()
             _ = try await admin.promote("r1", .everyone())
-            #expect(try await eventually { try await admin.chase("r1").first?.reason == "offline" })
+            // Alone on its segment: nobody is online there to wake it, and the reason says so.
+            #expect(try await eventually { try await admin.chase("r1").first?.reason == "offline, no one to wake it" })
             #expect(try await admin.status("r1").total.offline == 1)
             #expect(try await admin.agents().first?.online == false)
         }

@@ -25,8 +25,11 @@ import Testing
         var pin = ""
         var token: TokenReply!
         var manifest: ReleaseManifest!
+        /// More options for `core serve` (WakeFleetTests: a short `--offline-after`).
+        let coreArguments: [String]
 
-        init(prefix: String, hosts: Int, binary: String) throws {
+        init(prefix: String, hosts: Int, binary: String, coreArguments: [String] = []) throws {
+            self.coreArguments = coreArguments
             var options = BenchOptions(
                 workDirectory: "/tmp/changelab-peer-\(prefix)-\(UUID().uuidString.prefix(6))", executable: binary,
                 fleetScript: FleetTests.fleetScript)
@@ -52,7 +55,7 @@ import Testing
                         "netns", "exec", fleet.coreNamespace, binary, "core", "serve", "--state", state, "--listen",
                         "0.0.0.0:\(fleet.port)", "--check-in", "1", "--tls-name", fleet.coreAddress, "--tls-name",
                         try await fleet.managementAddress(), "--trust-root", authority.digest.description,
-                    ], log: work + "/core.log"))
+                    ] + coreArguments, log: work + "/core.log"))
             let certificate = CoreLayout(directory: state).tls + "/certificate.pem"
             _ = try await DistributionBench.poll(.seconds(30)) {
                 FileManager.default.isReadableFile(atPath: certificate)
@@ -74,24 +77,31 @@ import Testing
             token = try await admin.createToken(uses: 10, lifetime: 3600)
         }
 
-        /// Starts the agent `s1-hN` in host N's namespace, serving peers on `peerPort`.
-        func startAgent(host: Int) async throws {
+        /// `changelab agent run …` (the executable first) of agent `s1-hN`, serving peers on `peerPort`.
+        func agentCommand(host: Int) -> [String] {
             let name = "s1-h\(host)"
-            processes.add(
-                try await DetachedProcess.start(
-                    "ip",
-                    [
-                        "netns", "exec", fleet.namespace(segment: 1, host: host), binary, "agent", "run", "--core",
-                        "https://\(fleet.coreAddress):\(fleet.port)", "--core-key", token.coreKey, "--core-pin", pin,
-                        "--trust-root", authority.digest.description, "--attribute", "baseline=minimal@1",
-                        "--enrol-token", token.token, "--state", "\(work)/agents/\(name)", "--root",
-                        "\(work)/roots/\(name)", "--name", name, "--segment", "office", "--watch", "/etc",
-                        "--max-check-in", "1", "--peer-port", String(PeerFleetTests.peerPort),
-                    ], log: "\(work)/agent-\(name).log"))
+            return [
+                binary, "agent", "run", "--core", "https://\(fleet.coreAddress):\(fleet.port)", "--core-key",
+                token.coreKey, "--core-pin", pin, "--trust-root", authority.digest.description, "--attribute",
+                "baseline=minimal@1", "--enrol-token", token.token, "--state", "\(work)/agents/\(name)", "--root",
+                "\(work)/roots/\(name)", "--name", name, "--segment", "office", "--watch", "/etc", "--max-check-in",
+                "1", "--peer-port", String(PeerFleetTests.peerPort),
+            ]
+        }
+
+        /// Starts the agent `s1-hN` in host N's namespace and waits until the core sees it online.
+        @discardableResult
+        func startAgent(host: Int) async throws -> DetachedProcess {
+            let name = "s1-h\(host)"
+            let process = try await DetachedProcess.start(
+                "ip", ["netns", "exec", fleet.namespace(segment: 1, host: host)] + agentCommand(host: host),
+                log: "\(work)/agent-\(name).log")
+            processes.add(process)
             guard
                 try await DistributionBench.poll(
                     .seconds(30), { try await self.admin.agents().contains { $0.name == name && $0.online } })
             else { throw ChangelabError("agent \(name) did not enrol", fix: "see \(work)/agent-\(name).log") }
+            return process
         }
 
         /// Promotes (again) `change` to `targets`: a second promotion adds agents enrolled since.
@@ -116,9 +126,11 @@ import Testing
         }
     }
 
-    static func withPeerFleet(prefix: String, hosts: Int, _ body: (PeerFleet) async throws -> Void) async throws {
+    static func withPeerFleet(
+        prefix: String, hosts: Int, coreArguments: [String] = [], _ body: (PeerFleet) async throws -> Void
+    ) async throws {
         let binary = try #require(changelabExecutable(), "build the changelab executable first (swift build)")
-        let fleet = try PeerFleet(prefix: prefix, hosts: hosts, binary: binary)
+        let fleet = try PeerFleet(prefix: prefix, hosts: hosts, binary: binary, coreArguments: coreArguments)
         do {
             try await fleet.start(packageBytes: 3_000_000)
             try await body(fleet)

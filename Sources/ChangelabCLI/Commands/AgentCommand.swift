@@ -1,12 +1,52 @@
 import ArgumentParser
 import Distribution
 import Foundation
+import HostIO
 import Model
 
 /// `changelab agent run`: one or several agent identities in this process.
 struct AgentCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "agent", abstract: "Run the endpoint agent.", subcommands: [AgentRunCommand.self])
+        commandName: "agent", abstract: "Run the endpoint agent.",
+        subcommands: [AgentRunCommand.self, AgentWaitForWakeCommand.self])
+}
+
+/// `changelab agent wait-for-wake`: blocks until this machine's own magic packet arrives, so a
+/// test fleet (or a script) can start an agent only once its segment's representative woke it.
+struct AgentWaitForWakeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "wait-for-wake",
+        abstract: "Wait for a Wake-on-LAN magic packet for MAC (UDP, all addresses); exit 0 when it arrives.")
+
+    @Option(name: .long, help: ArgumentHelp("The MAC address to wake for (52:54:00:ab:cd:ef).", valueName: "mac"))
+    var mac: String
+
+    @Option(name: .long, help: "UDP port to listen on.")
+    var port: Int = 9
+
+    @Option(name: .long, help: "Give up after this many seconds (exit 1).")
+    var timeout: Double = 600
+
+    func run() async throws {
+        guard let address = MACAddress(mac.lowercased()) else {
+            throw ValidationError("--mac '\(mac)' is not a unicast MAC address: write six hex pairs with ':', such as 52:54:00:ab:cd:ef")
+        }
+        guard let udp = UInt16(exactly: port), udp > 0 else { throw ValidationError("--port must be 1–65535") }
+        guard timeout.isFinite, timeout > 0, timeout <= 7 * 86_400 else {
+            throw ValidationError("--timeout must be a number of seconds above 0 and at most 604800 (7 days)")
+        }
+        let limit = timeout
+        note("changelab agent: waiting up to \(Int(limit)) s for a magic packet for \(address) on UDP port \(udp)")
+        let woken = try await BlockingWork.run {
+            try WakeOnLAN.wait(for: address, port: udp, timeout: limit) { why in note("changelab agent: ignored \(why)") }
+        }
+        guard woken else {
+            throw ChangelabError(
+                "no magic packet for \(address) arrived on UDP port \(udp) within \(Int(limit)) s",
+                fix: "check that the segment's representative is online ('changelab status CHG' shows it) and that UDP broadcast reaches this machine")
+        }
+        note("changelab agent: woken by a magic packet for \(address)")
+    }
 }
 
 struct AgentRunCommand: AsyncParsableCommand {
