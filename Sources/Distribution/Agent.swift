@@ -47,6 +47,10 @@ public struct AgentConfiguration: Sendable {
     public var peerServing: PeerServing?
     /// The UDP port magic packets go to when this agent wakes its segment's targets.
     public var wakePort: UInt16 = MagicPacket.port
+    /// Whether this agent sends the magic packets its segment's wake orders ask for. Off
+    /// (`agent run --no-wake-on-lan`, and every test agent outside a namespace of its own,
+    /// whose segment is the machine's real LAN): it reports each order as not carried out.
+    public var wakeOnLAN = true
 
     public init(
         name: String, coreURL: String, stateDirectory: String, root: String, segment: String,
@@ -115,7 +119,7 @@ public actor Agent {
     private var roles: [String: UInt64] = [:]
     /// Wake orders carried out (bounded), and the reports the next check-in carries.
     private var wakesDone: [String] = []
-    private var wakeReports: [WakeReport] = []
+    private(set) var wakeReports: [WakeReport] = []
 
     public init(
         configuration: AgentConfiguration, client: HTTPClient,
@@ -434,6 +438,12 @@ public actor Agent {
         if macs.count != order.macAddresses.count {
             report.error = "the wake order named \(order.macAddresses.count - macs.count) malformed MAC addresses"
         }
+        guard configuration.wakeOnLAN else {
+            report.error = "Wake-on-LAN is off on this agent (agent run --no-wake-on-lan): no packet sent"
+            logger.warning("not waking \(macs.count) target(s) for \(AgentFacts.printable(change)): Wake-on-LAN is off on this agent")
+            keep(report)
+            return
+        }
         do {
             report.packets = try await BlockingWork.run { try WakeOnLAN.send(macs, broadcast: broadcast, port: port) }
             logger.info("sent \(report.packets) Wake-on-LAN packets to \(broadcast):\(port) for \(AgentFacts.printable(change)): \(macs.map(\.description))")
@@ -441,6 +451,11 @@ public actor Agent {
             report.error = "\(error)".boundedTail(1000)
             logger.error("Wake-on-LAN for \(AgentFacts.printable(change)) failed: \(error)")
         }
+        keep(report)
+    }
+
+    /// Keeps a wake report (the newest 64) for the next check-in, which comes soon.
+    private func keep(_ report: WakeReport) {
         wakeReports.append(report)
         if wakeReports.count > 64 { wakeReports.removeFirst(wakeReports.count - 64) }
         nextCheckIn = min(nextCheckIn, 1)

@@ -19,7 +19,7 @@ import Testing
             let token = try await admin.createToken(uses: 1, lifetime: 600)
             let key = await core.key
             let arguments = [
-                "agent", "run", "--core", core.url, "--core-key", key.hex, "--enrol-token", token.token,
+                "agent", "run", "--no-wake-on-lan", "--core", core.url, "--core-key", key.hex, "--enrol-token", token.token,
                 "--core-pin", core.server.tls.pin,
                 "--state", scratch.path + "/agent", "--root", scratch.path + "/root", "--name", "pc", "--max-check-in",
                 "1",

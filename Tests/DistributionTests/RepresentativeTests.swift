@@ -447,6 +447,36 @@ struct MagicPacketTests {
         #expect(ContinuousClock.now - started < .seconds(3))
     }
 
+    /// A representative whose Wake-on-LAN is off sends nothing and says so in its report; the
+    /// same order with it on reaches the listener (loopback stands for the segment).
+    @Test(arguments: [false, true])
+    func aWakeOrderIsCarriedOutOnlyWhenTheAgentSendsWakeOnLAN(_ enabled: Bool) async throws {
+        let mine = try #require(Self.mac)
+        let port: UInt16 = 49_000 + UInt16.random(in: 0..<1000)
+        let scratch = Scratch("wake-switch")
+        defer { scratch.cleanup() }
+        var configuration = makeAgentConfiguration(
+            coreURL: "https://127.0.0.1:1", base: scratch.path, name: "rep", token: "",
+            key: SigningKey().publicKey)
+        configuration.wakeOnLAN = enabled
+        configuration.wakePort = port
+        let http = try TestTLS.client()
+        defer { _ = http.shutdown() }
+        let agent = Agent(configuration: configuration, client: http)
+        let waiting = Task { try await BlockingWork.run { try WakeOnLAN.wait(for: mine, port: port, timeout: 1.5) } }
+        try await Task.sleep(for: .milliseconds(300))
+        await agent.wake(
+            WakeOrder(request: "w1", macAddresses: [mine.description]), change: "CHG-1", epoch: 3, broadcast: "127.0.0.1")
+        #expect(try await waiting.value == enabled)
+        let report = try #require(await agent.wakeReports.first)
+        #expect(report.request == "w1" && report.epoch == 3)
+        if enabled {
+            #expect(report.packets == 1 && report.error == nil)
+        } else {
+            #expect(report.packets == 0 && report.error?.contains("Wake-on-LAN is off on this agent") == true)
+        }
+    }
+
     @Test func theSegmentBroadcastAddressComesFromTheInterfaceAddress() throws {
         #expect(try #require(InterfaceAddress("10.77.1.11/24")).broadcast == "10.77.1.255")
         #expect(try #require(InterfaceAddress("10.77.1.11/16")).broadcast == "10.77.255.255")

@@ -188,6 +188,9 @@ func makeAgentConfiguration(
     c.maxCheckInInterval = 1
     c.installTimeout = installTimeout
     c.watchedPaths = ["/etc"]
+    // These agents share the machine's own network namespace: their segment is its real LAN,
+    // where a test must send nothing (fleet tests give agents namespaces of their own).
+    c.wakeOnLAN = false
     return c
 }
 

@@ -125,6 +125,11 @@ struct AgentRunCommand: AsyncParsableCommand {
             valueName: "port"))
     var peerPort: Int?
 
+    @Flag(
+        name: .long,
+        help: "Do not send the magic packets the core asks this agent to send as its segment's representative (it reports them as not sent).")
+    var noWakeOnLan = false
+
     @Option(name: .long, help: "With --peer-port: peer downloads served at once (more get 503).")
     var peerDownloads: Int = 4
 
@@ -214,6 +219,7 @@ struct AgentRunCommand: AsyncParsableCommand {
             if !watch.isEmpty { c.watchedPaths = watch }
             c.installSlots = slots
             c.peerServing = peerPort.map { PeerServing(port: $0 + i - 1, maxDownloads: peerDownloads, rate: peerRate) }
+            c.wakeOnLAN = !noWakeOnLan
             return c
         }
         note("changelab agent: \(count) identit\(count == 1 ? "y" : "ies") on segment \(segment), core \(core)")
