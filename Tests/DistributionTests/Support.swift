@@ -132,8 +132,10 @@ final class TestCore: @unchecked Sendable {
             break
         }
         guard let bound else {
-            _ = try? await task?.value
-            throw ChangelabError("the test core did not start on port \(wanted)")
+            // Say why: the server's own error (a port in use, a TLS or state problem).
+            var cause = "it stopped without an error"
+            do { try await task?.value } catch { cause = "\(error)" }
+            throw ChangelabError("the test core did not start on port \(wanted): \(cause)")
         }
         port = bound
     }
