@@ -444,7 +444,7 @@ struct MagicPacketTests {
         _ = try WakeOnLAN.send([try #require(MACAddress("52:54:00:65:43:21"))], broadcast: "127.0.0.1", port: port)
         let started = ContinuousClock.now
         #expect(try await waiting.value == false)
-        #expect(ContinuousClock.now - started < .seconds(3))
+        #expect(ContinuousClock.now - started < .seconds(15), "it gives up at its time-out rather than waiting on")
     }
 
     /// A representative whose Wake-on-LAN is off sends nothing and says so in its report; the
