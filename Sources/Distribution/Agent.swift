@@ -51,6 +51,10 @@ public struct AgentConfiguration: Sendable {
     /// (`agent run --no-wake-on-lan`, and every test agent outside a namespace of its own,
     /// whose segment is the machine's real LAN): it reports each order as not carried out.
     public var wakeOnLAN = true
+    /// Whether this agent takes part in its segment's multicast: receives the representative's
+    /// NORM object and, as representative, sends it (off: `agent run --no-multicast`; the
+    /// agent then downloads from peers or the core as before).
+    public var multicast = true
 
     public init(
         name: String, coreURL: String, stateDirectory: String, root: String, segment: String,
@@ -102,6 +106,8 @@ public actor Agent {
     private var pendingEvents: [AgentEvent] = []
     private var lastProgress: [String: ContinuousClock.Instant] = [:]
     private var nextCheckIn: Double = 5
+    /// An earlier check-in asked for (`nextCheckInSoon`).
+    private var checkInDue: ContinuousClock.Instant?
     /// Whether this run already enrolled again after a 401 (the token is single-use).
     private var reenrolled = false
     /// The last inventory collected, and when: collected at start, after every activation
@@ -116,10 +122,23 @@ public actor Agent {
     private var peerPort: Int?
     private var peerSubnet: String?
     /// The jobs this agent represents its segment for, with the lease's epoch (to log changes).
-    private var roles: [String: UInt64] = [:]
+    var roles: [String: UInt64] = [:]
     /// Wake orders carried out (bounded), and the reports the next check-in carries.
     private var wakesDone: [String] = []
     private(set) var wakeReports: [WakeReport] = []
+    /// Multicast (Agent+Multicast.swift): what the core said to listen to, per change; the send
+    /// orders of this agent's roles (change → epoch and order); sends running or done
+    /// (`change#epoch`); the reports the next check-in carries; the changes whose seeding
+    /// ticket said to wait for the segment's multicast.
+    var listens: [String: MulticastListen] = [:]
+    var sendOrders: [String: (epoch: UInt64, send: MulticastSend)] = [:]
+    var multicastsStarted: Set<String> = []
+    var multicastReports: [MulticastReport] = []
+    var multicastSeeds: Set<String> = []
+    /// The multicasts this agent's NORM receiver is listening to now (told to the core), and
+    /// when each send order could first have started (the gathering wait's start).
+    var multicastJoined: Set<MulticastJoin> = []
+    var sendReadySince: [String: ContinuousClock.Instant] = [:]
 
     public init(
         configuration: AgentConfiguration, client: HTTPClient,
@@ -270,7 +289,7 @@ public actor Agent {
             do {
                 try await checkIn()
                 failures = 0
-                try await Task.sleep(for: .seconds(nextCheckIn))
+                try await sleepUntilNextCheckIn()
             } catch is CancellationError {
                 return
             } catch let error as LinkError where error.status == 401 {
@@ -366,11 +385,15 @@ public actor Agent {
             attributes: configuration.attributes, inventory: digest == inventoryAcknowledged ? nil : inventory,
             inventoryDigest: digest, cache: reports, peerPort: announcedPeerPort(addresses: addresses),
             peerServedBytes: peerServer?.servedBytes, macAddresses: WakeOnLAN.localAddresses(),
-            wakeReports: wakeReports.isEmpty ? nil : wakeReports)
+            wakeReports: wakeReports.isEmpty ? nil : wakeReports, receivesMulticast: configuration.multicast,
+            multicastReports: multicastReports.isEmpty ? nil : multicastReports,
+            multicastJoined: multicastJoined.isEmpty ? nil : multicastJoined.sorted { $0.change < $1.change })
         let reply = try await link().post("/v1/agent/checkin", body, as: CheckInReply.self)
         wakeReports.removeAll { sent in body.wakeReports?.contains(sent) == true }
-        await take(roles: reply.representing ?? [], addresses: addresses)
+        multicastReports.removeAll { sent in body.multicastReports?.contains(sent) == true }
         nextCheckIn = Self.checkInDelay(reply.checkInAfter, cap: configuration.maxCheckInInterval)
+        take(listens: reply.multicast ?? [], addresses: addresses)
+        await take(roles: reply.representing ?? [], addresses: addresses)
         if let rotations = reply.keyRotations, !rotations.isEmpty { adopt(rotations: rotations) }
         if reply.sendInventory == true {
             // The core lost or never had it (a new core, a restored backup): send it next time, soon.
@@ -415,6 +438,7 @@ public actor Agent {
                 continue
             }
             now[role.change] = role.epoch
+            if let send = role.multicast, configuration.multicast { sendOrders[role.change] = (role.epoch, send) }
             if roles[role.change] != role.epoch {
                 logger.info(
                     "representative of \(own.subnet) for \(AgentFacts.printable(role.change)) (epoch \(role.epoch), lease \(Int(exactly: role.leaseSeconds.rounded()) ?? 0) s)")
@@ -428,6 +452,8 @@ public actor Agent {
             logger.info("no longer representative for \(AgentFacts.printable(change))")
         }
         roles = now
+        sendOrders = sendOrders.filter { change, order in now[change] == order.epoch }
+        startMulticasts()
     }
 
     /// Sends the magic packets of one wake order and keeps the report for the next check-in.
@@ -458,8 +484,31 @@ public actor Agent {
     private func keep(_ report: WakeReport) {
         wakeReports.append(report)
         if wakeReports.count > 64 { wakeReports.removeFirst(wakeReports.count - 64) }
-        nextCheckIn = min(nextCheckIn, 1)
+        nextCheckInSoon()
     }
+
+    /// Makes the next check-in come within `seconds`, also when the agent is waiting for it now
+    /// (a report is waiting, or a multicast needs the core's word).
+    func nextCheckInSoon(within seconds: Double = 1) {
+        nextCheckIn = min(nextCheckIn, max(seconds, 0.2))
+        let due = ContinuousClock.now + .seconds(max(seconds, 0))
+        checkInDue = min(checkInDue ?? due, due)
+    }
+
+    /// Sleeps for the check-in interval, or until `nextCheckInSoon` asks for one earlier.
+    private func sleepUntilNextCheckIn() async throws {
+        let deadline = ContinuousClock.now + .seconds(nextCheckIn)
+        while true {
+            let due = min(deadline, checkInDue ?? deadline)
+            let now = ContinuousClock.now
+            if now >= due { break }
+            try await Task.sleep(for: min(due - now, .milliseconds(100)))
+        }
+        checkInDue = nil
+    }
+
+    /// Seconds between check-ins, as the core last said.
+    var nextCheckInSeconds: Double { nextCheckIn }
 
     // MARK: Jobs
 
@@ -529,6 +578,17 @@ public actor Agent {
                 return
             }
             await bucket.setRate(ticket.rate)
+            if ticket.multicast == true && configuration.multicast {
+                if !multicastSeeds.contains(ticket.change) {
+                    logger.info(
+                        "seeding \(AgentFacts.printable(ticket.change)) from its segment's multicast (or as its representative)")
+                }
+                multicastSeeds.insert(ticket.change)
+                // The listen order (or the role) comes with a check-in: have it now.
+                if listens[ticket.change] == nil && roles[ticket.change] == nil { nextCheckInSoon(within: 0) }
+            } else {
+                multicastSeeds.remove(ticket.change)
+            }
             startSeeding(change: ticket.change, manifest: manifest, signed: job.manifest)
         case .activate:
             if let refusal = approvalRefusal(job, ticket: ticket, manifest: manifest) {
@@ -684,6 +744,8 @@ public actor Agent {
         }
         var seeder = Seeder(cache: cache, transport: sources, bucket: bucket)
         seeder.retryDelay = configuration.downloadRetryDelay
+        // On a multicast segment: the representative's copy first (or, as representative, on).
+        let byMulticast = multicastSeeds.contains(change) ? await receiveByMulticast(entry) : false
         do {
             try await seeder.seed(entry) { bytes in
                 sources.verified(upTo: bytes)
@@ -698,13 +760,16 @@ public actor Agent {
             done.phase = .verified
             done.verifiedStamp = FileStamp(path: cache.packagePath(entry.change))
             let delivered = sources.delivered
-            done.source = delivered.core == 0 ? .peer : delivered.peers == 0 ? .core : .mixed
+            done.source =
+                byMulticast && delivered.core == 0 && delivered.peers == 0
+                ? .multicast : delivered.core == 0 ? .peer : delivered.peers == 0 ? .core : .mixed
             done.bytesFromPeers = min(delivered.peers, entry.manifest.size)
             if !sources.avoidedPeers.isEmpty {
                 logger.warning("avoided peers \(sources.avoidedPeers.sorted()) while seeding \(change)")
             }
             try cache.save(done)
             await report(AgentEvent(change: change, release: release, kind: .verified, bytes: entry.manifest.size))
+            startMulticasts()
         } catch let error as SeedingFailure {
             if Task.isCancelled { return }
             await report(AgentEvent(change: change, release: release, kind: .failed, failure: error.failure))

@@ -95,10 +95,13 @@ extension Coordinator {
             let wake = representation.pendingWake.map { request in
                 WakeOrder(request: request.id, macAddresses: request.targets.flatMap(\.macAddresses))
             }
+            let multicast =
+                WireProtocol.takesMulticast(state.agents[agent]?.protocolVersion)
+                ? multicastPlan(change, subnet: subnet, lease: lease) : nil
             roles.append(
                 RepresentativeRole(
                     change: change, subnet: subnet, epoch: lease.epoch,
-                    leaseSeconds: lease.expiresAt.timeIntervalSince(now), wake: wake))
+                    leaseSeconds: lease.expiresAt.timeIntervalSince(now), wake: wake, multicast: multicast))
         }
         return roles
     }
@@ -177,7 +180,8 @@ extension Coordinator {
                     WakeAttemptStatus(
                         target: name($0.target), by: name($0.by), packets: $0.packets, error: $0.error, at: $0.at)
                 },
-                note: lease == nil && (offline[r.subnet] ?? 0) > 0 ? Self.noOneToWake : nil)
+                note: lease == nil && (offline[r.subnet] ?? 0) > 0 ? Self.noOneToWake : nil,
+                multicast: multicastStatus(r))
         }
     }
 

@@ -18,6 +18,9 @@ public struct CoreSettings: Sendable {
     /// The change-control trust root this core starts from (`--trust-root`, out of band):
     /// without one the core activates nothing.
     public var trustRoot: SHA256Digest?
+    /// Targeted multicast (`--multicast-groups`): each segment's representative sends the
+    /// package to its segment (nil: off, every target downloads from peers or the core).
+    public var multicast: MulticastSettings?
 
     public init() {}
 }
@@ -377,6 +380,7 @@ public actor Coordinator {
             throw CoreRefusal.badRequest("the agent's report is refused: negative peer bytes \(served)")
         }
         try checkWakeReports(checkIn.wakeReports)
+        try checkMulticastReports(checkIn.multicastReports, joined: checkIn.multicastJoined)
         let wasOnline = isOnline(record)
         record.name = checkIn.name
         record.apply(segmentOf: checkIn, at: clock())
@@ -384,6 +388,8 @@ public actor Coordinator {
         record.attributes = checkIn.attributes
         record.protocolVersion = checkIn.protocolVersion
         record.macAddresses = WireProtocol.takesRoles(checkIn.protocolVersion) ? checkIn.macAddresses : nil
+        record.receivesMulticast =
+            WireProtocol.takesMulticast(checkIn.protocolVersion) ? checkIn.receivesMulticast == true : nil
         if !wasOnline || record.onlineSince == nil { record.onlineSince = clock() }
         record.lastSeen = clock()
         state.agents[id] = record
@@ -399,14 +405,18 @@ public actor Coordinator {
         applyPolicies(to: id)
         let jobs = jobs(for: id)
         take(checkIn.wakeReports ?? [], from: id)
+        take(checkIn.multicastReports ?? [], from: id)
+        take(joined: checkIn.multicastJoined ?? [], from: id)
         let roles = representativeRoles(renewedBy: id)
+        let listens = WireProtocol.takesMulticast(checkIn.protocolVersion) ? multicastListens(for: id) : []
         try await commit()
         let stale = checkIn.inventory == nil && inventoryDigests[id] != checkIn.inventoryDigest
         await observer?.agentReported(record, inventory: inventories[id], inventoryDigest: inventoryDigests[id])
         return CheckInReply(
             jobs: jobs, checkInAfter: settings.checkInInterval, sendInventory: stale ? true : nil,
             keyRotations: state.keyRotations,
-            representing: WireProtocol.takesRoles(checkIn.protocolVersion) && !roles.isEmpty ? roles : nil)
+            representing: WireProtocol.takesRoles(checkIn.protocolVersion) && !roles.isEmpty ? roles : nil,
+            multicast: listens.isEmpty ? nil : listens)
     }
 
     /// Applies what an agent's cache says it holds: a lost event must not leave the core behind.
@@ -488,10 +498,11 @@ public actor Coordinator {
             guard let kind else { continue }
             let order = kind == .rollback ? deployment.rollback : kind == .activate ? deployment.activation : nil
             let attempt = kind == .seed ? target.seedAttempts : target.activationAttempts
-            let ticket = JobTicket(
+            var ticket = JobTicket(
                 kind: kind, change: change, release: deployment.release, digest: release.manifest.digest,
                 agent: agent, sequence: nextSequence(), order: order?.id, origin: deployment.origin,
                 rate: deployment.rate, attempt: max(1, attempt), issuedAt: now)
+            if kind == .seed, seedsByMulticast(target, in: deployment) { ticket.multicast = true }
             do {
                 jobs.append(
                     Job(
@@ -601,6 +612,7 @@ public actor Coordinator {
                 agent: agent, ring: Self.ring(of: index, count: ordered.count, rings: deployment.rings), at: clock())
         }
         state.deployments[change] = deployment
+        assignMulticastChannel(change)
         requestWake(change, purpose: "seed")
         for agent in deployment.targets.keys { push(to: agent) }
         try await commit()
@@ -805,7 +817,7 @@ public actor Coordinator {
             activeRing: deployment.activeRing, halted: deployment.halted, rollbackRequested: deployment.rollback != nil,
             segments: segments.values.sorted { $0.segment < $1.segment }, total: total,
             sources: sources.sorted { ($0.segment, $0.name) < ($1.segment, $1.name) },
-            representatives: representativeStatus(of: deployment))
+            representatives: representativeStatus(of: deployment), multicast: deployment.multicast)
     }
 
     /// Every target that does not have the change (activated, or verified before activation), and why.

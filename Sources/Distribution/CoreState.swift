@@ -27,6 +27,8 @@ public struct AgentRecord: Codable, Sendable, Equatable {
     public var protocolVersion: Int?
     /// Its Ethernet MAC addresses, as its last protocol 4 check-in reported them (Wake-on-LAN).
     public var macAddresses: [String]?
+    /// Protocol 5: whether the agent takes part in its segment's multicast.
+    public var receivesMulticast: Bool?
     /// Start of its current continuous online time (representatives prefer long-running agents).
     public var onlineSince: Date?
     /// When its subnet last changed (it moved): recently moved agents count as roaming.
@@ -162,6 +164,8 @@ public struct Deployment: Codable, Sendable, Equatable {
     /// Per segment (subnet): its representative's lease for this job and its Wake-on-LAN
     /// requests and attempts (nil in a state from before representatives).
     public var representatives: [String: SegmentRepresentation]?
+    /// The job's multicast group and port (nil: multicast off, or a state from before it).
+    public var multicast: MulticastChannel?
 }
 
 extension Deployment {

@@ -197,6 +197,7 @@ extension CoreSettings {
         check(retryBase, "the retry base (--retry-base, seconds)", 0.01...86_400)
         check(retryMax, "the retry maximum (seconds)", 0.01...30 * 86_400)
         check(maxFailureRate, "the default failure rate", 0...1)
+        problems += multicast?.problems() ?? []
         if !(1...1000).contains(maxAttempts) {
             problems.append("the attempts per target (--max-attempts) are \(maxAttempts), they must be between 1 and 1000")
         }

@@ -23,6 +23,8 @@ public struct SegmentStatus: Codable, Sendable, Equatable {
     public var servedByPeers = 0
     public var servedByCore = 0
     public var servedByBoth = 0
+    /// Targets whose verified copy came whole from their representative's multicast.
+    public var servedByMulticast: Int? = 0
 
     public init(segment: String) {
         self.segment = segment
@@ -42,6 +44,7 @@ public struct SegmentStatus: Codable, Sendable, Equatable {
         servedByPeers += other.servedByPeers
         servedByCore += other.servedByCore
         servedByBoth += other.servedByBoth
+        servedByMulticast = (servedByMulticast ?? 0) + (other.servedByMulticast ?? 0)
     }
 
     mutating func count(_ source: ByteSource?) {
@@ -49,6 +52,7 @@ public struct SegmentStatus: Codable, Sendable, Equatable {
         case .peer: servedByPeers += 1
         case .core: servedByCore += 1
         case .mixed: servedByBoth += 1
+        case .multicast: servedByMulticast = (servedByMulticast ?? 0) + 1
         case nil: break
         }
     }
@@ -72,6 +76,8 @@ public struct StatusReport: Codable, Sendable, Equatable {
     public var sources: [TargetSource]? = nil
     /// Per segment (subnet): the representative for this change and its Wake-on-LAN attempts.
     public var representatives: [RepresentativeStatus]? = nil
+    /// The job's multicast group and port (nil: the core runs without multicast).
+    public var multicast: MulticastChannel? = nil
 }
 
 /// Who served one target its package: peers on its segment, the core, or both.
@@ -184,6 +190,10 @@ public enum StatusText {
             "change \(report.change)  release \(report.release) (\(bytes(report.packageBytes)))  targets: \(report.query)"
         )
         lines.append("state: \(state)")
+        if let m = report.multicast {
+            let whole = report.total.servedByMulticast ?? 0
+            lines.append("multicast: \(m.group):\(m.port), \(whole) target(s) served whole by their segment's multicast")
+        }
         lines.append(
             "seeded    \(bar(report.total.seeded, of: report.total.targets))  \(report.total.seeded)/\(report.total.targets)"
         )
@@ -223,7 +233,7 @@ public enum StatusText {
             lines.append("")
             lines.append(
                 contentsOf: table(
-                    header: ["segment", "subnet", "representative", "lease", "offline", "wake"],
+                    header: ["segment", "subnet", "representative", "lease", "offline", "wake", "multicast"],
                     rows: representatives.map(representativeRow)))
         }
         return lines.joined(separator: "\n")
@@ -243,7 +253,18 @@ public enum StatusText {
         return [
             r.segment, r.subnet, r.representative.map { "\($0) (epoch \(r.epoch))" } ?? "none: \(r.note ?? "all done")",
             r.leaseExpiresAt.map { "until \(time.string(from: $0)) UTC" } ?? "-", "\(r.offlineTargets)", wake,
+            multicastCell(r.multicast),
         ]
+    }
+
+    /// `ended: 9/9 acknowledged, 1 round, 4.2 s (by s1-h1)`, `sending to 9 (by s1-h1)`, `-`.
+    static func multicastCell(_ m: MulticastStatus?) -> String {
+        guard let m else { return "-" }
+        guard m.state == "ended" else { return "sending to \(m.receivers) (by \(m.sender))" }
+        if let error = m.error { return "failed: \(error.prefix(40)) (by \(m.sender))" }
+        let rounds = m.rounds ?? 0
+        return "ended: \(m.acknowledged ?? 0)/\(m.receivers) acknowledged, \(rounds) round\(rounds == 1 ? "" : "s"), "
+            + String(format: "%.1f s", m.seconds ?? 0) + " (by \(m.sender))"
     }
 
     public static func render(chase entries: [ChaseEntry]) -> String {

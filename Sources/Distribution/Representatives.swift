@@ -112,6 +112,10 @@ public struct SegmentRepresentation: Codable, Sendable, Equatable {
     public var epoch: UInt64 = 0
     public var pendingWake: WakeRequest?
     public var wakeAttempts: [WakeAttempt] = []
+    /// The segment's NORM node ids (agent id → node), stable once given.
+    public var nodes: [String: UInt32]?
+    /// The multicast of the current (or last) lease epoch.
+    public var multicast: SegmentMulticast?
 
     public init(subnet: String) {
         self.subnet = subnet
@@ -146,6 +150,8 @@ public struct RepresentativeRole: Codable, Sendable, Equatable {
     public var leaseSeconds: Double
     /// Offline targets of the segment to wake now.
     public var wake: WakeOrder?
+    /// Protocol 5: send the job's package to the segment by multicast once it is verified here.
+    public var multicast: MulticastSend?
 }
 
 public struct WakeOrder: Codable, Sendable, Equatable {
@@ -178,6 +184,8 @@ public struct RepresentativeStatus: Codable, Sendable, Equatable {
     public var wakeAttempts: [WakeAttemptStatus]
     /// Why there is no representative, when there is none.
     public var note: String?
+    /// The segment's multicast (nil: none planned).
+    public var multicast: MulticastStatus?
 }
 
 public struct WakeAttemptStatus: Codable, Sendable, Equatable {

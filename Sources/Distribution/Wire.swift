@@ -125,6 +125,8 @@ public struct CacheReport: Codable, Sendable, Equatable {
 /// mirror), or both (a download that switched to the core part-way).
 public enum ByteSource: String, Codable, Sendable {
     case peer, core, mixed
+    /// Protocol 5: the representative's multicast on the segment, whole and verified.
+    case multicast
 }
 
 /// The peers on the asking agent's own segment that hold a verified copy of a package.
@@ -171,12 +173,24 @@ public struct CheckIn: Codable, Sendable {
     public var macAddresses: [String]?
     /// Protocol 4: what the agent did with the wake orders of its representative roles.
     public var wakeReports: [WakeReport]?
+    /// Protocol 5: the agent receives its segment's multicast (off: `agent run --no-multicast`).
+    public var receivesMulticast: Bool?
+    /// Protocol 5: how the multicasts it sent as representative ended.
+    public var multicastReports: [MulticastReport]?
+    /// Protocol 5: the multicasts this agent's NORM receiver has joined now (the
+    /// representative sends once its receivers have joined, or after a bounded wait).
+    public var multicastJoined: [MulticastJoin]?
 
     public init(
         name: String, segment: String, addresses: [String], attributes: [String: String],
         inventory: InventorySnapshot?, inventoryDigest: String, cache: [CacheReport], peerPort: Int? = nil,
-        peerServedBytes: Int64? = nil, macAddresses: [String]? = nil, wakeReports: [WakeReport]? = nil
+        peerServedBytes: Int64? = nil, macAddresses: [String]? = nil, wakeReports: [WakeReport]? = nil,
+        receivesMulticast: Bool? = nil, multicastReports: [MulticastReport]? = nil,
+        multicastJoined: [MulticastJoin]? = nil
     ) {
+        self.multicastJoined = multicastJoined
+        self.receivesMulticast = receivesMulticast
+        self.multicastReports = multicastReports
         self.peerPort = peerPort
         self.peerServedBytes = peerServedBytes
         self.macAddresses = macAddresses
@@ -227,6 +241,9 @@ public struct JobTicket: Codable, Sendable, Equatable {
     public var origin: String
     /// Throttle for seeding, bytes per second (nil: unthrottled).
     public var rate: Int64?
+    /// Seeding on a segment served by multicast: wait for the representative's multicast (or,
+    /// as representative, pull from the core) instead of downloading at once.
+    public var multicast: Bool?
     /// 1 for the first try, more for redeploys.
     public var attempt: Int
     public var issuedAt: Date
@@ -281,12 +298,13 @@ public enum WireProtocol {
     /// 2: signed per-agent job tickets, typed envelopes, key rotation.
     /// 3: interface addresses with prefix lengths (the segment is the subnet), peer download.
     /// 4: MAC addresses and wake reports at check-in, representative roles in the reply.
-    public static let version = 4
+    /// 5: targeted multicast: send orders in roles, listen orders in the reply, reports.
+    public static let version = 5
     /// Protocols the core still serves: a protocol 2 agent sends bare addresses, so the core
     /// knows no subnet for it and it gets no peers (it downloads from the core as before); a
     /// protocol 3 agent reports no MAC address and is never made a representative (it would
     /// not understand the role), so it can neither be woken nor wake others.
-    public static let supported = 2...4
+    public static let supported = 2...5
 
     /// The refusal an agent of an unsupported protocol gets.
     public static func refusal(_ sent: Int?) -> String? {
@@ -300,6 +318,9 @@ public enum WireProtocol {
 
     /// Whether an agent of protocol `sent` understands representative roles and wake orders.
     public static func takesRoles(_ sent: Int?) -> Bool { (sent ?? 1) >= 4 }
+
+    /// Whether an agent of protocol `sent` sends and receives its segment's multicast.
+    public static func takesMulticast(_ sent: Int?) -> Bool { (sent ?? 1) >= 5 }
 }
 
 public struct CheckInReply: Codable, Sendable {
@@ -312,6 +333,8 @@ public struct CheckInReply: Codable, Sendable {
     public var keyRotations: [SignedEnvelope]?
     /// Protocol 4: the jobs for which this agent represents its segment (nil: none).
     public var representing: [RepresentativeRole]?
+    /// Protocol 5: the jobs whose package this agent receives by its segment's multicast.
+    public var multicast: [MulticastListen]?
 }
 
 public enum AgentEventKind: String, Codable, Sendable {

@@ -138,26 +138,33 @@ struct RepresentativeCoordinatorTests {
         var token = ""
         var ids: [String: String] = [:]
         var macs: [String: String] = [:]
+        let multicast: MulticastSettings?
 
-        init() throws {
+        init(multicast: MulticastSettings? = nil) throws {
+            self.multicast = multicast
             let scratch = Scratch("representatives")
             let clock = TestClock(RepresentativeCoordinatorTests.t0)
             let key = ReleaseKey()
             self.scratch = scratch
             self.clock = clock
             self.key = key
-            coordinator = try Self.open(scratch.path, key: key, clock: clock)
+            coordinator = try Self.open(scratch.path, key: key, clock: clock, multicast: multicast)
         }
 
-        static func open(_ path: String, key: ReleaseKey, clock: TestClock) throws -> Coordinator {
+        static func open(_ path: String, key: ReleaseKey, clock: TestClock, multicast: MulticastSettings? = nil)
+            throws -> Coordinator
+        {
             var settings = CoreSettings()
+            settings.multicast = multicast
             settings.offlineAfter = 60
             settings.checkInInterval = 10
             return try Coordinator(
                 store: FileCoreStore(directory: path), key: key, settings: settings, clock: { clock.now })
         }
 
-        func restart() throws { coordinator = try Self.open(scratch.path, key: key, clock: clock) }
+        func restart() throws {
+            coordinator = try Self.open(scratch.path, key: key, clock: clock, multicast: multicast)
+        }
 
         func setUp(releases: [String] = ["r1"]) async throws {
             token = try await coordinator.createToken(uses: 100, lifetime: 86_400)
@@ -185,15 +192,17 @@ struct RepresentativeCoordinatorTests {
         @discardableResult
         func checkIn(
             _ name: String, _ address: String? = nil, protocolVersion: Int = WireProtocol.version,
-            wakeReports: [WakeReport]? = nil, macAddresses: [String]? = nil
+            wakeReports: [WakeReport]? = nil, macAddresses: [String]? = nil, receivesMulticast: Bool = true,
+            multicastReports: [MulticastReport]? = nil, joined: [MulticastJoin]? = nil, cache: [CacheReport] = []
         ) async throws -> CheckInReply {
             let id = try #require(ids[name])
             let record = try #require(await coordinator.agentRecord(id))
             var body = CheckIn(
                 name: name, segment: "office", addresses: address.map { [$0] } ?? record.addresses, attributes: [:],
-                inventory: nil, inventoryDigest: "", cache: [],
+                inventory: nil, inventoryDigest: "", cache: cache,
                 macAddresses: protocolVersion >= 4 ? macAddresses ?? macs[name].map { [$0] } : nil,
-                wakeReports: wakeReports)
+                wakeReports: wakeReports, receivesMulticast: receivesMulticast, multicastReports: multicastReports,
+                multicastJoined: joined)
             body.protocolVersion = protocolVersion
             return try await coordinator.checkIn(agent: id, body)
         }
@@ -211,8 +220,8 @@ struct RepresentativeCoordinatorTests {
         func name(of id: String?) -> String? { ids.first { $0.value == id }?.key }
     }
 
-    static func withCore(_ body: (Core) async throws -> Void) async throws {
-        let core = try Core()
+    static func withCore(multicast: MulticastSettings? = nil, _ body: (Core) async throws -> Void) async throws {
+        let core = try Core(multicast: multicast)
         defer { core.scratch.cleanup() }
         try await core.setUp(releases: ["r1", "r2", "r3"])
         try await body(core)

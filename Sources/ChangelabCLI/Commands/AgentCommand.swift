@@ -130,6 +130,11 @@ struct AgentRunCommand: AsyncParsableCommand {
         help: "Do not send the magic packets the core asks this agent to send as its segment's representative (it reports them as not sent).")
     var noWakeOnLan = false
 
+    @Flag(
+        name: .long,
+        help: "Take no part in the segment's multicast: download from peers or the core, and never send as representative.")
+    var noMulticast = false
+
     @Option(name: .long, help: "With --peer-port: peer downloads served at once (more get 503).")
     var peerDownloads: Int = 4
 
@@ -218,6 +223,7 @@ struct AgentRunCommand: AsyncParsableCommand {
             c.maxCheckInInterval = maxCheckIn
             if !watch.isEmpty { c.watchedPaths = watch }
             c.installSlots = slots
+            c.multicast = !noMulticast
             c.peerServing = peerPort.map { PeerServing(port: $0 + i - 1, maxDownloads: peerDownloads, rate: peerRate) }
             c.wakeOnLAN = !noWakeOnLan
             return c

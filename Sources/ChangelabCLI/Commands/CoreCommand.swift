@@ -61,6 +61,28 @@ struct CoreServeCommand: AsyncParsableCommand {
             valueName: "digest"))
     var trustRoot: String?
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Targeted multicast: each segment's representative sends the package to its segment as a NORM object, "
+                + "one group and port per concurrent job from this range (in 239.0.0.0/8; default: off).",
+            valueName: "group/prefix"))
+    var multicastGroups: String?
+
+    @Option(name: .long, help: "The first port of the multicast range (job i uses port + i).")
+    var multicastPort: Int = 7700
+
+    @Option(name: .long, help: "Bytes per second a representative multicasts at when the job sets no rate.")
+    var multicastRate: Double = 12_500_000
+
+    @Option(name: .long, help: "Seconds a receiver waits for its representative's multicast before it turns to peers.")
+    var multicastWait: Double = 300
+
+    @Option(
+        name: .long,
+        help: "Seconds a representative waits for its receivers to join the group before it sends anyway.")
+    var multicastGather: Double = 30
+
     func run() async throws {
         let parts = listen.split(separator: ":")
         guard parts.count == 2, let port = Int(parts[1]), (0...65535).contains(port) else {
@@ -71,6 +93,20 @@ struct CoreServeCommand: AsyncParsableCommand {
         settings.offlineAfter = offlineAfter
         settings.retryBase = retryBase
         settings.maxAttempts = maxAttempts
+        if let multicastGroups {
+            guard let port = UInt16(exactly: multicastPort) else {
+                throw ValidationError("--multicast-port must be 1024–65535, not \(multicastPort)")
+            }
+            guard multicastRate.isFinite, multicastRate >= 1000, multicastRate <= 12_500_000_000 else {
+                throw ValidationError(
+                    "--multicast-rate must be 1000 … 12500000000 bytes per second, not \(multicastRate)")
+            }
+            var multicast = try MulticastSettings(range: multicastGroups, firstPort: port)
+            multicast.rate = Int64(multicastRate)
+            multicast.wait = multicastWait
+            multicast.gather = multicastGather
+            settings.multicast = multicast
+        }
         if let trustRoot {
             guard let digest = SHA256Digest(hex: trustRoot) else {
                 throw ValidationError("--trust-root must be sha256: and 64 hex digits (see 'changelab trust-root show')")
