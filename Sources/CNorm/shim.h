@@ -89,6 +89,8 @@ void NormDestroySession(NormSessionHandle session);
 bool NormSetMulticastInterface(NormSessionHandle session, const char *interfaceName);
 bool NormSetTTL(NormSessionHandle session, unsigned char ttl);
 bool NormSetLoopback(NormSessionHandle session, bool loopback);
+bool NormSetTxSocketBuffer(NormSessionHandle session, unsigned int bufferSize);
+bool NormSetRxSocketBuffer(NormSessionHandle session, unsigned int bufferSize);
 void NormSetRxPortReuse(NormSessionHandle session, bool enableReuse, const char *rxBindAddress,
                         const char *senderAddress, uint16_t senderPort);
 

@@ -165,6 +165,8 @@ public enum NormTransfer {
     /// The command a sender multicasts once every receiver acknowledged (or the rounds
     /// ran out): receivers that hold the object stop then.
     static let endCommand = Array("changelab-norm-end".utf8)
+    /// Socket buffers of a NORM session (bytes).
+    static let socketBuffer: UInt32 = 4 << 20
 
     /// Sends `file` to `receivers` (their NORM node ids) as one file object announced with
     /// `info`, waits for every receiver's positive acknowledgement, and re-requests from the
@@ -237,6 +239,8 @@ public enum NormTransfer {
             NormStartSender(
                 session, NormGetRandomSessionId(), buffer, settings.segmentSize, settings.blockSize, settings.parity, 0)
         else { throw NormTransferError.setup("NormStartSender refused \(settings.group):\(settings.port)") }
+        _ = NormSetTxSocketBuffer(session, Self.socketBuffer)
+        _ = NormSetRxSocketBuffer(session, Self.socketBuffer)
         let object = info.withUnsafeBufferPointer { pointer in
             pointer.withMemoryRebound(to: CChar.self) {
                 NormFileEnqueue(session, file, $0.baseAddress, UInt32($0.count))
@@ -302,6 +306,10 @@ public enum NormTransfer {
         guard NormStartReceiver(session, UInt32(16 << 20)) else {
             throw NormTransferError.setup("NormStartReceiver refused \(settings.group):\(settings.port)")
         }
+        // A receiver that falls behind (a busy machine) loses what overflows its socket: a
+        // larger buffer than the default 208 KiB turns that loss into waiting (the kernel caps
+        // it at net.core.rmem_max; lab/setup raises that to 4 MiB).
+        _ = NormSetRxSocketBuffer(session, Self.socketBuffer)
         // Joined the group: a sender started from now on reaches this receiver from its first packet.
         ready?()
         var refused = 0
