@@ -197,6 +197,11 @@ extension CoreSettings {
         check(retryBase, "the retry base (--retry-base, seconds)", 0.01...86_400)
         check(retryMax, "the retry maximum (seconds)", 0.01...30 * 86_400)
         check(maxFailureRate, "the default failure rate", 0...1)
+        if offlineAfter.isFinite && checkInInterval.isFinite && offlineAfter <= checkInInterval {
+            // Agents would show offline between check-ins, and representatives lose their lease.
+            problems.append(
+                "the offline time (--offline-after \(offlineAfter) s) must be longer than the check-in interval (--check-in \(checkInInterval) s)")
+        }
         problems += multicast?.problems() ?? []
         if !(1...1000).contains(maxAttempts) {
             problems.append("the attempts per target (--max-attempts) are \(maxAttempts), they must be between 1 and 1000")

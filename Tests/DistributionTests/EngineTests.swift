@@ -66,6 +66,7 @@ import Testing
     @Test func jobsArePushedOverTheStreamWithoutWaitingForACheckIn() async throws {
         var settings = TestCore.fastSettings
         settings.checkInInterval = 600
+        settings.offlineAfter = 1800
         try await withCore(settings: settings) { core, scratch, http in
             let admin = try core.admin
             let deb = try await TestPackage.build(in: scratch.path, size: 100_000)

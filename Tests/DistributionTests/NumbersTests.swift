@@ -45,6 +45,15 @@ import Testing
             settings.checkInInterval = value
             #expect(throws: ChangelabError.self) { _ = try CoreServer(directory: scratch.path, settings: settings) }
         }
+        // Offline sooner than the next check-in: agents would flap and leases churn.
+        var settings = CoreSettings()
+        settings.checkInInterval = 10
+        settings.offlineAfter = 8
+        #expect {
+            _ = try CoreServer(directory: scratch.path, settings: settings)
+        } throws: { error in
+            "\(error)".contains("must be longer than the check-in interval")
+        }
     }
 
     @Test func aBadMaxFailureRateIsRefusedAndTheCoreRestartsCleanly() async throws {
