@@ -872,6 +872,7 @@ public actor Agent {
             // No separate "activating" report: the core marked the target activating when it
             // handed out the job, and a hundred extra round trips would delay every result.
             await configuration.installSlots?.wait()
+            let installerStarted = Date().timeIntervalSince1970
             let result = await installer.install(cache.packagePath(change))
             await configuration.installSlots?.signal()
             entry.lastResult = result
@@ -886,7 +887,9 @@ public actor Agent {
                 entry.expiresAt = Date().addingTimeInterval(cache.lifetime)
             }
             try? cache.save(entry)
-            await report(outcome(result, change: change, release: ticket.release, success: .activated))
+            var event = outcome(result, change: change, release: ticket.release, success: .activated)
+            event.installerStartedAt = installerStarted
+            await report(event)
             await reportInventory(change: change, release: ticket.release)
         } else {
             guard let install = ledger.installs[change] else {

@@ -13,6 +13,8 @@ public struct BenchOptions: Sendable {
     public var wanRate = "1gbit"
     /// Random loss per segment number (1-based), e.g. [2: 0.05].
     public var loss: [Int: Double] = [:]
+    /// Random loss of the multicast datagrams each host of a segment receives (its TCP untouched).
+    public var multicastLoss: [Int: Double] = [:]
     /// Installers one agent process runs at once (its identities share two cores); nil: no limit.
     public var parallelInstalls: Int?
     /// Seeding throttle per agent (bytes/s); nil: unthrottled.
@@ -24,6 +26,8 @@ public struct BenchOptions: Sendable {
     /// `lab/fleet`.
     public var fleetScript: String
     public var timeout: Duration = .seconds(600)
+    /// The modes measured, each on a fresh fleet, in this order.
+    public var modes: [BenchMode] = [.unicast]
 
     public init(workDirectory: String, executable: String, fleetScript: String) {
         self.workDirectory = workDirectory
@@ -53,9 +57,47 @@ public struct BenchModeResult: Codable, Sendable {
     public var failed: Int
     /// Every agent reported an activation result within 5 s of the command.
     public var activationWithin5s: Bool
+    /// Part 2 (BenchSegmentFigures, BenchModes.swift): the segments' own bytes and the sources.
+    public var lanSegmentRatio: Double?
+    public var lanFeedbackBytes: Int64?
+    public var payloadBytes: [String: Int64]?
+    public var served: [String: Int]?
+    public var offlineAgents: Int?
+    public var offlineCoreBytes: Int64?
+    public var activationFanoutSeconds: Double?
+
+    public init(
+        mode: String, agents: Int, segments: Int, packageBytes: Int64, wanBytes: Int64, lanBytes: Int64,
+        seedingSeconds: Double, activationSeconds: Double, wanRatio: Double, lanRatio: Double, activated: Int,
+        failed: Int, activationWithin5s: Bool
+    ) {
+        self.mode = mode
+        self.agents = agents
+        self.segments = segments
+        self.packageBytes = packageBytes
+        self.wanBytes = wanBytes
+        self.lanBytes = lanBytes
+        self.seedingSeconds = seedingSeconds
+        self.activationSeconds = activationSeconds
+        self.wanRatio = wanRatio
+        self.lanRatio = lanRatio
+        self.activated = activated
+        self.failed = failed
+        self.activationWithin5s = activationWithin5s
+    }
+
+    mutating func take(_ f: BenchSegmentFigures) {
+        lanSegmentRatio = f.lanSegmentRatio
+        lanFeedbackBytes = f.lanFeedbackBytes
+        payloadBytes = f.payloadBytes
+        served = f.served
+        offlineAgents = f.offlineAgents
+        offlineCoreBytes = f.offlineCoreBytes
+        activationFanoutSeconds = f.activationFanoutSeconds
+    }
 
     enum CodingKeys: String, CodingKey {
-        case mode, agents, segments, activated, failed
+        case mode, agents, segments, activated, failed, served
         case packageBytes = "package_bytes"
         case wanBytes = "wan_bytes"
         case lanBytes = "lan_bytes"
@@ -64,6 +106,12 @@ public struct BenchModeResult: Codable, Sendable {
         case wanRatio = "wan_ratio"
         case lanRatio = "lan_ratio"
         case activationWithin5s = "activation_within_5s"
+        case lanSegmentRatio = "lan_segment_ratio"
+        case lanFeedbackBytes = "lan_feedback_bytes"
+        case payloadBytes = "payload_bytes"
+        case offlineAgents = "offline_agents"
+        case offlineCoreBytes = "offline_core_bytes"
+        case activationFanoutSeconds = "activation_fanout_seconds"
     }
 }
 
@@ -109,6 +157,9 @@ public struct TestFleet: Sendable {
             options.wanRate,
         ]
         for (segment, p) in options.loss.sorted(by: { $0.key < $1.key }) { arguments += ["--loss", "\(segment)=\(p)"] }
+        for (segment, p) in options.multicastLoss.sorted(by: { $0.key < $1.key }) {
+            arguments += ["--multicast-loss", "\(segment)=\(p)"]
+        }
         try await fleet(arguments)
     }
 
@@ -184,7 +235,19 @@ public enum DistributionBench {
         let processes = ProcessList()
         let clients = ClientList()
         do {
-            let report = try await measure(fleet, work: work, clients: clients, processes: processes, progress: progress)
+            var results: [BenchModeResult] = []
+            for mode in options.modes {
+                results.append(
+                    try await measure(
+                        mode, options: options, work: work, clients: clients, processes: processes, progress: progress))
+            }
+            let o = options
+            let report = BenchReport(
+                fleet: .init(
+                    segments: o.segments, agentsPerSegment: o.agentsPerSegment, hostsPerSegment: o.hostsPerSegment,
+                    wanRate: o.wanRate,
+                    loss: Dictionary(uniqueKeysWithValues: o.loss.map { ("s\($0.key)", $0.value) })),
+                modes: results)
             await teardown(processes, fleet: fleet, work: work)
             await clients.shutdown()
             return report
@@ -200,154 +263,6 @@ public enum DistributionBench {
         for process in processes.all { await process.stop(grace: .seconds(2)) }
         await fleet.down()
         try? FileManager.default.removeItem(atPath: work)
-    }
-
-    static func measure(
-        _ fleet: TestFleet, work: String, clients: ClientList, processes: ProcessList,
-        progress: @escaping @Sendable (String) -> Void
-    ) async throws -> BenchReport {
-        let o = fleet.options
-        let total = o.segments * o.agentsPerSegment
-        progress("fleet: \(o.segments) segment(s) × \(o.agentsPerSegment) agent(s), WAN \(o.wanRate)")
-        try await fleet.up()
-        progress("building a \(StatusText.bytes(Int64(o.packageBytes))) package")
-        let deb = try await buildPackage(in: work, bytes: o.packageBytes)
-        // Real change control: throwaway approvers sign a real release approval, which the
-        // core and every agent check against the trust root they were started with.
-        let authority = try ThrowawayAuthority()
-        let trustRoot = authority.digest.description
-
-        let coreState = work + "/core"
-        processes.add(
-            try await DetachedProcess.start(
-                "ip",
-                [
-                    "netns", "exec", fleet.coreNamespace, o.executable, "core", "serve", "--state", coreState,
-                    "--listen",
-                    "0.0.0.0:\(fleet.port)", "--check-in", "10", "--tls-name", fleet.coreAddress,
-                    "--tls-name", try await fleet.managementAddress(), "--trust-root", trustRoot,
-                ],
-                log: work + "/core.log"))
-        let tokenPath = CoreLayout(directory: coreState).adminToken
-        let certificate = CoreLayout(directory: coreState).tls + "/certificate.pem"
-        let managementURL = "https://\(try await fleet.managementAddress()):\(fleet.port)"
-        _ = try await poll(.seconds(30)) { FileManager.default.isReadableFile(atPath: certificate) }
-        let pin = try CorePin.of(certificateFile: certificate)
-        // The core may still be starting: the pinned connection is retried until it answers.
-        var pinned: HTTPClient?
-        let deadline = ContinuousClock.now + .seconds(30)
-        while pinned == nil && ContinuousClock.now < deadline {
-            pinned = try? await HTTPLink.makeClient(trust: .pin(pin), core: managementURL)
-            if pinned == nil { try await Task.sleep(for: .milliseconds(200)) }
-        }
-        guard let http = pinned else {
-            // Once more, so the error says why the core cannot be reached.
-            _ = try await HTTPLink.makeClient(trust: .pin(pin), core: managementURL)
-            throw ChangelabError("the core did not answer over TLS", fix: "see core.log in the bench folder")
-        }
-        clients.add(http)
-        let admin = try await waitForCore(url: managementURL, tokenPath: tokenPath, http: http)
-        let manifest = try await admin.publish(file: deb, release: "bench-1")
-        let token = try await admin.createToken(uses: total, lifetime: 3600)
-
-        progress("starting \(total) agents")
-        for segment in 1...o.segments {
-            for host in 1...o.hostsPerSegment {
-                let count =
-                    o.agentsPerSegment / o.hostsPerSegment + (host <= o.agentsPerSegment % o.hostsPerSegment ? 1 : 0)
-                guard count > 0 else { continue }
-                let name = "s\(segment)-h\(host)"
-                processes.add(
-                    try await DetachedProcess.start(
-                        "ip",
-                        [
-                            "netns", "exec", fleet.namespace(segment: segment, host: host), o.executable, "agent",
-                            "run",
-                            "--core", "https://\(fleet.coreAddress):\(fleet.port)", "--core-key", token.coreKey,
-                            "--core-pin", pin, "--trust-root", trustRoot, "--attribute", "baseline=minimal@1",
-                            "--enrol-token", token.token, "--state", "\(work)/agents/\(name)", "--root",
-                            "\(work)/roots/\(name)", "--name", name, "--segment", "s\(segment)", "--attribute",
-                            "site=site-\(segment)", "--count", String(count), "--watch", "/etc",
-                        ] + (o.parallelInstalls.map { ["--parallel-installs", String($0)] } ?? []),
-                        log: "\(work)/agent-\(name).log"))
-            }
-        }
-        guard try await poll(o.timeout, { try await admin.agents().filter(\.online).count >= total }) else {
-            throw ChangelabError(
-                "only \(try await admin.agents().count) of \(total) agents enrolled",
-                fix: "see the agent logs in \(work)")
-        }
-        // Give every agent a moment to open its job stream.
-        try await Task.sleep(for: .seconds(2))
-
-        let before = try await fleet.counters()
-        progress("seeding \(StatusText.bytes(manifest.size)) to \(total) agents")
-        let seedStart = ContinuousClock.now
-        let authorization = try authority.authorization(
-            change: "bench-1", package: manifest.package, version: manifest.packageVersion, artifact: manifest.digest,
-            baselines: ["minimal"])
-        _ = try await admin.promote(
-            "bench-1",
-            PromoteRequest(
-                release: nil, targets: "all", rings: nil, rate: o.seedRate, maxFailureRate: nil,
-                authorization: authorization))
-        var lastShown = -1
-        guard
-            try await poll(
-                o.timeout,
-                {
-                    let status = try await admin.status("bench-1")
-                    if status.total.verified / max(1, total / 10) != lastShown {
-                        lastShown = status.total.verified / max(1, total / 10)
-                        progress(
-                            "  seeded \(status.total.verified)/\(total)  \(StatusText.bytes(status.total.bytesSent)) sent"
-                        )
-                    }
-                    return status.total.verified + status.total.failed >= total
-                })
-        else { throw ChangelabError("seeding did not finish within \(o.timeout)", fix: "see \(work)/core.log") }
-        let seeding = seconds(ContinuousClock.now - seedStart)
-        let after = try await fleet.counters()
-
-        progress("activating")
-        let activateStart = ContinuousClock.now
-        _ = try await admin.activate("bench-1", authorization: authorization)
-        var final = try await admin.status("bench-1")
-        var shownResults = 0
-        _ = try await poll(
-            o.timeout,
-            {
-                final = try await admin.status("bench-1")
-                let results = final.total.activated + final.total.failed
-                if results >= shownResults + max(1, total / 10) || results == total && shownResults < total {
-                    shownResults = results
-                    progress(
-                        String(
-                            format: "  %d/%d results after %.2f s", results, total,
-                            seconds(ContinuousClock.now - activateStart)))
-                }
-                return results >= final.total.targets
-            }, every: .milliseconds(50))
-        let activation = seconds(ContinuousClock.now - activateStart)
-        let wan = after.wan - before.wan
-        let lan = after.lan - before.lan
-        let unit = Double(manifest.size) * Double(o.segments)
-        let result = BenchModeResult(
-            mode: "unicast", agents: total, segments: o.segments, packageBytes: manifest.size, wanBytes: wan,
-            lanBytes: lan,
-            seedingSeconds: seeding, activationSeconds: activation, wanRatio: Double(wan) / unit,
-            lanRatio: Double(lan) / unit,
-            activated: final.total.activated, failed: final.total.failed,
-            activationWithin5s: activation <= 5 && final.total.activated + final.total.failed >= total)
-        progress(
-            String(
-                format: "unicast: seeding %.1f s, activation %.2f s, wan_ratio %.2f, lan_ratio %.2f", seeding,
-                activation, result.wanRatio, result.lanRatio))
-        return BenchReport(
-            fleet: .init(
-                segments: o.segments, agentsPerSegment: o.agentsPerSegment, hostsPerSegment: o.hostsPerSegment,
-                wanRate: o.wanRate, loss: Dictionary(uniqueKeysWithValues: o.loss.map { ("s\($0.key)", $0.value) })),
-            modes: [result])
     }
 
     static func waitForCore(url: String, tokenPath: String, http: HTTPClient) async throws -> CoreClient {
@@ -411,6 +326,12 @@ final class ProcessList: @unchecked Sendable {
     func add(_ process: DetachedProcess) {
         lock.lock()
         processes.append(process)
+        lock.unlock()
+    }
+
+    func removeAll() {
+        lock.lock()
+        processes.removeAll()
         lock.unlock()
     }
 

@@ -186,6 +186,8 @@ extension Coordinator {
             else { continue }
             multicast.report = report
             state.deployments[report.change]?.representatives?[subnet]?.multicast = multicast
+            // The segment's targets that slept through it are woken now to catch up from peers.
+            requestWake(report.change, purpose: "catch up after the multicast", only: subnet)
             markDirty()
         }
     }

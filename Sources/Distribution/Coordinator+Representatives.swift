@@ -108,14 +108,20 @@ extension Coordinator {
 
     /// Before seeding or activation: for each segment of `change`, a wake request for its
     /// offline targets that reported a MAC address; the segment's representative carries it out.
-    func requestWake(_ change: ChangeID, purpose: String) {
+    func requestWake(_ change: ChangeID, purpose: String, only: String? = nil, triedFewerThan limit: Int? = nil) {
         guard let deployment = state.deployments[change] else { return }
         var offline: [String: [WakeTarget]] = [:]
         for target in deployment.targets.values.sorted(by: { $0.agent < $1.agent })
         where !isDone(target, in: deployment) {
             guard let agent = state.agents[target.agent], !agent.revoked, !isOnline(agent), let subnet = agent.subnet,
-                let macs = agent.macAddresses, !macs.isEmpty
+                only == nil || only == subnet, let macs = agent.macAddresses, !macs.isEmpty
             else { continue }
+            if let limit,
+                (deployment.representatives?[subnet]?.wakeAttempts ?? []).filter({ $0.target == target.agent }).count
+                    >= limit
+            {
+                continue
+            }
             offline[subnet, default: []].append(WakeTarget(agent: agent.id, macAddresses: macs))
         }
         var representations = deployment.representatives ?? [:]
@@ -127,6 +133,32 @@ extension Coordinator {
         }
         state.deployments[change]?.representatives = representations
         updateRepresentatives(of: change)
+    }
+
+    /// A target still asleep this long after its segment's last wake attempt is woken again,
+    /// up to `wakeAttemptsPerTarget` times per job: a machine can miss a packet (its NIC was
+    /// not armed yet, a switch dropped it).
+    static let wakeRepeat: TimeInterval = 15
+    static let wakeAttemptsPerTarget = 5
+
+    /// From the tick: a new wake request per segment whose targets slept through the last one.
+    func repeatWakes() -> Bool {
+        let now = clock()
+        var changed = false
+        for change in state.deployments.keys.sorted() {
+            guard let deployment = state.deployments[change], deployment.halted == nil else { continue }
+            for (subnet, representation) in (deployment.representatives ?? [:]).sorted(by: { $0.key < $1.key })
+            where representation.pendingWake == nil {
+                guard let last = representation.wakeAttempts.map(\.at).max(),
+                    now.timeIntervalSince(last) >= Self.wakeRepeat
+                else { continue }
+                let before = state.deployments[change]?.representatives?[subnet]?.pendingWake
+                requestWake(
+                    change, purpose: "again: still asleep", only: subnet, triedFewerThan: Self.wakeAttemptsPerTarget)
+                if state.deployments[change]?.representatives?[subnet]?.pendingWake != before { changed = true }
+            }
+        }
+        return changed
     }
 
     /// Refuses wake reports beyond the limit or with an oversized error text.

@@ -163,6 +163,7 @@ public actor Coordinator {
             }
         }
         for change in state.deployments.keys { advanceRings(change) }
+        if repeatWakes() { dirty = true }
         if updateAllRepresentatives() { dirty = true }
         for agent in due where streams[agent] != nil { push(to: agent) }
         if dirty || !due.isEmpty { try? await commit() }
@@ -267,7 +268,8 @@ public actor Coordinator {
         state.agents.values.sorted { ($0.segment, $0.name) < ($1.segment, $1.name) }.map { a in
             AgentSummary(
                 id: a.id, name: a.name, segment: a.segment, attributes: a.attributes, addresses: a.addresses,
-                revoked: a.revoked, online: isOnline(a), lastSeen: a.lastSeen, macAddresses: a.macAddresses)
+                revoked: a.revoked, online: isOnline(a), lastSeen: a.lastSeen, macAddresses: a.macAddresses,
+                peerServedBytes: a.peerServedBytes)
         }
     }
 
@@ -470,6 +472,12 @@ public actor Coordinator {
         let size = state.releases[deployment.release]?.manifest.size ?? 0
         target.apply(
             .event(event, packageSize: size, rollingBack: deployment.rollback != nil), now: clock(), settings: settings)
+        // Agent-reported and shown only; a time more than a day off the core's is not taken.
+        if [.activated, .rolledBack, .failed].contains(event.kind), let started = event.installerStartedAt,
+            started.isFinite, abs(started - clock().timeIntervalSince1970) < 86_400
+        {
+            target.installerStartedAt = started
+        }
         state.deployments[event.change]?.targets[agent] = target
     }
 
@@ -817,7 +825,8 @@ public actor Coordinator {
             activeRing: deployment.activeRing, halted: deployment.halted, rollbackRequested: deployment.rollback != nil,
             segments: segments.values.sorted { $0.segment < $1.segment }, total: total,
             sources: sources.sorted { ($0.segment, $0.name) < ($1.segment, $1.name) },
-            representatives: representativeStatus(of: deployment), multicast: deployment.multicast)
+            representatives: representativeStatus(of: deployment), multicast: deployment.multicast,
+            lastInstallerStartAt: deployment.targets.values.compactMap(\.installerStartedAt).max())
     }
 
     /// Every target that does not have the change (activated, or verified before activation), and why.

@@ -123,6 +123,9 @@ public struct TargetRecord: Codable, Sendable, Equatable {
     public var source: ByteSource?
     /// Of the verified bytes, how many came from peers on its segment.
     public var bytesFromPeers: Int64?
+    /// When the agent started the installer of its last activation (its own clock, for the
+    /// engine's fan-out: from `activate` to the last installer start).
+    public var installerStartedAt: Double?
 
     public init(agent: String, ring: Int, at: Date) {
         self.agent = agent

@@ -78,6 +78,9 @@ public struct StatusReport: Codable, Sendable, Equatable {
     public var representatives: [RepresentativeStatus]? = nil
     /// The job's multicast group and port (nil: the core runs without multicast).
     public var multicast: MulticastChannel? = nil
+    /// The latest installer start any target reported for its activation (agents' clocks,
+    /// seconds since 1970).
+    public var lastInstallerStartAt: Double? = nil
 }
 
 /// Who served one target its package: peers on its segment, the core, or both.
@@ -145,6 +148,8 @@ public struct AgentSummary: Codable, Sendable, Equatable {
     public var lastSeen: Date
     /// The MAC addresses it reported (protocol 4), for Wake-on-LAN.
     public var macAddresses: [String]? = nil
+    /// Bytes its peer server has sent other agents since it started (its last check-in's word).
+    public var peerServedBytes: Int64? = nil
 }
 
 /// Text renderings for the terminal.

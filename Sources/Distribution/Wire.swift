@@ -357,6 +357,10 @@ public struct AgentEvent: Codable, Sendable {
     /// After an activation or rollback: the agent's inventory.
     public var inventory: InventorySnapshot?
     public var at: Date
+    /// Protocol 5, for activation and rollback results: when the installer started (the
+    /// agent's clock, seconds since 1970 with a fraction: JSON dates here carry whole seconds),
+    /// so the engine's fan-out is measured apart from dpkg's own time.
+    public var installerStartedAt: Double?
 
     public init(
         change: String, release: String, kind: AgentEventKind, bytes: Int64? = nil, failure: Failure? = nil,

@@ -53,4 +53,39 @@ import Testing
         #expect(await fleet.namespaces().isEmpty)
         #expect(!FileManager.default.fileExists(atPath: options.workDirectory))
     }
+
+    /// The bench's multicast modes on a small fleet: one namespace per agent.
+    @Test(.enabled(if: canBuildFleets, "needs root, iproute2 and iptables (sudo lab/setup)"))
+    func theMulticastModesSendOneWANCopyPerSegmentAndTheSleepersCatchUpFromPeers() async throws {
+        let binary = try #require(changelabExecutable(), "build the changelab executable first (swift build)")
+        let scratch = Scratch("fleet-multicast")
+        defer { scratch.cleanup() }
+        var options = BenchOptions(
+            workDirectory: scratch.path + "/work", executable: binary, fleetScript: Self.fleetScript)
+        options.prefix = "clm"
+        options.segments = 2
+        options.agentsPerSegment = 3
+        options.hostsPerSegment = 3
+        options.packageBytes = 1_000_000
+        options.wanRate = "200mbit"
+        options.timeout = .seconds(180)
+        options.modes = [.multicast, .multicastOffline]
+        let report = try await DistributionBench.run(options) { print("fleet-multicast: \($0)") }
+        #expect(report.modes.map(\.mode) == ["multicast", "multicast-offline-20"])
+        for m in report.modes {
+            #expect(m.activated == 6 && m.failed == 0, "\(m.mode)")
+            // One copy per segment crosses the WAN, plus check-ins and the job stream.
+            #expect(m.wanRatio >= 1 && m.wanRatio < 1.3, "\(m.mode): wan_ratio \(m.wanRatio)")
+            #expect((m.lanSegmentRatio ?? 0) > 1, "\(m.mode): the senders put at least one copy on each bridge")
+            #expect((m.activationFanoutSeconds ?? -1) >= 0, "\(m.mode): fan-out from the agents' installer starts")
+            #expect(m.payloadBytes?["multicast"] == 2 * m.packageBytes)
+        }
+        let multicast = try #require(report.modes.first)
+        #expect(multicast.served == ["core": 2, "multicast": 4], "\(String(describing: multicast.served))")
+        let offline = try #require(report.modes.last)
+        #expect(offline.offlineAgents == 2)
+        #expect(offline.offlineCoreBytes == 0, "the woken agents caught up from peers, not over the WAN")
+        #expect(offline.served?["peer"] == 2 && offline.served?["multicast"] == 2)
+        #expect(await TestFleet(options: options).namespaces().isEmpty)
+    }
 }

@@ -263,4 +263,37 @@ struct MulticastEngineTests {
         #expect(again["x"] == ids["agent-1"] && again["agent-1"] != again["x"])
         #expect(NormNodeIDs.assign(agents, existing: ids) == ids)
     }
+
+    @Test func aTargetStillAsleepIsWokenAgainEveryFifteenSecondsUpToFiveTimes() async throws {
+        try await Self.withCore { core in
+            try await core.enrol("rep", "10.77.1.11/24")
+            try await core.enrol("sleeper", "10.77.1.12/24")
+            for _ in 0..<3 {
+                core.clock.advance(30)
+                try await core.checkIn("rep")
+            }
+            try await core.promote("CHG-1")
+            var sent = 0
+            for _ in 0..<8 {
+                let role = try #require(try await core.roles("rep").first)
+                if let order = role.wake {
+                    sent += 1
+                    try await core.checkIn(
+                        "rep",
+                        wakeReports: [
+                            WakeReport(change: "CHG-1", request: order.request, epoch: role.epoch, packets: 1, error: nil)
+                        ])
+                }
+                // Not again before 15 s have passed.
+                core.clock.advance(10)
+                await core.coordinator.tick()
+                #expect(try await core.roles("rep").first?.wake == nil)
+                core.clock.advance(6)
+                await core.coordinator.tick()
+            }
+            #expect(sent == 5, "woken at promote, then again while still asleep, five times in all")
+            let status = try await core.coordinator.status(change: "CHG-1")
+            #expect(status.representatives?.first?.wakeAttempts.count == 5)
+        }
+    }
 }

@@ -19,8 +19,14 @@ struct BenchDistributionCommand: AsyncParsableCommand {
     var segments = 10
     @Option(help: "Agents per segment.")
     var agents = 10
-    @Option(help: "Network namespaces per segment the agents are spread over.")
-    var hosts = 1
+    @Option(
+        help: "Network namespaces per segment the agents are spread over (default: one per agent; multicast modes need that).")
+    var hosts: Int?
+    @Option(
+        help: ArgumentHelp(
+            "Modes to run, each on a fresh fleet: unicast, multicast, multicast-loss-5, multicast-offline-20, or all.",
+            valueName: "list"))
+    var modes = "all"
     @Option(help: "Package size, e.g. 20M.")
     var size = "20M"
     @Option(help: "WAN rate limit (tc syntax), e.g. 1gbit.")
@@ -46,6 +52,8 @@ struct BenchDistributionCommand: AsyncParsableCommand {
         guard let bytes = ByteCount.parse(size), bytes > 0 else {
             throw ValidationError("--size '\(size)' is not a size")
         }
+        let hosts = self.hosts ?? agents
+        let modes = try BenchMode.parse(modes)
         guard segments >= 1, agents >= 1, hosts >= 1, hosts <= agents else {
             throw ValidationError("--segments, --agents and --hosts must be at least 1, and --hosts at most --agents")
         }
@@ -57,6 +65,13 @@ struct BenchDistributionCommand: AsyncParsableCommand {
                 p >= 0, p < 1
             else { throw ValidationError("--loss '\(spec)' must be SEGMENT=PROBABILITY, e.g. 2=0.05") }
             losses[segment] = p
+        }
+        if modes.contains(where: \.usesMulticast) && hosts != agents {
+            throw ValidationError(
+                "multicast modes need one namespace per agent (--hosts \(agents)), so every frame crosses the bridge once; or give --modes unicast")
+        }
+        if modes.contains(.multicastOffline) && agents < 2 {
+            throw ValidationError("multicast-offline-20 needs at least 2 agents per segment (one stays awake to wake the others)")
         }
         let (script, executable) = try fleetTools(project)
         let base = FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm" : "/tmp"
@@ -70,6 +85,7 @@ struct BenchDistributionCommand: AsyncParsableCommand {
         options.loss = losses
         options.seedRate = try parseRate(rate)
         options.parallelInstalls = parallelInstalls
+        options.modes = modes
         let report = try await DistributionBench.run(options) { note($0) }
         if output.json { return try printJSON(report) }
         for m in report.modes {
@@ -85,6 +101,21 @@ struct BenchDistributionCommand: AsyncParsableCommand {
                     format: "  activation %.2f s   %d activated, %d failed   %@", m.activationSeconds, m.activated,
                     m.failed,
                     m.activationWithin5s ? "all within 5 s" : "NOT all within 5 s"))
+            if let ratio = m.lanSegmentRatio {
+                print(
+                    String(
+                        format: "  segments   lan_segment_ratio %.3f   feedback %@   fan-out %@", ratio,
+                        StatusText.bytes(m.lanFeedbackBytes ?? 0),
+                        m.activationFanoutSeconds.map { String(format: "%.2f s", $0) } ?? "-"))
+                let payload = (m.payloadBytes ?? [:]).sorted { $0.key < $1.key }.map {
+                    "\($0.key) \(StatusText.bytes($0.value))"
+                }
+                let served = (m.served ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }
+                print("  payload    \(payload.joined(separator: ", "))   served by: \(served.joined(separator: ", "))")
+                if let offline = m.offlineAgents, offline > 0 {
+                    print("  offline    \(offline) agents caught up; the core served them \(StatusText.bytes(m.offlineCoreBytes ?? 0))")
+                }
+            }
         }
     }
 }
