@@ -125,18 +125,19 @@ extension Coordinator {
     }
 
     /// The multicasts `agent` should listen to now: jobs it lacks a verified copy of, on a
-    /// segment whose representative (another agent, lease active) has not ended its multicast.
+    /// segment whose representative (another agent) has not ended its multicast. A lease
+    /// that expired and is not granted again yet still names its sender: the receivers keep
+    /// waiting until the next epoch's order replaces it, rather than turning to the core.
     func multicastListens(for agent: String) -> [MulticastListen] {
         guard let settings = settings.multicast, let record = state.agents[agent], let subnet = record.subnet,
             multicastCapable(record, on: subnet)
         else { return [] }
-        let now = clock()
         var listens: [MulticastListen] = []
         for change in state.deployments.keys.sorted() {
             guard let deployment = state.deployments[change], let channel = deployment.multicast,
                 deployment.rollback == nil, let target = deployment.targets[agent], !target.gaveUp,
                 !target.holdsVerifiedCopy, let representation = deployment.representatives?[subnet],
-                let lease = representation.lease, lease.isActive(at: now), lease.agent != agent,
+                let lease = representation.lease, lease.agent != agent,
                 !multicastEnded(representation)
             else { continue }
             let nodes = nodes(of: change, subnet: subnet)

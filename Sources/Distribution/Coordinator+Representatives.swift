@@ -63,8 +63,10 @@ extension Coordinator {
     private func candidate(_ agent: String, for change: ChangeID, subnet: String, now: Date)
         -> RepresentativeCandidate?
     {
+        // Checked in within a lease's time, not merely holding a job stream: a killed agent's
+        // stream can outlive it, and it must not win back the lease it just let expire.
         guard let record = state.agents[agent], !record.revoked, record.subnet == subnet, isOnline(record),
-            WireProtocol.takesRoles(record.protocolVersion)
+            now.timeIntervalSince(record.lastSeen) < leaseDuration, WireProtocol.takesRoles(record.protocolVersion)
         else { return nil }
         let busy = state.deployments.contains { other, deployment in
             other != change && [.seeding, .activating].contains(deployment.targets[agent]?.phase)

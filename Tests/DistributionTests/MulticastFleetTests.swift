@@ -93,4 +93,55 @@ import Testing
             print("multicast fleet: \(StatusText.render(final))")
         }
     }
+
+    @Test(.enabled(if: FleetTests.canBuildFleets, "needs root, iproute2 and iptables (sudo lab/setup)"))
+    func theRepresentativeKilledMidSendIsReplacedAndTheNextOneMulticastsToTheRest() async throws {
+        // 300 kB/s: the 3 MB object takes about 10 s, long enough to kill its sender in the middle.
+        try await PeerFleetTests.withPeerFleet(
+            prefix: "hmk", hosts: 4,
+            coreArguments: [
+                "--multicast-groups", "239.77.0.0/24", "--multicast-rate", "300000", "--offline-after", "4",
+            ]
+        ) { f in
+            var processes: [String: DetachedProcess] = [:]
+            for host in 1...4 { processes["s1-h\(host)"] = try await f.startAgent(host: host) }
+            try await f.promote("CHG-kill", targets: "all")
+            let first = try #require(
+                try await f.admin.status("CHG-kill").representatives?.first?.representative, "a lease at promote")
+            let firstLog = "\(f.work)/agent-\(first).log"
+            #expect(
+                try await eventually(.seconds(60)) {
+                    ((try? String(contentsOfFile: firstLog, encoding: .utf8)) ?? "").contains("multicasting CHG-kill")
+                }, "the first representative started sending")
+            try await Task.sleep(for: .seconds(2))
+            processes[first]?.kill()
+            let survivors = Set(processes.keys).subtracting([first])
+            #expect(
+                try await eventually(.seconds(120)) {
+                    let sources = try await f.admin.status("CHG-kill").sources ?? []
+                    return survivors.isSubset(of: Set(sources.map(\.name)))
+                }, "every surviving agent verified its copy; see \(f.work)/agent-*.log")
+            #expect(
+                try await eventually(.seconds(30)) {
+                    try await f.admin.status("CHG-kill").representatives?.first?.multicast?.state == "ended"
+                })
+            let status = try await f.admin.status("CHG-kill")
+            let multicast = try #require(status.representatives?.first?.multicast)
+            #expect(multicast.sender != first && survivors.contains(multicast.sender))
+            // Its job stream can outlive the killed agent: it must not win back the lease it let expire.
+            #expect(multicast.epoch == 2, "one handover, not a lease bouncing through the dead agent")
+            #expect(multicast.receivers == 2 && multicast.acknowledged == 2 && multicast.error == nil)
+            for source in status.sources ?? [] where survivors.contains(source.name) {
+                if source.name == multicast.sender {
+                    #expect(source.source == .core, "the new representative had no peer holding a copy")
+                } else {
+                    #expect(source.source == .multicast, "\(source.name): \(source.source)")
+                    #expect(source.bytesFromCore == 0)
+                }
+            }
+            // The killed one had pulled its copy from the core before it began sending.
+            #expect((status.sources ?? []).first { $0.name == first }?.source == .core)
+            print("multicast fleet (kill): first sender \(first), then \(multicast.sender) (epoch \(multicast.epoch))")
+        }
+    }
 }
