@@ -8,10 +8,14 @@ import HostIO
 extension Agent {
     /// Keeps the listen orders of a check-in reply that are for this agent's own segment.
     func take(listens given: [MulticastListen], addresses: [String]) {
+        guard configuration.multicast else {
+            listens = [:]
+            return
+        }
         let own = InterfaceAddress.segmentAddress(of: addresses)?.subnet
         var now: [String: MulticastListen] = [:]
         for listen in given.prefix(64) {
-            guard configuration.multicast, listen.subnet == own, NormSettings.isMulticast(listen.group),
+            guard listen.subnet == own, NormSettings.isMulticast(listen.group),
                 NormNode(listen.node) != nil, NormNode(listen.sender) != nil, listen.node != listen.sender
             else {
                 logger.warning(

@@ -57,13 +57,23 @@ public struct BenchModeResult: Codable, Sendable {
     public var failed: Int
     /// Every agent reported an activation result within 5 s of the command.
     public var activationWithin5s: Bool
-    /// Part 2 (BenchSegmentFigures, BenchModes.swift): the segments' own bytes and the sources.
+    // Part 2 (`DistributionBench.addSegmentFigures`, BenchModes.swift).
+    /// Bytes the segments' hosts put on their bridges (multicast data, repair, peer transfers,
+    /// feedback, and their own TCP to the core) ÷ (package size × segments).
     public var lanSegmentRatio: Double?
+    /// Bytes the receivers (every host but the segment's multicast sender) put on the bridge,
+    /// minus the peer payload they served: NACKs, ACKs and their own check-ins.
     public var lanFeedbackBytes: Int64?
+    /// Payload bytes by source: one copy per segment that multicast (`multicast`), what the
+    /// senders put on the bridge beyond it (`repair`: FEC parity, repairs, their TCP), what
+    /// peers served, and what the core served.
     public var payloadBytes: [String: Int64]?
+    /// Targets by who delivered their verified copy.
     public var served: [String: Int]?
     public var offlineAgents: Int?
+    /// Artifact bytes the core served the agents that were offline during seeding.
     public var offlineCoreBytes: Int64?
+    /// From `activate` to the last installer start (agents' timestamps).
     public var activationFanoutSeconds: Double?
 
     public init(
@@ -84,16 +94,6 @@ public struct BenchModeResult: Codable, Sendable {
         self.activated = activated
         self.failed = failed
         self.activationWithin5s = activationWithin5s
-    }
-
-    mutating func take(_ f: BenchSegmentFigures) {
-        lanSegmentRatio = f.lanSegmentRatio
-        lanFeedbackBytes = f.lanFeedbackBytes
-        payloadBytes = f.payloadBytes
-        served = f.served
-        offlineAgents = f.offlineAgents
-        offlineCoreBytes = f.offlineCoreBytes
-        activationFanoutSeconds = f.activationFanoutSeconds
     }
 
     enum CodingKeys: String, CodingKey {

@@ -31,37 +31,6 @@ public enum BenchMode: String, CaseIterable, Codable, Sendable {
     }
 }
 
-/// Per-mode figures beyond part 1's, from interface counters and the core's status.
-public struct BenchSegmentFigures: Codable, Sendable {
-    /// Bytes the segments' hosts put on their bridges (multicast data, repair, peer transfers,
-    /// feedback, and their own TCP to the core) ÷ (package size × segments).
-    public var lanSegmentRatio: Double
-    /// Bytes the receivers (every host but the segment's multicast sender) put on the bridge,
-    /// minus the peer payload they served: NACKs, ACKs and their own check-ins.
-    public var lanFeedbackBytes: Int64
-    /// Payload bytes by source: one copy per segment that multicast (`multicast`), what the
-    /// senders put on the bridge beyond it (`repair`: FEC parity, repairs, their TCP), what
-    /// peers served, and what the core served.
-    public var payloadBytes: [String: Int64]
-    /// Targets by who delivered their verified copy.
-    public var served: [String: Int]
-    public var offlineAgents: Int
-    /// Artifact bytes the core served the agents that were offline during seeding.
-    public var offlineCoreBytes: Int64
-    /// From `activate` to the last installer start (agents' timestamps).
-    public var activationFanoutSeconds: Double?
-
-    enum CodingKeys: String, CodingKey {
-        case served
-        case lanSegmentRatio = "lan_segment_ratio"
-        case lanFeedbackBytes = "lan_feedback_bytes"
-        case payloadBytes = "payload_bytes"
-        case offlineAgents = "offline_agents"
-        case offlineCoreBytes = "offline_core_bytes"
-        case activationFanoutSeconds = "activation_fanout_seconds"
-    }
-}
-
 extension DistributionBench {
     /// One mode's core: its admin client, TLS pin and the change-control authority it trusts.
     struct CoreHandle {
@@ -248,22 +217,20 @@ extension DistributionBench {
         let wan = after.wan - before.wan
         let lan = after.lan - before.lan
         let unit = Double(manifest.size) * Double(o.segments)
-        let figures = segmentFigures(
-            seeded, ports: (portsBefore, portsAfter), unit: unit, size: manifest.size,
-            sleepers: Set(sleepers.map(\.name)),
-            peerServed: peerServed,
-            fanout: final.lastInstallerStartAt.map { $0 - activateCommand.timeIntervalSince1970 })
         var result = BenchModeResult(
             mode: mode.rawValue, agents: total, segments: o.segments, packageBytes: manifest.size, wanBytes: wan,
             lanBytes: lan, seedingSeconds: seeding, activationSeconds: activation, wanRatio: Double(wan) / unit,
             lanRatio: Double(lan) / unit, activated: final.total.activated, failed: final.total.failed,
             activationWithin5s: activation <= 5 && final.total.activated + final.total.failed >= total)
-        result.take(figures)
+        addSegmentFigures(
+            to: &result, seeded, ports: (portsBefore, portsAfter), unit: unit, size: manifest.size,
+            sleepers: Set(sleepers.map(\.name)), peerServed: peerServed,
+            fanout: final.lastInstallerStartAt.map { $0 - activateCommand.timeIntervalSince1970 })
         progress(
             String(
                 format: "%@: seeding %.1f s, activation %.2f s, wan_ratio %.3f, lan_ratio %.3f, lan_segment_ratio %.3f",
                 mode.rawValue, seeding, activation, result.wanRatio, result.lanRatio,
-                figures.lanSegmentRatio))
+                result.lanSegmentRatio ?? 0))
         for process in processes.all { process.kill(SIGTERM) }
         for process in processes.all { await process.stop(grace: .seconds(2)) }
         processes.removeAll()
@@ -271,15 +238,16 @@ extension DistributionBench {
         return result
     }
 
-    /// The LAN split and sources of one seeded job.
-    static func segmentFigures(
-        _ status: StatusReport, ports: (before: [String: Int64], after: [String: Int64]), unit: Double, size: Int64,
-        sleepers: Set<String>, peerServed: [String: Int64], fanout: Double?
-    ) -> BenchSegmentFigures {
+    /// The LAN split and sources of one seeded job, into `result`'s part 2 fields.
+    static func addSegmentFigures(
+        to result: inout BenchModeResult, _ status: StatusReport,
+        ports: (before: [String: Int64], after: [String: Int64]), unit: Double, size: Int64, sleepers: Set<String>,
+        peerServed: [String: Int64], fanout: Double?
+    ) {
         func sent(_ port: String) -> Int64 { (ports.after[port] ?? 0) - (ports.before[port] ?? 0) }
         // Ports are named sNhJ after host sN-hJ; an agent is named after its host.
-        let senders = Set(
-            (status.representatives ?? []).compactMap { $0.multicast?.sender.replacingOccurrences(of: "-", with: "") })
+        func port(of agent: String) -> String { agent.replacingOccurrences(of: "-", with: "") }
+        let senders = Set((status.representatives ?? []).compactMap { $0.multicast.map { port(of: $0.sender) } })
         let sources = status.sources ?? []
         let peerServedByReceivers = sources.reduce(Int64(0)) { $0 + $1.bytesFromPeers }
         var hosts: Int64 = 0
@@ -288,22 +256,21 @@ extension DistributionBench {
             hosts += sent(port)
             if senders.contains(port) { senderBytes += sent(port) }
         }
-        let servedBySenders = peerServed.filter { senders.contains($0.key.replacingOccurrences(of: "-", with: "")) }
-            .values.reduce(0, +)
+        let servedBySenders = peerServed.filter { senders.contains(port(of: $0.key)) }.values.reduce(0, +)
         let servedByOthers = peerServed.values.reduce(0, +) - servedBySenders
         let multicastCopies = Int64(senders.count) * size
         var served: [String: Int] = [:]
         for source in sources { served[source.source.rawValue, default: 0] += 1 }
-        return BenchSegmentFigures(
-            lanSegmentRatio: Double(hosts) / unit,
-            lanFeedbackBytes: max(0, hosts - senderBytes - servedByOthers),
-            payloadBytes: [
-                "multicast": multicastCopies, "repair": max(0, senderBytes - multicastCopies - servedBySenders),
-                "peer": peerServedByReceivers, "core": sources.reduce(Int64(0)) { $0 + $1.bytesFromCore },
-            ],
-            served: served, offlineAgents: sleepers.count,
-            offlineCoreBytes: sources.filter { sleepers.contains($0.name) }.reduce(Int64(0)) { $0 + $1.bytesFromCore },
-            activationFanoutSeconds: fanout)
+        result.lanSegmentRatio = Double(hosts) / unit
+        result.lanFeedbackBytes = max(0, hosts - senderBytes - servedByOthers)
+        result.payloadBytes = [
+            "multicast": multicastCopies, "repair": max(0, senderBytes - multicastCopies - servedBySenders),
+            "peer": peerServedByReceivers, "core": sources.reduce(Int64(0)) { $0 + $1.bytesFromCore },
+        ]
+        result.served = served
+        result.offlineAgents = sleepers.count
+        result.offlineCoreBytes = sources.filter { sleepers.contains($0.name) }.reduce(Int64(0)) { $0 + $1.bytesFromCore }
+        result.activationFanoutSeconds = fanout
     }
 
     /// `changelab agent run …` for host `name`'s agents.

@@ -110,8 +110,12 @@ extension Coordinator {
 
     /// Before seeding or activation: for each segment of `change`, a wake request for its
     /// offline targets that reported a MAC address; the segment's representative carries it out.
-    func requestWake(_ change: ChangeID, purpose: String, only: String? = nil, triedFewerThan limit: Int? = nil) {
-        guard let deployment = state.deployments[change] else { return }
+    /// True when it made a request.
+    @discardableResult
+    func requestWake(_ change: ChangeID, purpose: String, only: String? = nil, triedFewerThan limit: Int? = nil)
+        -> Bool
+    {
+        guard let deployment = state.deployments[change] else { return false }
         var offline: [String: [WakeTarget]] = [:]
         for target in deployment.targets.values.sorted(by: { $0.agent < $1.agent })
         where !isDone(target, in: deployment) {
@@ -135,6 +139,7 @@ extension Coordinator {
         }
         state.deployments[change]?.representatives = representations
         updateRepresentatives(of: change)
+        return !offline.isEmpty
     }
 
     /// A target still asleep this long after its segment's last wake attempt is woken again,
@@ -154,10 +159,11 @@ extension Coordinator {
                 guard let last = representation.wakeAttempts.map(\.at).max(),
                     now.timeIntervalSince(last) >= Self.wakeRepeat
                 else { continue }
-                let before = state.deployments[change]?.representatives?[subnet]?.pendingWake
-                requestWake(
+                if requestWake(
                     change, purpose: "again: still asleep", only: subnet, triedFewerThan: Self.wakeAttemptsPerTarget)
-                if state.deployments[change]?.representatives?[subnet]?.pendingWake != before { changed = true }
+                {
+                    changed = true
+                }
             }
         }
         return changed

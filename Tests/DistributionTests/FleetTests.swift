@@ -17,19 +17,25 @@ import Testing
             && HostCommand.resolve("iptables") != nil
     }
 
-    @Test(.enabled(if: canBuildFleets, "needs root, iproute2 and iptables (sudo lab/setup)"))
-    func aSmallFleetSeedsAndActivatesOverUnicastAndCountsEveryLink() async throws {
+    /// A small bench fleet: 2 segments × 3 agents, 1 MB, WAN 200 mbit/s.
+    static func smallFleet(prefix: String, hosts: Int, in scratch: Scratch) throws -> BenchOptions {
         let binary = try #require(changelabExecutable(), "build the changelab executable first (swift build)")
-        let scratch = Scratch("fleet")
-        defer { scratch.cleanup() }
         var options = BenchOptions(
             workDirectory: scratch.path + "/work", executable: binary, fleetScript: Self.fleetScript)
-        options.prefix = "clt"
+        options.prefix = prefix
         options.segments = 2
         options.agentsPerSegment = 3
-        options.hostsPerSegment = 2
+        options.hostsPerSegment = hosts
         options.packageBytes = 1_000_000
         options.wanRate = "200mbit"
+        return options
+    }
+
+    @Test(.enabled(if: canBuildFleets, "needs root, iproute2 and iptables (sudo lab/setup)"))
+    func aSmallFleetSeedsAndActivatesOverUnicastAndCountsEveryLink() async throws {
+        let scratch = Scratch("fleet")
+        defer { scratch.cleanup() }
+        var options = try Self.smallFleet(prefix: "clt", hosts: 2, in: scratch)
         options.loss = [2: 0.03]
         options.timeout = .seconds(120)
         let fleet = TestFleet(options: options)
@@ -57,17 +63,9 @@ import Testing
     /// The bench's multicast modes on a small fleet: one namespace per agent.
     @Test(.enabled(if: canBuildFleets, "needs root, iproute2 and iptables (sudo lab/setup)"))
     func theMulticastModesSendOneWANCopyPerSegmentAndTheSleepersCatchUpFromPeers() async throws {
-        let binary = try #require(changelabExecutable(), "build the changelab executable first (swift build)")
         let scratch = Scratch("fleet-multicast")
         defer { scratch.cleanup() }
-        var options = BenchOptions(
-            workDirectory: scratch.path + "/work", executable: binary, fleetScript: Self.fleetScript)
-        options.prefix = "clm"
-        options.segments = 2
-        options.agentsPerSegment = 3
-        options.hostsPerSegment = 3
-        options.packageBytes = 1_000_000
-        options.wanRate = "200mbit"
+        var options = try Self.smallFleet(prefix: "clm", hosts: 3, in: scratch)
         options.timeout = .seconds(180)
         options.modes = [.multicast, .multicastOffline]
         let report = try await DistributionBench.run(options) { print("fleet-multicast: \($0)") }
