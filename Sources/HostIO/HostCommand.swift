@@ -179,6 +179,25 @@ private final class Child: Sendable {
         return unsafeBitCast(symbol, to: AddChdir.self)
     }()
 
+    typealias AddCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+    /// posix_spawn_file_actions_addclosefrom_np (glibc 2.34+), hidden by Swift's Glibc module too.
+    nonisolated(unsafe) static let addCloseFrom: AddCloseFrom? = {
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np")
+        else { return nil }
+        return unsafeBitCast(symbol, to: AddCloseFrom.self)
+    }()
+
+    /// Without closefrom: marks every descriptor above stderr close-on-exec, so the child
+    /// inherits none (another thread's descriptor opened in between may still slip through).
+    static func markDescriptorsCloseOnExec() {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") else { return }
+        for name in names {
+            guard let fd = Int32(name), fd > 2 else { continue }
+            let flags = fcntl(fd, F_GETFD)
+            if flags >= 0 { _ = fcntl(fd, F_SETFD, flags | FD_CLOEXEC) }
+        }
+    }
+
     typealias Pipe2 = @convention(c) (UnsafeMutablePointer<Int32>, Int32) -> Int32
     /// pipe2 sets close-on-exec atomically, so a pipe end cannot leak into a child spawned by
     /// another thread in between; Swift's Glibc module hides it too.
@@ -216,6 +235,15 @@ private final class Child: Sendable {
                 throw HostCommandError.cannotStart(path, "this C library cannot set a working directory for a child")
             }
             _ = addChdir(&actions, currentDirectory)
+        }
+        // The child gets stdin, stdout and stderr and nothing else: not the caller's sockets
+        // (a listener, a TLS connection to the core), not its files. Descriptors libraries open
+        // without close-on-exec would otherwise pass to every maintainer script and to any
+        // daemon it starts, and live as long as that daemon.
+        if let addCloseFrom {
+            _ = addCloseFrom(&actions, 3)
+        } else {
+            markDescriptorsCloseOnExec()
         }
 
         var attributes = posix_spawnattr_t()

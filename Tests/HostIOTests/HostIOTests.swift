@@ -147,6 +147,33 @@ final class LineCollector: @unchecked Sendable {
         #expect(result.stdoutText == "/usr/share\n")
     }
 
+    @Test func aChildInheritsNoDescriptorButItsStandardStreams() async throws {
+        // A listening socket and a file opened without close-on-exec, as libraries (and, as
+        // measured, the test cores' listeners) leave them: a child that inherited them (a
+        // maintainer script, a daemon it starts) could keep the agent's port bound after the
+        // agent left, or accept its peers' connections.
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        #expect(listener >= 3)
+        defer { close(listener) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        #expect(bound == 0)
+        #expect(listen(listener, 8) == 0)
+        let file = open("/etc/hostname", O_RDONLY)
+        #expect(file >= 3)
+        defer { close(file) }
+        let result = try await HostCommand.run(
+            "/bin/sh", ["-c", "for fd in \(listener) \(file); do test -e /proc/$$/fd/$fd && echo inherited $fd; done; :"])
+        #expect(result.status == 0)
+        #expect(result.stdoutText == "", "the child holds the parent's descriptors: \(result.stdoutText)")
+    }
+
     @Test func reportsDeathBySignalLikeAShell() async throws {
         let result = try await HostCommand.run("/bin/sh", ["-c", "kill -9 $$"])
         #expect(result.status == 137)
