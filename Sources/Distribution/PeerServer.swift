@@ -78,6 +78,25 @@ final class PeerServerState: @unchecked Sendable {
     }
 
     func release() { lock.withLock { active -= 1 } }
+
+    /// A taken slot that gives itself back exactly once: when the answer's body has been
+    /// written, or when the answer is dropped without its body ever running (the client hung
+    /// up before the head was written), whichever comes first.
+    final class Slot: @unchecked Sendable {
+        // @unchecked: `released` is guarded by `lock`.
+        private let lock = NSLock()
+        private var released = false
+        private let state: PeerServerState
+        init(_ state: PeerServerState) { self.state = state }
+        func release() {
+            let first = lock.withLock {
+                defer { released = true }
+                return !released
+            }
+            if first { state.release() }
+        }
+        deinit { release() }
+    }
     func add(_ bytes: Int) { lock.withLock { served += Int64(bytes) } }
     var servedBytes: Int64 { lock.withLock { served } }
     var closedReason: String? { lock.withLock { closed } }
@@ -140,29 +159,24 @@ public struct PeerServer: Sendable {
             return errorResponse(.notFound, "this peer holds no verified copy of \(digest.short)")
         }
         if let refusal = state.admit(cap: serving.maxDownloads) { return errorResponse(.serviceUnavailable, refusal) }
-        do {
-            guard
-                let file = try await RangedFile.load(
-                    cache.packagePath(entry.change), request: request, context: context)
-            else {
-                state.release()
-                return errorResponse(.notFound, "this peer holds no verified copy of \(digest.short)")
-            }
-            let (bucket, state) = (self.bucket, self.state)
-            let counted = file.body.map { buffer in
-                try await bucket.take(buffer.readableBytes)
-                state.add(buffer.readableBytes)
-                return buffer
-            }
-            let body = ResponseBody(contentLength: file.body.contentLength) { writer in
-                defer { state.release() }
-                try await counted.write(writer)
-            }
-            return Response(status: file.status, headers: file.headers, body: body)
-        } catch {
-            state.release()
-            throw error
+        let slot = PeerServerState.Slot(state)
+        guard
+            let file = try await RangedFile.load(cache.packagePath(entry.change), request: request, context: context)
+        else {
+            slot.release()
+            return errorResponse(.notFound, "this peer holds no verified copy of \(digest.short)")
         }
+        let (bucket, state) = (self.bucket, self.state)
+        let counted = file.body.map { buffer in
+            try await bucket.take(buffer.readableBytes)
+            state.add(buffer.readableBytes)
+            return buffer
+        }
+        let body = ResponseBody(contentLength: file.body.contentLength) { writer in
+            defer { slot.release() }
+            try await counted.write(writer)
+        }
+        return Response(status: file.status, headers: file.headers, body: body)
     }
 
     /// The cache entry whose file holds `digest`'s verified bytes now, if any.

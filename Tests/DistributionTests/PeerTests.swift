@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import AsyncHTTPClient
 import Foundation
 import HostIO
@@ -158,7 +161,48 @@ struct SegmentRuleTests {
             #expect(Int64(whole.readableBytes) == manifest.size)
             // The slot is free again once the download finished (bounded loosely: CI runs the
             // fleet tests beside this one).
-            #expect(try await eventually(.seconds(20)) { try await get(url, range: "bytes=0-0", http: http).0 == 206 })
+            var last = ""
+            #expect(
+                try await eventually(.seconds(20)) {
+                    let (status, _, body) = try await get(url, range: "bytes=0-0", http: http)
+                    last = "\(status) \(String(buffer: body))"
+                    return status == 206
+                }, "the last answer: \(last)")
+        }
+    }
+
+    @Test func clientsThatHangUpBeforeTheAnswerLeakNoDownloadSlot() async throws {
+        try await withServingAgent { port, manifest, _, http, _ in
+            // Requests whose connection is reset right after sending: the peer admits some of
+            // them and then cannot even write the answer's head, so their body never runs. Each
+            // such request must still give its slot back; with one slot, one leak is a peer
+            // that refuses every download from then on.
+            let request = Array(
+                "GET \(peerPath(manifest.digest)) HTTP/1.1\r\nHost: peer\r\nRange: bytes=0-0\r\n\r\n".utf8)
+            for _ in 0..<200 {
+                let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+                #expect(fd >= 0)
+                var address = sockaddr_in()
+                address.sin_family = sa_family_t(AF_INET)
+                address.sin_port = in_port_t(UInt16(port).bigEndian)
+                address.sin_addr.s_addr = inet_addr("127.0.0.1")
+                let connected = withUnsafePointer(to: &address) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                        connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                    }
+                }
+                if connected == 0 {
+                    _ = send(fd, request, request.count, Int32(MSG_NOSIGNAL))
+                    // Reset, not a graceful close: the peer's writes fail at once.
+                    var reset = linger(l_onoff: 1, l_linger: 0)
+                    _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, socklen_t(MemoryLayout<linger>.size))
+                }
+                close(fd)
+            }
+            let url = "http://127.0.0.1:\(port)\(peerPath(manifest.digest))"
+            #expect(try await eventually(.seconds(30)) { try await get(url, range: "bytes=0-0", http: http).0 == 206 })
+            let (status, _, body) = try await get(url, range: "bytes=0-0", http: http)
+            #expect(status == 206, "\(String(buffer: body))")
         }
     }
 
