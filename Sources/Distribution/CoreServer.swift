@@ -92,7 +92,7 @@ public struct CoreServer: Sendable {
             router: router,
             server: try .tls(.http1(configuration: http1), tlsConfiguration: try tls.serverConfiguration()),
             configuration: .init(
-                address: .hostname(host, port: port), serverName: "changelab-core", backlog: 1024,
+                address: .hostname(host, port: port), serverName: "changelab-core", backlog: limits.listenBacklog,
                 availableConnectionsDelegate: .maximum(limits.maxConnections, logger: logger)),
             onServerRunning: { channel in await onReady(channel.localAddress?.port ?? port) },
             logger: logger)

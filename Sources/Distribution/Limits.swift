@@ -43,6 +43,11 @@ public struct CoreLimits: Sendable {
     public var streamPingSeconds = 15
     /// Connections served at once; more wait in the listen backlog.
     public var maxConnections = 4096
+    /// Connections the kernel completes before the core accepts them (capped by
+    /// `net.core.somaxconn`). A fleet reconnecting at once, or a flood of half-open
+    /// connections, overflows a short queue: the kernel then drops the handshake's last ACK
+    /// and the client waits for retransmissions (seconds, doubling) before it is even accepted.
+    public var listenBacklog = 4096
 
     public init() {}
 }
