@@ -8,6 +8,7 @@ import HostIO
 extension Agent {
     /// Keeps the listen orders of a check-in reply that are for this agent's own segment.
     func take(listens given: [MulticastListen], addresses: [String]) {
+        listenReplies += 1
         guard configuration.multicast else {
             listens = [:]
             return
@@ -38,7 +39,9 @@ extension Agent {
     func receiveByMulticast(_ entry: CacheEntry) async -> Bool {
         let change = entry.change
         let started = ContinuousClock.now
-        // Long enough for the next check-ins to bring the role or the listen order.
+        let repliesBefore = listenReplies
+        // Three check-ins answered without an order, and at least 5 s: the core has no
+        // multicast for this agent. Bounded (120 s) for a core that stops answering.
         let grace = Duration.seconds(max(5, min(120, 3 * nextCheckInSeconds)))
         while !Task.isCancelled {
             if roles[change] != nil { return false }
@@ -47,7 +50,8 @@ extension Agent {
                 // The order changed (a new representative): listen again.
                 continue
             }
-            if ContinuousClock.now - started > grace {
+            let waited = ContinuousClock.now - started
+            if (waited > grace && listenReplies - repliesBefore >= 3) || waited > .seconds(120) {
                 logger.info(
                     "no multicast for \(AgentFacts.printable(change)) on this segment: seeding from peers or the core")
                 return false

@@ -131,6 +131,9 @@ public actor Agent {
     /// (`change#epoch`); the reports the next check-in carries; the changes whose seeding
     /// ticket said to wait for the segment's multicast.
     var listens: [String: MulticastListen] = [:]
+    /// Check-in replies whose listen orders were taken, counted: a receiver waits for check-ins
+    /// that actually came back, not for a wall-clock time a busy machine can use up.
+    var listenReplies = 0
     var sendOrders: [String: (epoch: UInt64, send: MulticastSend)] = [:]
     var multicastsStarted: Set<String> = []
     var multicastReports: [MulticastReport] = []
