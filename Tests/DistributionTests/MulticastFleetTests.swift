@@ -144,4 +144,51 @@ import Testing
             print("multicast fleet (kill): first sender \(first), then \(multicast.sender) (epoch \(multicast.epoch))")
         }
     }
+
+    @Test(.enabled(if: FleetTests.canBuildFleets, "needs root, iproute2 and iptables (sudo lab/setup)"))
+    func aSegmentWhoseSwitchDropsMulticastIsServedByPeersAndTheStatusSaysWhy() async throws {
+        // Every host drops every multicast datagram it receives (a switch with IGMP snooping
+        // gone wrong, a firewall): the send gets no acknowledgement, the engine says so and
+        // the receivers turn to the representative as a peer, never to the core.
+        try await PeerFleetTests.withPeerFleet(
+            prefix: "hmb", hosts: 4, coreArguments: ["--multicast-groups", "239.77.0.0/24"], multicastLoss: 1.0
+        ) { f in
+            for host in 1...4 { try await f.startAgent(host: host) }
+            let before = try await f.fleet.counters()
+            let promoted = ContinuousClock.now
+            try await f.promote("CHG-blocked", targets: "all")
+            let names = Set((1...4).map { "s1-h\($0)" })
+            #expect(
+                try await eventually(.seconds(180)) {
+                    let sources = try await f.admin.status("CHG-blocked").sources ?? []
+                    return names.isSubset(of: Set(sources.map(\.name)))
+                }, "every agent verified its copy; see \(f.work)/agent-*.log")
+            let seeded = ContinuousClock.now - promoted
+            #expect(
+                try await eventually(.seconds(30)) {
+                    try await f.admin.status("CHG-blocked").representatives?.first?.multicast?.state == "ended"
+                })
+            let status = try await f.admin.status("CHG-blocked")
+            let multicast = try #require(status.representatives?.first?.multicast)
+            // The representative's report: three receivers, none acknowledged.
+            #expect(multicast.receivers == 3 && multicast.acknowledged == 0, "\(multicast)")
+            let size = f.manifest.size
+            for source in status.sources ?? [] where names.contains(source.name) {
+                if source.name == multicast.sender {
+                    #expect(source.source == .core)
+                } else {
+                    #expect(source.source == .peer, "\(source.name): \(source.source)")
+                    #expect(source.bytesFromCore == 0 && source.bytesFromPeers == size)
+                }
+            }
+            #expect(status.total.servedByMulticast == 0 && status.total.failed == 0)
+            // Still one copy over the WAN.
+            let wan = try await f.fleet.counters().wan - before.wan
+            #expect(wan < size * 13 / 10, "one copy over the WAN: \(wan) B for a \(size) B package")
+            // What an operator reads: the segment's multicast ended with no acknowledgement.
+            let text = StatusText.render(status)
+            print("multicast fleet (blocked): every copy in \(seeded); \(text)")
+            #expect(text.contains("0/3"), "\(text)")
+        }
+    }
 }

@@ -102,16 +102,16 @@ import Testing
             async let wrongSize = Self.inHost(
                 2, binary,
                 ["multicast", "receive", "--node", "2", "--sender", "1", "--size", "200001", "--out", dir + "/a",
-                 "--ready-file", dir + "/ready-2"] + Self.settings("job-1", timeout: 8))
+                 "--ready-file", dir + "/ready-2"] + Self.settings("job-1", timeout: 40))
             async let wrongJob = Self.inHost(
                 3, binary,
                 ["multicast", "receive", "--node", "3", "--sender", "1", "--size", "200000", "--out", dir + "/b",
-                 "--ready-file", dir + "/ready-3"] + Self.settings("job-2", timeout: 8))
+                 "--ready-file", dir + "/ready-3"] + Self.settings("job-2", timeout: 40))
             try await MulticastReadiness.wait(for: [dir + "/ready-2", dir + "/ready-3"], within: .seconds(60))
             let sent = try await Self.inHost(
                 1, binary,
-                ["multicast", "send", dir + "/file", "--node", "1", "--receivers", "2,3", "--rounds", "1"]
-                    + Self.settings("job-1", timeout: 6))
+                ["multicast", "send", dir + "/file", "--node", "1", "--receivers", "2,3", "--rounds", "3"]
+                    + Self.settings("job-1", timeout: 30))
             // Both refused the object, yet NORM's positive acknowledgement counts them (it means
             // "nothing left to ask for"): the sender's list is no proof of a copy, the
             // receivers' own reports are — which is why the engine must take them from receivers.

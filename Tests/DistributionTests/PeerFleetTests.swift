@@ -28,7 +28,9 @@ import Testing
         /// More options for `core serve` (WakeFleetTests: a short `--offline-after`).
         let coreArguments: [String]
 
-        init(prefix: String, hosts: Int, binary: String, coreArguments: [String] = []) throws {
+        init(prefix: String, hosts: Int, binary: String, coreArguments: [String] = [], multicastLoss: Double? = nil)
+            throws
+        {
             self.coreArguments = coreArguments
             var options = BenchOptions(
                 workDirectory: "/tmp/changelab-peer-\(prefix)-\(UUID().uuidString.prefix(6))", executable: binary,
@@ -37,6 +39,7 @@ import Testing
             options.segments = 1
             options.hostsPerSegment = hosts
             options.wanRate = "100mbit"
+            if let multicastLoss { options.multicastLoss = [1: multicastLoss] }
             fleet = TestFleet(options: options)
             work = options.workDirectory
             self.binary = binary
@@ -127,10 +130,12 @@ import Testing
     }
 
     static func withPeerFleet(
-        prefix: String, hosts: Int, coreArguments: [String] = [], _ body: (PeerFleet) async throws -> Void
+        prefix: String, hosts: Int, coreArguments: [String] = [], multicastLoss: Double? = nil,
+        _ body: (PeerFleet) async throws -> Void
     ) async throws {
         let binary = try #require(changelabExecutable(), "build the changelab executable first (swift build)")
-        let fleet = try PeerFleet(prefix: prefix, hosts: hosts, binary: binary, coreArguments: coreArguments)
+        let fleet = try PeerFleet(
+            prefix: prefix, hosts: hosts, binary: binary, coreArguments: coreArguments, multicastLoss: multicastLoss)
         do {
             try await fleet.start(packageBytes: 3_000_000)
             try await body(fleet)
