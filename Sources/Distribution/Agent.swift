@@ -567,8 +567,16 @@ public actor Agent {
         do {
             (ticket, manifest) = try verify(job)
         } catch {
-            await refuse(job, "\(error)")
-            return
+            // Signed by a key this agent does not trust yet: the core may have rotated its key
+            // and the job overtaken the check-in that brings the rotation statement. Check in
+            // once (its reply carries the rotations, each signed by the key before) and look again.
+            guard !job.ticket.signatures.isEmpty, !job.ticket.signatures.contains(where: { $0.keyid == trustedKey.keyID }),
+                (try? await checkIn()) != nil, let verified = try? verify(job)
+            else {
+                await refuse(job, "\(error)")
+                return
+            }
+            (ticket, manifest) = verified
         }
         switch ticket.kind {
         case .seed:
