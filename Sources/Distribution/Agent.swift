@@ -55,6 +55,12 @@ public struct AgentConfiguration: Sendable {
     /// NORM object and, as representative, sends it (off: `agent run --no-multicast`; the
     /// agent then downloads from peers or the core as before).
     public var multicast = true
+    /// The interface addresses (`10.77.1.11/24`) this agent reports, the first deciding its
+    /// segment (`agent run --address`, for a host whose own choice is wrong). nil: the host's
+    /// own, the one its route to the core leaves from first. Test agents that share the
+    /// machine's namespace pin a loopback one, so their segment never follows the interfaces
+    /// other tests add and remove, and nothing derived from it reaches the machine's LAN.
+    public var addresses: [String]?
 
     public init(
         name: String, coreURL: String, stateDirectory: String, root: String, segment: String,
@@ -221,7 +227,7 @@ public actor Agent {
                 fix: "pass --enrol-token TOKEN from 'changelab core token'")
         }
         let request = EnrolRequest(
-            protocolVersion: WireProtocol.version, token: token, name: configuration.name, segment: configuration.segment, addresses: Self.addresses(),
+            protocolVersion: WireProtocol.version, token: token, name: configuration.name, segment: configuration.segment, addresses: reportedAddresses(),
             attributes: configuration.attributes)
         var delay = 0.5
         while true {
@@ -382,7 +388,7 @@ public actor Agent {
                 source: entry.source, bytesFromPeers: entry.bytesFromPeers)
         }
         let digest = inventory.digest
-        let addresses = Self.addresses()
+        let addresses = reportedAddresses()
         let body = CheckIn(
             name: configuration.name, segment: configuration.segment, addresses: addresses,
             attributes: configuration.attributes, inventory: digest == inventoryAcknowledged ? nil : inventory,
@@ -1016,9 +1022,41 @@ public actor Agent {
         }
     }
 
+    /// The addresses this agent reports: the configured ones, or the host's with the one its
+    /// route to the core leaves from first (a host's docker bridge or VPN address sorts before
+    /// its LAN address as often as after it).
+    func reportedAddresses() -> [String] {
+        if let fixed = configuration.addresses { return fixed }
+        let host = URL(string: configuration.coreURL)?.host
+        return Self.addresses(preferring: host.flatMap(Self.sourceAddress(towards:)))
+    }
+
+    /// The local IPv4 address the kernel would send from to reach `host` (a numeric IPv4
+    /// address or a name): a UDP socket connected there sends nothing. nil when there is no route.
+    static func sourceAddress(towards host: String) -> String? {
+        var hints = addrinfo()
+        hints.ai_family = AF_INET
+        hints.ai_socktype = Int32(SOCK_DGRAM.rawValue)
+        var found: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(host, "9", &hints, &found) == 0, let info = found else { return nil }
+        defer { freeaddrinfo(found) }
+        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        guard connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else { return nil }
+        var local = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let named = withUnsafeMutablePointer(to: &local) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard named == 0 else { return nil }
+        return InterfaceAddress.text(UInt32(bigEndian: local.sin_addr.s_addr))
+    }
+
     /// Non-loopback IPv4 interface addresses of this host (this network namespace) with their
-    /// prefix lengths, `10.77.1.11/24`: the core derives the agent's segment from them.
-    public static func addresses() -> [String] {
+    /// prefix lengths, `10.77.1.11/24`, sorted, except that the one on address `preferring`
+    /// comes first: the core derives the agent's segment from the first.
+    public static func addresses(preferring: String? = nil) -> [String] {
         var result: [String] = []
         var list: UnsafeMutablePointer<ifaddrs>?
         guard getifaddrs(&list) == 0, let first = list else { return [] }
@@ -1043,7 +1081,11 @@ public actor Agent {
                 if !text.hasPrefix("127.") { result.append("\(text)/\(prefix)") }
             }
         }
-        return result.sorted()
+        result.sort()
+        if let preferring, let index = result.firstIndex(where: { $0.hasPrefix(preferring + "/") }) {
+            result.insert(result.remove(at: index), at: 0)
+        }
+        return result
     }
 }
 

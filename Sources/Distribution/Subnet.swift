@@ -2,8 +2,9 @@ import Foundation
 
 /// An IPv4 interface address with its prefix length, `10.77.1.11/24`, as agents report them.
 ///
-/// A target's segment is the subnet of its first IPv4 interface address (in sorted order):
-/// that is what decides which peers it may download from. Every part is range-checked; a
+/// A target's segment is the subnet of the first IPv4 interface address it reports (agents put
+/// the one their route to the core leaves from first): that decides which peers it may
+/// download from. Every part is range-checked; a
 /// malformed string is nil, never a crash.
 public struct InterfaceAddress: Sendable, Equatable, CustomStringConvertible {
     /// The address, host byte order.
@@ -58,9 +59,10 @@ public struct InterfaceAddress: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// The address that decides the segment among `addresses` (interface addresses as sent):
-    /// the first well-formed IPv4 one in sorted order; nil when there is none.
+    /// the first well-formed IPv4 one in the order sent (agents before this rule sent them
+    /// sorted, so their segment is unchanged); nil when there is none.
     public static func segmentAddress(of addresses: [String]) -> InterfaceAddress? {
-        addresses.sorted().lazy.compactMap { InterfaceAddress($0) }.first
+        addresses.lazy.compactMap { InterfaceAddress($0) }.first
     }
 }
 

@@ -30,6 +30,24 @@ struct SegmentRuleTests {
         #expect(!AgentFacts.isInterfaceAddress(text))
     }
 
+    @Test func theFirstAddressAsSentDecidesTheSegment() throws {
+        // An agent puts the address its route to the core leaves from first, whatever sorts first.
+        let sent = ["192.168.7.9/24", "10.77.255.193/30", "172.17.0.1/16"]
+        #expect(InterfaceAddress.segmentAddress(of: sent)?.subnet == "192.168.7.0/24")
+        #expect(InterfaceAddress.segmentAddress(of: ["garbage", "fe80::1/64"] + sent)?.subnet == "192.168.7.0/24")
+        #expect(InterfaceAddress.segmentAddress(of: ["garbage"]) == nil)
+        // The kernel's source address towards the core; every host address can be the first.
+        #expect(Agent.sourceAddress(towards: "127.0.0.1") == "127.0.0.1")
+        #expect(Agent.sourceAddress(towards: "not a host name") == nil)
+        let own = Agent.addresses()
+        for address in own {
+            let host = try #require(InterfaceAddress(address)?.host)
+            let ordered = Agent.addresses(preferring: host)
+            #expect(ordered.first == address && Set(ordered) == Set(own))
+        }
+        #expect(Agent.addresses(preferring: "127.0.0.1") == own)
+    }
+
     @Test func aSegmentChangesWithTheSubnetNeverWithTheLabel() {
         var record = AgentRecord(
             id: "a-1", name: "pc", segment: "lan-a", addresses: [], attributes: [:], secretHash: "", revoked: false,
@@ -209,7 +227,7 @@ struct SegmentRuleTests {
     @Test func aPeerThatLeftItsSegmentStopsServingAndAnnouncesNoPort() async throws {
         try await withServingAgent { port, manifest, _, http, agent in
             let url = "http://127.0.0.1:\(port)\(peerPath(manifest.digest))"
-            let here = Agent.addresses()
+            let here = await agent.reportedAddresses()
             #expect(await agent.announcedPeerPort(addresses: here) == port)
             #expect(try await get(url, range: "bytes=0-0", http: http).0 == 206)
             // The machine moved: its first address is now on another subnet.

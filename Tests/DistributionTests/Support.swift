@@ -193,6 +193,9 @@ func makeAgentConfiguration(
     // These agents share the machine's own network namespace: their segment is its real LAN,
     // where a test must send nothing (fleet tests give agents namespaces of their own).
     c.wakeOnLAN = false
+    // Nor may their segment follow the machine's interfaces, which fleet tests beside them add
+    // and remove (a peer server then closes: "left segment"); loopback keeps peer URLs local.
+    c.addresses = ["127.0.0.1/8"]
     return c
 }
 

@@ -104,6 +104,13 @@ struct AgentRunCommand: AsyncParsableCommand {
     var attribute: [String] = []
 
     @Option(
+        name: .long, parsing: .singleValue,
+        help: ArgumentHelp(
+            "Report this interface address instead of the host's (repeatable; the first decides the segment). Default: the host's IPv4 addresses, the one the route to the core leaves from first.",
+            valueName: "a.b.c.d/prefix"))
+    var address: [String] = []
+
+    @Option(
         name: .long,
         help: "Run this many agent identities (NAME-01…), each with its own state and root under --state and --root.")
     var count: Int = 1
@@ -203,6 +210,9 @@ struct AgentRunCommand: AsyncParsableCommand {
             }
             attributes[parts[0]] = parts[1]
         }
+        for text in address where InterfaceAddress(text) == nil {
+            throw ValidationError("--address '\(text)' is not an IPv4 interface address; write it as 10.77.1.11/24")
+        }
         if let peerPort, !(1...65535).contains(peerPort) || peerPort + count - 1 > 65535 {
             throw ValidationError("--peer-port must be 1–65535 (with --count, PORT+COUNT-1 too)")
         }
@@ -226,6 +236,7 @@ struct AgentRunCommand: AsyncParsableCommand {
             c.multicast = !noMulticast
             c.peerServing = peerPort.map { PeerServing(port: $0 + i - 1, maxDownloads: peerDownloads, rate: peerRate) }
             c.wakeOnLAN = !noWakeOnLan
+            if !address.isEmpty { c.addresses = address }
             return c
         }
         note("changelab agent: \(count) identit\(count == 1 ? "y" : "ies") on segment \(segment), core \(core)")
