@@ -30,7 +30,7 @@ struct SegmentRuleTests {
         #expect(!AgentFacts.isInterfaceAddress(text))
     }
 
-    @Test func theFirstAddressAsSentDecidesTheSegment() throws {
+    @Test func theFirstAddressAsSentDecidesTheSegment() async throws {
         // An agent puts the address its route to the core leaves from first, whatever sorts first.
         let sent = ["192.168.7.9/24", "10.77.255.193/30", "172.17.0.1/16"]
         #expect(InterfaceAddress.segmentAddress(of: sent)?.subnet == "192.168.7.0/24")
@@ -44,6 +44,14 @@ struct SegmentRuleTests {
             let host = try #require(InterfaceAddress(address)?.host)
             let ordered = Agent.addresses(preferring: host)
             #expect(ordered.first == address && Set(ordered) == Set(own))
+            // A core reached through that address (a local one: the connect sends nothing)
+            // makes it the first an agent reports.
+            #expect(Agent.sourceAddress(towards: host) == host)
+            let configuration = AgentConfiguration(
+                name: "pc", coreURL: "https://\(host):7480", stateDirectory: "/nonexistent", root: "/nonexistent",
+                segment: "s", attributes: [:], coreKey: ReleaseKey().publicKey, enrolmentToken: nil)
+            let agent = Agent(configuration: configuration, client: HTTPClient.shared)
+            #expect(await agent.reportedAddresses().first == address)
         }
         #expect(Agent.addresses(preferring: "127.0.0.1") == own)
     }
