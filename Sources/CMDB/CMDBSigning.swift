@@ -270,7 +270,4 @@ func syncFileSystem(of path: String) throws {
 }
 
 /// Glibc's `syncfs`, which Swift's Glibc module hides behind `_GNU_SOURCE`.
-nonisolated(unsafe) let syncfsFunction: (@convention(c) (Int32) -> Int32)? = {
-    guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "syncfs") else { return nil }
-    return unsafeBitCast(symbol, to: (@convention(c) (Int32) -> Int32).self)
-}()
+nonisolated(unsafe) let syncfsFunction = hiddenLibcFunction("syncfs", as: (@convention(c) (Int32) -> Int32).self)

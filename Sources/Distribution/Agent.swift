@@ -227,7 +227,7 @@ public actor Agent {
                 fix: "pass --enrol-token TOKEN from 'changelab core token'")
         }
         let request = EnrolRequest(
-            protocolVersion: WireProtocol.version, token: token, name: configuration.name, segment: configuration.segment, addresses: reportedAddresses(),
+            protocolVersion: WireProtocol.version, token: token, name: configuration.name, segment: configuration.segment, addresses: await reportedAddresses(),
             attributes: configuration.attributes)
         var delay = 0.5
         while true {
@@ -388,7 +388,7 @@ public actor Agent {
                 source: entry.source, bytesFromPeers: entry.bytesFromPeers)
         }
         let digest = inventory.digest
-        let addresses = reportedAddresses()
+        let addresses = await reportedAddresses()
         let body = CheckIn(
             name: configuration.name, segment: configuration.segment, addresses: addresses,
             attributes: configuration.attributes, inventory: digest == inventoryAcknowledged ? nil : inventory,
@@ -1025,10 +1025,14 @@ public actor Agent {
     /// The addresses this agent reports: the configured ones, or the host's with the one its
     /// route to the core leaves from first (a host's docker bridge or VPN address sorts before
     /// its LAN address as often as after it).
-    func reportedAddresses() -> [String] {
+    ///
+    /// A named core is resolved (getaddrinfo, which can wait on a slow resolver) on a thread of
+    /// its own, so the agent's actor goes on serving peers and recording events meanwhile.
+    func reportedAddresses() async -> [String] {
         if let fixed = configuration.addresses { return fixed }
         let host = URL(string: configuration.coreURL)?.host
-        return Self.addresses(preferring: host.flatMap(Self.sourceAddress(towards:)))
+        let found = try? await BlockingWork.run { Self.addresses(preferring: host.flatMap(Self.sourceAddress(towards:))) }
+        return found ?? Self.addresses()
     }
 
     /// The local IPv4 address the kernel would send from to reach `host` (a numeric IPv4

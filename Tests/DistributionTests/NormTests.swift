@@ -113,10 +113,12 @@ import Testing
                 1, binary,
                 ["multicast", "send", dir + "/file", "--node", "1", "--receivers", "2,3", "--rounds", "3"]
                     + Self.settings("job-1", timeout: 30))
-            // Both refused the object, yet NORM's positive acknowledgement counts them (it means
-            // "nothing left to ask for"): the sender's list is no proof of a copy, the
-            // receivers' own reports are — which is why the engine must take them from receivers.
-            #expect(sent.status == 0, "\(sent.stdoutText) \(sent.stderrText)")
+            // Both refused the object, yet NORM's positive acknowledgement usually counts them
+            // (it means "nothing left to ask for"; on a busy machine a refusing receiver's ack
+            // can also miss the three rounds, exit 3): the sender's list is no proof of a copy,
+            // the receivers' own reports are — which is why the engine takes them from receivers.
+            #expect(sent.status == 0 || sent.status == 3, "\(sent.stdoutText) \(sent.stderrText)")
+            #expect(sent.stdoutText.contains("\"acknowledged\""), "\(sent.stdoutText)")
             for result in [try await wrongSize, try await wrongJob] {
                 #expect(result.status != 0)
                 #expect(
