@@ -21,9 +21,10 @@ public enum CMDBBenchmark {
         public var transactions: Int
         public var recordSeconds: Double
         public var cellsPerSecond: Double
-        /// Whether each transaction made its objects durable (`syncfs`).
+        /// Whether each transaction made its objects durable (the first of its two `syncfs`).
         public var objectSync: Bool
-        /// Mean `syncfs` time per cell transaction, and its share of the cells' recording time.
+        /// Mean `syncfs` time per cell transaction (both calls: the objects', then the journal,
+        /// records and branch's), and its share of the cells' recording time.
         public var syncMillisecondsPerTransaction: Double
         public var syncShare: Double
         public var indexRebuildSeconds: Double

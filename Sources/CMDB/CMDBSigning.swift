@@ -269,5 +269,16 @@ func syncFileSystem(of path: String) throws {
     }
 }
 
+/// `syncfs` once for each file system among `paths` (one, unless the CMDB's `.git` was put
+/// on another file system than its records).
+func syncFileSystems(of paths: [String]) throws {
+    var devices: Set<UInt64> = []
+    for path in paths {
+        var info = stat()
+        guard stat(path, &info) == 0 else { throw IOFailure.last("stat \(path)") }
+        if devices.insert(UInt64(info.st_dev)).inserted { try syncFileSystem(of: path) }
+    }
+}
+
 /// Glibc's `syncfs`, which Swift's Glibc module hides behind `_GNU_SOURCE`.
 nonisolated(unsafe) let syncfsFunction = hiddenLibcFunction("syncfs", as: (@convention(c) (Int32) -> Int32).self)

@@ -415,19 +415,33 @@ public actor CMDBWriter {
             text += "Changelab-Key: \(signer.key.publicKey.id) \(signer.key.name.replacingOccurrences(of: "\n", with: " "))\n"
             text += try signer.key.signature(forCommitText: text)
             let commit = try writer.write(.commit, Data(text.utf8))
-            // Every object of the commit durable before anything names it (journal, branch).
+            // Two flushes per transaction, the fewest that keep every state a crash can leave
+            // recoverable (each flush waits for whatever the guests beside it wrote, so their
+            // number, not their width, is what a transaction costs; README, CMDB benchmark).
+            // 1. Every object of the commit durable before anything names it: a journal that
+            //    exists names objects that exist, so recovery can always roll it forward.
             let syncStart = ContinuousClock.now
             if signer.objectSync { try syncFileSystem(of: store.gitDirectory + "/objects") }
-            let syncSeconds = syncStart.secondsSince
+            var syncSeconds = syncStart.secondsSince
+            // 2. The journal, the record files and the branch, each whole or absent (temp and
+            //    rename), then one flush for all three before the caller is told it is durable.
+            //    A crash before it ends leaves any of them in place with the journal; recovery
+            //    finishes the transaction from the journal (a torn branch file included).
             let journal = Journal(
                 message: message, operation: operation, actor: person, pid: pid, startedAt: Date(),
                 parent: cache.commit, commit: commit, writes: blobs.compactMapValues { $0 })
-            try AtomicFile.write(try StableJSON.data(journal), to: store.journalPath)
+            try AtomicFile.write(try StableJSON.data(journal), to: store.journalPath, durable: false)
             for path in blobs.keys.sorted() {
-                try AtomicFile.write(writes[path] ?? Data(), to: "\(store.path)/\(path)")
+                try AtomicFile.write(writes[path] ?? Data(), to: "\(store.path)/\(path)", durable: false)
             }
             if let pause = crashTestPause { usleep(pause) }
-            try writer.updateBranch(CMDBStore.branch, to: commit, expecting: cache.commit)
+            try writer.updateBranch(CMDBStore.branch, to: commit, expecting: cache.commit, durable: false)
+            let commitSyncStart = ContinuousClock.now
+            try syncFileSystems(of: [store.gitDirectory, store.path])
+            syncSeconds += commitSyncStart.secondsSince
+            // The journal's removal needs no flush of its own: a journal left behind names the
+            // branch's own commit and finishing it again rewrites the same files; the next
+            // transaction's flush makes the removal durable.
             unlink(store.journalPath)
             cache.commit = commit
             return (CMDBCommit(id: commit, changed: blobs.keys.sorted(), syncSeconds: syncSeconds), cache)
@@ -437,18 +451,36 @@ public actor CMDBWriter {
     static func recoverLocked(_ store: CMDBStore) async throws -> RecoveryOutcome? {
         guard let data = FileManager.default.contents(atPath: store.journalPath) else { return nil }
         guard let journal = try? StableJSON.decode(Journal.self, from: data) else {
-            // Journals are written whole (temp + rename): an unreadable one was edited. Nothing
-            // it names was applied for certain, so drop it and restore the committed files.
+            // Journals are written whole (temp + rename): an unreadable one was edited, or a
+            // file system that keeps renames without their data lost it in a crash. Which
+            // records it named is unknown, so every record file is put back as committed.
+            let git = GitObjectWriter(gitDirectory: store.gitDirectory)
+            guard !git.branchFileIsTorn(CMDBStore.branch) else {
+                throw ChangelabError(
+                    "the CMDB at \(store.path) was interrupted mid-transaction and both its journal and its branch "
+                        + "file are unreadable",
+                    why: "\(store.journalPath) and .git/refs/heads/\(CMDBStore.branch) hold no transaction and no commit id",
+                    fix: "point the branch at the last commit with 'git -C \(store.path) update-ref refs/heads/"
+                        + "\(CMDBStore.branch) COMMIT' (see 'git -C \(store.path) fsck --lost-found'), then run "
+                        + "'changelab cmdb recover'")
+            }
+            if let head = store.head {
+                try await HostCommand.check(
+                    "git", ["-C", store.path, "checkout", "-f", head, "--", "."], timeout: .seconds(300))
+            }
             unlink(store.journalPath)
             return .rolledBack(message: "unreadable journal")
         }
         let head = store.head
         let paths = journal.writes.keys.sorted()
         removeTemporaryFiles(store, beside: paths)
-        if head == journal.parent || head == journal.commit {
-            if head == journal.parent {
-                try GitObjectWriter(gitDirectory: store.gitDirectory).updateBranch(
-                    CMDBStore.branch, to: journal.commit, expecting: journal.parent)
+        let git = GitObjectWriter(gitDirectory: store.gitDirectory)
+        // A branch file that holds no id was being renamed when the last flush was cut short:
+        // the journal existed, so its objects are durable and it is finished like the others.
+        let tornBranch = git.branchFileIsTorn(CMDBStore.branch)
+        if head == journal.parent || head == journal.commit || tornBranch {
+            if head != journal.commit || tornBranch {
+                try git.updateBranch(CMDBStore.branch, to: journal.commit, expecting: head)
             }
             // An event's commit writes no file (and `git checkout COMMIT --` alone would move HEAD).
             if !paths.isEmpty {

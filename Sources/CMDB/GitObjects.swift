@@ -155,6 +155,18 @@ struct GitObjectWriter {
         return nil
     }
 
+    /// True when the loose ref file is there but does not hold an object id: a crash while
+    /// the writer's last `syncfs` ran, on a file system that can keep a rename without the
+    /// data renamed. Recovery then points the branch at the journal's commit.
+    func branchFileIsTorn(_ name: String) -> Bool {
+        guard let data = FileManager.default.contents(atPath: "\(gitDirectory)/refs/heads/\(name)") else { return false }
+        let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        let hex = text.utf8.allSatisfy {
+            (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains($0)
+        }
+        return !(text.utf8.count == 40 && hex)
+    }
+
     /// Points the branch at `id` the way git does: create `NAME.lock` exclusively, write,
     /// fsync, rename over the ref.
     ///
@@ -162,7 +174,12 @@ struct GitObjectWriter {
     /// `fetch` in the CMDB) this waits up to `timeout`, then fails naming the lock, and never
     /// removes it. With the lock held, the branch must still be at `expecting`, or a commit
     /// made behind the CMDB's back would be silently dropped.
-    func updateBranch(_ name: String, to id: String, expecting: String?, timeout: Duration = .seconds(10)) throws {
+    ///
+    /// - Parameter durable: false skips the fsyncs, for the writer, which makes the whole
+    ///   transaction durable with one `syncfs` after this.
+    func updateBranch(
+        _ name: String, to id: String, expecting: String?, timeout: Duration = .seconds(10), durable: Bool = true
+    ) throws {
         let path = "\(gitDirectory)/refs/heads/\(name)"
         let lockPath = path + ".lock"
         let deadline = ContinuousClock.now + timeout
@@ -196,10 +213,10 @@ struct GitObjectWriter {
         let line = Array((id + "\n").utf8)
         let written = line.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
         guard written == line.count else { throw IOFailure.last("write \(lockPath)") }
-        guard fsync(fd) == 0 else { throw IOFailure.last("fsync \(lockPath)") }
+        if durable { guard fsync(fd) == 0 else { throw IOFailure.last("fsync \(lockPath)") } }
         guard rename(lockPath, path) == 0 else { throw IOFailure.last("rename \(lockPath)") }
         renamed = true
-        AtomicFile.syncDirectory((path as NSString).deletingLastPathComponent)
+        if durable { AtomicFile.syncDirectory((path as NSString).deletingLastPathComponent) }
     }
 }
 

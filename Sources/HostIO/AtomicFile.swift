@@ -13,7 +13,10 @@ import Foundation
 /// then fsync the directory so the rename itself survives a crash (NIOFS's transactional
 /// creation does the same).
 public enum AtomicFile {
-    public static func write(_ data: Data, to path: String, permissions: mode_t = 0o644) throws {
+    /// - Parameter durable: false skips both fsyncs, for a caller that makes the file system
+    ///   durable itself afterwards (the CMDB writer: one `syncfs` for all of a transaction's
+    ///   files). The file is still either whole or absent to readers.
+    public static func write(_ data: Data, to path: String, permissions: mode_t = 0o644, durable: Bool = true) throws {
         let directory = (path as NSString).deletingLastPathComponent
         let dir = directory.isEmpty ? "." : directory
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -40,11 +43,11 @@ public enum AtomicFile {
             }
             // fchmod: the umask must not weaken or strengthen what the caller asked for.
             fchmod(fd, permissions)
-            guard fsync(fd) == 0 else { throw IOFailure.last("fsync \(temp)") }
+            if durable { guard fsync(fd) == 0 else { throw IOFailure.last("fsync \(temp)") } }
         }
         guard rename(temp, path) == 0 else { throw IOFailure.last("rename \(temp) to \(path)") }
         ok = true
-        syncDirectory(dir)
+        if durable { syncDirectory(dir) }
     }
 
     public static func write(_ text: String, to path: String, permissions: mode_t = 0o644) throws {

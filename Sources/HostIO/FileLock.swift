@@ -49,8 +49,11 @@ public final class FileLock: @unchecked Sendable {
         mutex.lock()
         defer { mutex.unlock() }
         guard fd >= 0 else { return }
-        ftruncate(fd, 0)
-        _ = text.withCString { pwrite(fd, $0, strlen($0), 0) }
+        // Write, then cut to the note's length: truncating to zero first would free the
+        // file's block on every call (on a file system mounted with `discard`, an I/O the
+        // caller waits for; the CMDB writer notes once per transaction).
+        let length = text.withCString { pwrite(fd, $0, strlen($0), 0) }
+        if length >= 0 { ftruncate(fd, off_t(length)) }
     }
 
     public func release() {

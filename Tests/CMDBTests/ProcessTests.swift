@@ -84,6 +84,58 @@ func changelabBinary() throws -> String {
         #expect(try await git(path, "status", "--porcelain").isEmpty)
     }
 
+    /// The order a power cut depends on, read from a real writer's system calls (strace): the
+    /// objects renamed into place, one syncfs, then the journal, the record file and the
+    /// branch renamed, one syncfs; no fsync of any single file in between (each would be one
+    /// more flush waiting for everything else on the disk).
+    @Test func aTransactionFlushesTwiceObjectsFirstAndNeverPerFile() async throws {
+        let binary = try changelabBinary()
+        let path = Fixture.temporaryFolder("strace")
+        let trace = path + ".trace"
+        defer { Fixture.remove(path); unlink(trace) }
+        try await Fixture.make(at: path)
+        let result = try await HostCommand.run(
+            "strace",
+            [
+                "-f", "-qq", "-o", trace, "-e", "trace=execve,rename,renameat,renameat2,syncfs,sync,fsync,fdatasync",
+                binary, "cmdb", "record-target", "traced", "--attribute", "site=brest", "--cmdb", path, "--actor", "a",
+            ], timeout: .seconds(120))
+        #expect(result.status == 0, "\(result.stderrText)")
+        var events: [String] = []
+        var children: Set<Substring> = []
+        var first: Substring?
+        for line in try String(contentsOfFile: trace, encoding: .utf8).split(separator: "\n") {
+            guard let pid = line.split(separator: " ").first, !line.contains("resumed>") else { continue }
+            if first == nil { first = pid }
+            // The git commands the CLI runs afterwards (read-tree, update-index) are not the writer.
+            if line.contains("execve(") && pid != first { children.insert(pid) }
+            if children.contains(pid) { continue }
+            let call = line.dropFirst(pid.count + 1).prefix { $0 != "(" }
+            switch call {
+            case "syncfs", "sync": events.append("syncfs")
+            case "fsync", "fdatasync": events.append("fsync")
+            case "rename", "renameat", "renameat2":
+                guard line.contains(path), line.hasSuffix("= 0") || line.hasSuffix("<unfinished ...>") else { continue }
+                let target = line.split(separator: "\"").dropLast().last.map(String.init) ?? ""
+                if target.contains("/objects/") {
+                    events.append("object")
+                } else if target.hasSuffix("/journal.json") {
+                    events.append("journal")
+                } else if target.hasSuffix("/refs/heads/main") {
+                    events.append("branch")
+                } else if target.hasSuffix(CMDBReference(.target, "traced").path) {
+                    events.append("record")
+                }
+            default: continue
+            }
+        }
+        let start = try #require(events.firstIndex(of: "object"), "no object renamed: \(events)")
+        let transaction = events[start...].reduce(into: [String]()) { if $0.last != $1 { $0.append($1) } }
+        #expect(
+            Array(transaction.prefix(6)) == ["object", "syncfs", "journal", "record", "branch", "syncfs"],
+            "\(events)")
+    }
+
     @Test func writersInTwoProcessesInterleaveWithoutLosingARecord() async throws {
         let binary = try changelabBinary()
         let path = Fixture.temporaryFolder("two")

@@ -118,27 +118,39 @@ import Testing
     @Test func aTornTransactionBlocksReadersAndTheNextWriterFinishesIt() async throws {
         let path = Fixture.temporaryFolder()
         defer { Fixture.remove(path) }
-        let writer = try await Fixture.make(at: path)
-        let store = try CMDBStore.open(path)
-        let parent = try #require(store.head)
-        try await writer.record(target: TargetRecord(name: "torn", attributes: ["site": "nantes"]))
-        let commit = try #require(store.head)
+        let (store, parent, commit, _) = try await journalOfATornTarget(at: path)
         // Put the repository back to the moment after the record file was written and before
         // the branch moved: the journal names the commit, the branch still names its parent.
-        let tree = try await TreeCache.load(repository: path, commit: commit)
-        let torn = CMDBReference(.target, "torn").path
-        let journal = Journal(
-            message: "record target torn", operation: "record-target", actor: "tester", pid: 1, startedAt: Date(),
-            parent: parent, commit: commit,
-            writes: [torn: try #require(tree.blob(at: torn))])
-        try AtomicFile.write(try StableJSON.data(journal), to: store.journalPath)
         try GitObjectWriter(gitDirectory: store.gitDirectory).updateBranch("main", to: parent, expecting: commit)
 
         await #expect(throws: ChangelabError.self) { _ = try await store.query(try Query("site = nantes")) }
         let report = try await store.verify()
         #expect(report.problems.contains { $0.item == "transaction" && $0.message.contains("record target torn") })
+        try await expectTheNextWriterFinishes(store, commit: commit)
+    }
 
-        let next = try await CMDBWriter(path: path, actor: "someone-else")
+    /// Records the target `torn` (site nantes), then writes back the journal of that
+    /// transaction, as a writer stopped before removing it would leave it.
+    func journalOfATornTarget(
+        at path: String
+    ) async throws -> (store: CMDBStore, parent: String, commit: String, record: String) {
+        let writer = try await Fixture.make(at: path)
+        let store = try CMDBStore.open(path)
+        let parent = try #require(store.head)
+        try await writer.record(target: TargetRecord(name: "torn", attributes: ["site": "nantes"]))
+        let commit = try #require(store.head)
+        let tree = try await TreeCache.load(repository: path, commit: commit)
+        let torn = CMDBReference(.target, "torn").path
+        let journal = Journal(
+            message: "record target torn", operation: "record-target", actor: "tester", pid: 1, startedAt: Date(),
+            parent: parent, commit: commit, writes: [torn: try #require(tree.blob(at: torn))])
+        try AtomicFile.write(try StableJSON.data(journal), to: store.journalPath)
+        return (store, parent, commit, torn)
+    }
+
+    /// Another writer rolls the torn target's transaction forward and the CMDB reads clean.
+    func expectTheNextWriterFinishes(_ store: CMDBStore, commit: String) async throws {
+        let next = try await CMDBWriter(path: store.path, actor: "someone-else")
         #expect(try await next.recover() == .rolledForward(message: "record target torn", commit: commit))
         #expect(store.head == commit)
         #expect(try await store.query(try Query("site = nantes")).map(\.id) == ["torn"])
@@ -200,6 +212,45 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: path + "/" + ghost))
         #expect(store.head == head)
         #expect(try await store.verify().problems == [])
+    }
+
+    /// The writer's last flush covers the journal, the record files and the branch together:
+    /// a crash inside it, on a file system that keeps a rename without its data, can leave the
+    /// branch file empty beside a journal whose objects are durable (the first flush).
+    @Test func aBranchFileTornByACrashIsFinishedFromTheJournal() async throws {
+        let path = Fixture.temporaryFolder()
+        defer { Fixture.remove(path) }
+        let (store, _, commit, torn) = try await journalOfATornTarget(at: path)
+        try Data().write(to: URL(fileURLWithPath: store.gitDirectory + "/refs/heads/main"))
+        try "{ \"half\"".write(toFile: path + "/" + torn, atomically: true, encoding: .utf8)
+        #expect(store.head == nil)
+        try await expectTheNextWriterFinishes(store, commit: commit)
+    }
+
+    /// A journal is written without an fsync of its own (the transaction's last flush covers
+    /// it), so a crash can leave it unreadable: which records it named is then unknown, and
+    /// every record file is put back as committed.
+    @Test func anUnreadableJournalPutsEveryRecordFileBackAsCommitted() async throws {
+        let path = Fixture.temporaryFolder()
+        defer { Fixture.remove(path) }
+        let writer = try await Fixture.make(at: path)
+        let store = try CMDBStore.open(path)
+        try await writer.record(target: TargetRecord(name: "kept", attributes: ["site": "rennes"]))
+        let head = try #require(store.head)
+        let file = path + "/" + CMDBReference(.target, "kept").path
+        try "{ \"half\"".write(toFile: file, atomically: true, encoding: .utf8)
+        try AtomicFile.write(Data("{\"message\": \"rec".utf8), to: store.journalPath)
+
+        #expect(try await writer.recover() == .rolledBack(message: "unreadable journal"))
+        #expect(store.head == head)
+        #expect(try await store.query(try Query("site = rennes")).map(\.id) == ["kept"])
+        #expect(try await store.verify().problems == [])
+
+        // Both unreadable: nothing says where the branch was; the error names the fix.
+        try AtomicFile.write(Data("{".utf8), to: store.journalPath)
+        try Data().write(to: URL(fileURLWithPath: store.gitDirectory + "/refs/heads/main"))
+        await #expect(throws: ChangelabError.self) { _ = try await writer.recover() }
+        #expect(FileManager.default.fileExists(atPath: store.journalPath))
     }
 }
 
