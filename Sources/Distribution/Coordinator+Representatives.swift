@@ -91,9 +91,20 @@ extension Coordinator {
         var roles: [RepresentativeRole] = []
         for change in state.deployments.keys.sorted() where state.deployments[change]?.targets[agent] != nil {
             if updateRepresentatives(of: change, renewing: agent) { markDirty() }
-            guard let representation = state.deployments[change]?.representatives?[subnet],
+            guard var representation = state.deployments[change]?.representatives?[subnet],
                 let lease = representation.lease, lease.agent == agent, lease.isActive(at: now)
             else { continue }
+            // A request made while the whole segment slept can name agents that have come back
+            // since (the representative itself among them): wake only those still asleep.
+            if var request = representation.pendingWake {
+                let asleep = request.targets.filter { state.agents[$0.agent].map { !isOnline($0) } ?? false }
+                if asleep != request.targets {
+                    request.targets = asleep
+                    representation.pendingWake = asleep.isEmpty ? nil : request
+                    state.deployments[change]?.representatives?[subnet] = representation
+                    markDirty()
+                }
+            }
             let wake = representation.pendingWake.map { request in
                 WakeOrder(request: request.id, macAddresses: request.targets.flatMap(\.macAddresses))
             }

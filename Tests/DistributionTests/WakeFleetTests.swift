@@ -74,4 +74,52 @@ import Testing
             print("wake fleet: \(StatusText.render(status))")
         }
     }
+
+    /// A segment whose agents are all down has no one to send magic packets: its targets are
+    /// chased as offline with that reason, and nothing claims to have woken them. When one
+    /// comes back it represents the segment, and the next promotion has it wake the other.
+    @Test(.enabled(if: FleetTests.canBuildFleets, "needs root, iproute2 and iptables (sudo lab/setup)"))
+    func aSegmentWithNoOnlineAgentIsChasedAsOfflineWithNoOneToWakeIt() async throws {
+        try await PeerFleetTests.withPeerFleet(prefix: "hwn", hosts: 2, coreArguments: ["--offline-after", "4"]) { f in
+            let first = try await f.startAgent(host: 1)
+            let second = try await f.startAgent(host: 2)
+            #expect(
+                try await eventually(.seconds(20)) {
+                    try await f.admin.agents().filter { $0.macAddresses?.isEmpty == false }.count == 2
+                })
+            first.kill()
+            second.kill()
+            #expect(try await eventually(.seconds(30)) { try await f.admin.agents().allSatisfy { !$0.online } })
+
+            try await f.promote("CHG-dark", targets: "all")
+            #expect(
+                try await eventually(.seconds(20)) {
+                    try await f.admin.chase("CHG-dark").map(\.reason)
+                        == ["offline, no one to wake it", "offline, no one to wake it"]
+                })
+            let chased = try await f.admin.chase("CHG-dark")
+            #expect(chased.map(\.name) == ["s1-h1", "s1-h2"])
+            #expect(chased.allSatisfy { $0.detail.contains("no online agent on this segment to wake its targets") })
+            let dark = try #require(try await f.admin.status("CHG-dark").representatives?.first)
+            #expect(dark.subnet == "10.77.1.0/24" && dark.representative == nil && dark.wakeAttempts.isEmpty)
+            #expect(dark.offlineTargets == 2 && dark.note == "no online agent on this segment to wake its targets")
+
+            // One is back: it represents the segment and carries out the request the promotion
+            // left pending — for the one still asleep only, not for itself — and gets the release.
+            try await f.startAgent(host: 1)
+            #expect(try await eventually(.seconds(90)) { try await f.source(of: "s1-h1", in: "CHG-dark") != nil })
+            let woken = try await eventually(.seconds(30)) {
+                try await f.admin.status("CHG-dark").representatives?.first?.wakeAttempts.isEmpty == false
+            }
+            let lit = try #require(try await f.admin.status("CHG-dark").representatives?.first)
+            let representativeLog = (try? String(contentsOfFile: f.work + "/agent-s1-h1.log", encoding: .utf8)) ?? ""
+            #expect(woken, "\(representativeLog.suffix(3000))")
+            #expect(Set(lit.wakeAttempts.map(\.target)) == ["s1-h2"], "\(lit.wakeAttempts)")
+            #expect(lit.wakeAttempts.allSatisfy { $0.by == "s1-h1" && $0.error == nil && $0.packets == 1 })
+            #expect(lit.representative == "s1-h1" && lit.note == nil)
+            let remaining = try await f.admin.chase("CHG-dark")
+            #expect(remaining.map(\.name) == ["s1-h2"] && remaining.first?.reason == "offline")
+            #expect(remaining.first?.detail.contains("(last by s1-h1") == true, "\(remaining)")
+        }
+    }
 }
