@@ -477,8 +477,21 @@ struct MagicPacketTests {
         let http = try TestTLS.client()
         defer { _ = http.shutdown() }
         let agent = Agent(configuration: configuration, client: http)
-        let waiting = Task { try await BlockingWork.run { try WakeOnLAN.wait(for: mine, port: port, timeout: 1.5) } }
-        try await Task.sleep(for: .milliseconds(300))
+        let ignored = Locked<[String]>([])
+        let waiting = Task {
+            try await BlockingWork.run {
+                try WakeOnLAN.wait(for: mine, port: port, timeout: 5) { line in ignored.mutate { $0.append(line) } }
+            }
+        }
+        // The waiter is listening once it has ignored another machine's packet (a fixed head
+        // start lost the race on a busy machine: the order's packet came before the bind).
+        let other = try #require(MACAddress("52:54:00:65:43:21"))
+        #expect(
+            try await eventually(.seconds(30)) {
+                _ = try WakeOnLAN.send([other], broadcast: "127.0.0.1", port: port)
+                try await Task.sleep(for: .milliseconds(100))
+                return !ignored.value.isEmpty
+            })
         await agent.wake(
             WakeOrder(request: "w1", macAddresses: [mine.description]), change: "CHG-1", epoch: 3, broadcast: "127.0.0.1")
         #expect(try await waiting.value == enabled)
