@@ -281,4 +281,4 @@ func syncFileSystems(of paths: [String]) throws {
 }
 
 /// Glibc's `syncfs`, which Swift's Glibc module hides behind `_GNU_SOURCE`.
-nonisolated(unsafe) let syncfsFunction = hiddenLibcFunction("syncfs", as: (@convention(c) (Int32) -> Int32).self)
+let syncfsFunction = hiddenLibcFunction("syncfs", as: (@convention(c) (Int32) -> Int32).self)

@@ -172,11 +172,11 @@ private final class Child: Sendable {
 
     typealias AddChdir = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32
     /// glibc has posix_spawn_file_actions_addchdir_np (2.29+) but Swift's Glibc module hides it.
-    nonisolated(unsafe) static let addChdir = hiddenLibcFunction("posix_spawn_file_actions_addchdir_np", as: AddChdir.self)
+    static let addChdir = hiddenLibcFunction("posix_spawn_file_actions_addchdir_np", as: AddChdir.self)
 
     typealias AddCloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
     /// posix_spawn_file_actions_addclosefrom_np (glibc 2.34+), hidden by Swift's Glibc module too.
-    nonisolated(unsafe) static let addCloseFrom = hiddenLibcFunction(
+    static let addCloseFrom = hiddenLibcFunction(
         "posix_spawn_file_actions_addclosefrom_np", as: AddCloseFrom.self)
 
     /// Without closefrom: marks every descriptor above stderr close-on-exec, so the child
@@ -193,7 +193,7 @@ private final class Child: Sendable {
     typealias Pipe2 = @convention(c) (UnsafeMutablePointer<Int32>, Int32) -> Int32
     /// pipe2 sets close-on-exec atomically, so a pipe end cannot leak into a child spawned by
     /// another thread in between; Swift's Glibc module hides it too.
-    nonisolated(unsafe) static let pipe2 = hiddenLibcFunction("pipe2", as: Pipe2.self)
+    static let pipe2 = hiddenLibcFunction("pipe2", as: Pipe2.self)
 
     static func spawn(
         path: String, arguments: [String], environment: [String: String]?, currentDirectory: String?, hasInput: Bool
