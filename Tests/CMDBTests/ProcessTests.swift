@@ -110,7 +110,8 @@ func changelabBinary() throws -> String {
             // The git commands the CLI runs afterwards (read-tree, update-index) are not the writer.
             if line.contains("execve(") && pid != first { children.insert(pid) }
             if children.contains(pid) { continue }
-            let call = line.dropFirst(pid.count + 1).prefix { $0 != "(" }
+            // strace pads the pid column ("6266  rename(" but "31266 rename(").
+            let call = line.dropFirst(pid.count).drop { $0 == " " }.prefix { $0 != "(" }
             switch call {
             case "syncfs", "sync": events.append("syncfs")
             case "fsync", "fdatasync": events.append("fsync")
