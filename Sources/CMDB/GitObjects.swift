@@ -161,10 +161,7 @@ struct GitObjectWriter {
     func branchFileIsTorn(_ name: String) -> Bool {
         guard let data = FileManager.default.contents(atPath: "\(gitDirectory)/refs/heads/\(name)") else { return false }
         let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-        let hex = text.utf8.allSatisfy {
-            (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains($0)
-        }
-        return !(text.utf8.count == 40 && hex)
+        return !(text.count == 40 && text.allSatisfy(\.isHexDigit))
     }
 
     /// Points the branch at `id` the way git does: create `NAME.lock` exclusively, write,

@@ -107,7 +107,7 @@ func changelabBinary() throws -> String {
         for line in try String(contentsOfFile: trace, encoding: .utf8).split(separator: "\n") {
             guard let pid = line.split(separator: " ").first, !line.contains("resumed>") else { continue }
             if first == nil { first = pid }
-            // The git commands the CLI runs afterwards (read-tree, update-index) are not the writer.
+            // The git commands the CLI runs (ls-tree before, read-tree and update-index after) are not the writer.
             if line.contains("execve(") && pid != first { children.insert(pid) }
             if children.contains(pid) { continue }
             // strace pads the pid column ("6266  rename(" but "31266 rename(").

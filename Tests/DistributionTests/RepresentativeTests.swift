@@ -427,9 +427,19 @@ struct MagicPacketTests {
         #expect(MACAddress("52:54:00:12:34:56")?.description == "52:54:00:12:34:56")
     }
 
+    /// Sends another machine's magic packet to `port` until the waiter there has ignored one
+    /// (so it is listening); false after 30 s.
+    static func untilListening(port: UInt16, ignored: Locked<[String]>) async throws -> Bool {
+        let other = try #require(MACAddress("52:54:00:65:43:21"))
+        return try await eventually(.seconds(30)) {
+            _ = try WakeOnLAN.send([other], broadcast: "127.0.0.1", port: port)
+            try await Task.sleep(for: .milliseconds(200))
+            return !ignored.value.isEmpty
+        }
+    }
+
     @Test func theWaiterIgnoresOtherMachinesPacketsAndGarbageAndWakesOnItsOwn() async throws {
         let mine = try #require(Self.mac)
-        let other = try #require(MACAddress("52:54:00:65:43:21"))
         let port: UInt16 = 47_000 + UInt16.random(in: 0..<1000)
         let ignored = Locked<[String]>([])
         let waiting = Task {
@@ -439,12 +449,7 @@ struct MagicPacketTests {
         }
         // Another machine's packet, sent until the waiter (started on a thread of its own, late
         // on a busy machine) has seen one: each is ignored and named, none wakes it.
-        #expect(
-            try await eventually(.seconds(30)) {
-                _ = try WakeOnLAN.send([other], broadcast: "127.0.0.1", port: port)
-                try await Task.sleep(for: .milliseconds(200))
-                return !ignored.value.isEmpty
-            })
+        #expect(try await Self.untilListening(port: port, ignored: ignored))
         #expect(ignored.value.allSatisfy { $0.contains("for 52:54:00:65:43:21") }, "\(ignored.value)")
         #expect(try WakeOnLAN.send([mine], broadcast: "127.0.0.1", port: port) == 1)
         #expect(try await waiting.value)
@@ -485,13 +490,7 @@ struct MagicPacketTests {
         }
         // The waiter is listening once it has ignored another machine's packet (a fixed head
         // start lost the race on a busy machine: the order's packet came before the bind).
-        let other = try #require(MACAddress("52:54:00:65:43:21"))
-        #expect(
-            try await eventually(.seconds(30)) {
-                _ = try WakeOnLAN.send([other], broadcast: "127.0.0.1", port: port)
-                try await Task.sleep(for: .milliseconds(100))
-                return !ignored.value.isEmpty
-            })
+        #expect(try await Self.untilListening(port: port, ignored: ignored))
         await agent.wake(
             WakeOrder(request: "w1", macAddresses: [mine.description]), change: "CHG-1", epoch: 3, broadcast: "127.0.0.1")
         #expect(try await waiting.value == enabled)

@@ -77,7 +77,7 @@ import Testing
 
     /// A segment whose agents are all down has no one to send magic packets: its targets are
     /// chased as offline with that reason, and nothing claims to have woken them. When one
-    /// comes back it represents the segment, and the next promotion has it wake the other.
+    /// comes back it represents the segment and carries out the waiting request for the other.
     @Test(.enabled(if: FleetTests.canBuildFleets, "needs root, iproute2 and iptables (sudo lab/setup)"))
     func aSegmentWithNoOnlineAgentIsChasedAsOfflineWithNoOneToWakeIt() async throws {
         try await PeerFleetTests.withPeerFleet(prefix: "hwn", hosts: 2, coreArguments: ["--offline-after", "4"]) { f in
