@@ -109,7 +109,9 @@ public struct IncrementalCollector: Sendable {
         let since = Self.newestCtime(of: reference) ?? "0"
         let scanStarted = ContinuousClock.now
         let scan = try await run(
-            InventoryScript.render(options, files: .listedChangedSince(ctime: since), unitFiles: reference.units == nil),
+            InventoryScript.render(
+                options, files: .listedChangedSince(ctime: since), unitFiles: reference.units == nil,
+                unitsChangedSince: reference.units.map { Self.newestCtime(ofUnitDirectories: $0) ?? "0" }),
             what: "the inventory")
         var commandSeconds = scanStarted.secondsSince
         var commands = 1
@@ -117,13 +119,20 @@ public struct IncrementalCollector: Sendable {
         var output = scan.stdoutText
         if let units = reference.units {
             // The unit files' states: the reference's, asked again only for units whose files
-            // or symlinks changed.
-            let found = Self.sections(["unit-dirs", "unit-also"], in: output)
+            // or symlinks changed — already answered by the scan when it asked about them all.
+            let found = Self.sections(["unit-dirs", "unit-also", "unit-asked", "unit-fresh"], in: output)
             let now = UnitReference.directories(found["unit-dirs"] ?? [], root: options.normalizedRoot)
             let changed = UnitFileDiff.changed(reference: units, directories: now, also: (found["unit-also"] ?? []).map(String.init))
             var lines = units.files
             unitsAsked = changed?.sorted()
-            if changed?.isEmpty != true {
+            let askedInScan = (found["unit-asked"] ?? []).map(String.init)
+            if let changed, !changed.isEmpty, UnitFileDiff.covers(askedInScan, changed) {
+                // Every unit the scan answered for has its current state: its lines replace
+                // the reference's, and so do those of changed units it no longer lists.
+                let freshLines = (found["unit-fresh"] ?? []).map(String.init).filter { !$0.isEmpty }
+                let answered = Set(freshLines.compactMap(UnitFileDiff.unitName)).union(changed)
+                lines = lines.filter { UnitFileDiff.unitName($0).map { !answered.contains($0) } ?? true } + freshLines
+            } else if changed?.isEmpty != true {
                 let asked = ContinuousClock.now
                 let fresh = try await run(
                     InventoryScript.unitFilesScript(options, units: changed.map(UnitFileDiff.patterns) ?? []),
@@ -175,11 +184,24 @@ public struct IncrementalCollector: Sendable {
     /// The newest ctime in a listing, as `find` wrote it (seconds since the epoch); nil for
     /// an empty listing.
     static func newestCtime(of listing: FileListing) -> String? {
+        newest(listing.entries.values.compactMap { $0.metadata.split(separator: "\t").last })
+    }
+
+    /// The newest ctime among a reference's unit-folder entries, as `find` wrote it; nil
+    /// when it has none.
+    static func newestCtime(ofUnitDirectories units: UnitReference) -> String? {
+        newest(units.directories.values.compactMap { metadata in
+            let fields = metadata.split(separator: "\t", omittingEmptySubsequences: false)
+            return fields.count == 7 ? fields[5] : nil
+        })
+    }
+
+    /// The largest of some decimal fields, as written; nil when none parses.
+    private static func newest(_ fields: [Substring]) -> String? {
         var newest: (value: Double, text: String)?
-        for entry in listing.entries.values {
-            guard let field = entry.metadata.split(separator: "\t").last, let ctime = Double(field), ctime.isFinite
-            else { continue }
-            if newest == nil || ctime > newest?.value ?? 0 { newest = (ctime, String(field)) }
+        for field in fields {
+            guard let value = Double(field), value.isFinite else { continue }
+            if newest == nil || value > newest?.value ?? 0 { newest = (value, String(field)) }
         }
         return newest?.text
     }

@@ -38,15 +38,62 @@ enum InventoryScript {
 
     /// The `unit-dirs` section (the unit folders' metadata) and `unit-also` (every `Also=`
     /// line, `file:line`): what tells which units' states may have changed since a reference.
-    static func unitDirectorySections() -> String {
+    ///
+    /// With `changedSince` (the newest ctime of a reference's `unit-dirs`), the same `find`
+    /// also notes the entries changed since, and the script asks `list-unit-files` at once
+    /// about the units they name — the entry, the unit whose `.wants`, `.requires`,
+    /// `.upholds` or `.d` folder holds it, a symlink's target, and a template's instances —
+    /// in `unit-asked` (the names and patterns) and `unit-fresh` (the answer). That is the
+    /// answer the caller would ask for in a second command whenever what it asks for
+    /// itself is among those (`UnitFileDiff` decides; `Also=` ties and removals it adds).
+    static func unitDirectorySections(changedSince: String? = nil) -> String {
         let folders = unitDirectories.map { "\"$R\"" + shellQuote($0) }.joined(separator: " ")
-        return """
+        let since = changedSince.map(plainDecimal)
+        let noted = since.map { " \\( -newerct '@\($0)' -fprintf \"$U\" '%f\\t%h\\t%l\\n' \\)" } ?? ""
+        var script = """
             sec unit-dirs
-            for d in \(folders); do [ -d "$d" ] && find "$d" -printf '\(unitDirectoriesFormat)' 2>/dev/null; done
+
+            """
+        if since != nil {
+            script += """
+                U=/run/.changelab-units.$$
+                { : >"$U"; } 2>/dev/null || U=$(mktemp /tmp/.changelab-units.XXXXXX) || exit 3
+
+                """
+        }
+        script += """
+            set --; for d in \(folders); do [ -d "$d" ] && set -- "$@" "$d"; done
+            [ $# -eq 0 ] || find "$@" -printf '\(unitDirectoriesFormat)'\(noted) 2>/dev/null
             sec unit-also
             grep -rsH '^[[:space:]]*Also[[:space:]]*=' \(folders)
 
             """
+        if since != nil {
+            script += """
+                sec unit-asked
+                set -f; set --
+                while IFS='\t' read -r f h l; do
+                  for n in "$f" "${h##*/}" "${l##*/}"; do
+                    for x in .wants .requires .upholds .d; do case $n in (*"$x") n=${n%"$x"} ;; esac; done
+                    case $n in (?*.service|?*.socket|?*.target|?*.timer|?*.path|?*.mount|?*.automount|?*.swap|?*.slice|?*.scope|?*.device) ;; (*) continue ;; esac
+                    set -- "$@" "$n"
+                    case $n in (?*@*.*) set -- "$@" "${n%%@*}@*.${n##*.}" ;; esac
+                  done
+                done <"$U"
+                [ $# -eq 0 ] || printf '%s\\n' "$@"
+                sec unit-fresh
+                [ $# -eq 0 ] || systemctl --root="${R:-/}" list-unit-files --no-legend --no-pager --plain -- "$@" 2>/dev/null
+                set +f
+
+                """
+        }
+        return script
+    }
+
+    /// A ctime as `find -printf %C@` writes it (digits and one dot), else "0" (everything
+    /// counts as changed since): it comes from a stored file and goes into the script.
+    static func plainDecimal(_ given: String) -> String {
+        given.allSatisfy { $0.isASCII && ($0.isNumber || $0 == ".") } && !given.isEmpty ? given : "0"
     }
 
     /// `systemctl list-unit-files` for the named units only: each unit's state is looked up
@@ -68,15 +115,31 @@ enum InventoryScript {
     /// - Parameter unitFiles: false leaves `systemctl list-unit-files` out, for a caller that
     ///   takes the unit files' states from a reference and asks only for those that changed
     ///   (the `unit-dirs` and `unit-also` sections say which).
-    static func render(_ options: InventoryOptions, files: Files = .hashed, unitFiles: Bool = true) -> String {
+    /// - Parameter unitsChangedSince: with `unitFiles` false, the newest ctime of the
+    ///   reference's unit folders: the script also asks about the units changed since
+    ///   (`unitDirectorySections(changedSince:)`).
+    static func render(
+        _ options: InventoryOptions, files: Files = .hashed, unitFiles: Bool = true, unitsChangedSince: String? = nil
+    ) -> String {
         let root = options.normalizedRoot
         let watched = options.watchedPaths.map(shellQuote).joined(separator: " ")
         let prune = pruneExpression(options)
+        // The watched roots that exist (or are dangling symlinks), as "$@", in order: one
+        // `find` walks them all (under TCG every process started costs ~40 ms).
+        let roots = """
+            set --; for p in \(watched); do if [ -e "$R$p" ] || [ -L "$R$p" ]; then set -- "$@" "$R$p"; fi; done
+
+            """
         let hashes = """
             sec sha256
-            for p in \(watched); do
-              if [ -e "$R$p" ]; then find "$R$p" \(prune)-type f -print0 | xargs -0 -r sha256sum; fi
-            done
+            \(roots)[ $# -eq 0 ] || find "$@" \(prune)-type f -print0 | xargs -0 -r sha256sum
+
+            """
+        // Where find writes the listing while it prints the files section: a name of this
+        // shell's pid in /run, which only root can write (no mktemp process), else mktemp's in /tmp.
+        let temporary = """
+            L=/run/.changelab-listing.$$
+            { : >"$L"; } 2>/dev/null || L=$(mktemp /tmp/.changelab-listing.XXXXXX) || exit 3
 
             """
         let fileSections: String
@@ -84,45 +147,30 @@ enum InventoryScript {
         case .hashed:
             fileSections = """
                 sec files
-                for p in \(watched); do
-                  if [ -e "$R$p" ] || [ -L "$R$p" ]; then find "$R$p" \(prune)-printf '\(filesFormat)'; fi
-                done
+                \(roots)[ $# -eq 0 ] || find "$@" \(prune)-printf '\(filesFormat)'
 
                 """ + hashes
         case .listed(let withHashes):
             // One pass: -fprintf writes the listing beside the files section as find walks.
             fileSections = """
                 sec files
-                L=$(mktemp /tmp/.changelab-listing.XXXXXX) || L=/tmp/.changelab-listing.$$
-                : >"$L"
-                for p in \(watched); do
-                  if [ -e "$R$p" ] || [ -L "$R$p" ]; then
-                    find "$R$p" \(prune)-printf '\(filesFormat)' -fprintf "$L.part" '\(listingFormat)'
-                    cat "$L.part" >>"$L"
-                  fi
-                done
+                \(temporary)\(roots)[ $# -eq 0 ] || find "$@" \(prune)-printf '\(filesFormat)' -fprintf "$L" '\(listingFormat)'
                 sec listing
-                cat "$L"; rm -f "$L" "$L.part"
+                cat "$L"; rm -f "$L"
 
                 """ + (withHashes ? hashes : "") + unitDirectorySections()
         case .listedChangedSince(let given):
             // Anything but a plain decimal (it came from a stored file) hashes every file.
-            let ctime = given.allSatisfy { $0.isASCII && ($0.isNumber || $0 == ".") } && !given.isEmpty ? given : "0"
+            let ctime = plainDecimal(given)
             fileSections = """
                 sec files
-                L=$(mktemp /tmp/.changelab-listing.XXXXXX) || L=/tmp/.changelab-listing.$$
-                : >"$L"; : >"$L.hash"
-                for p in \(watched); do
-                  if [ -e "$R$p" ] || [ -L "$R$p" ]; then
-                    find "$R$p" \(prune)-printf '\(filesFormat)' -fprintf "$L.part" '\(listingFormat)' \\( -type f -newerct '@\(ctime)' -fprint0 "$L.hpart" \\)
-                    cat "$L.part" >>"$L"; cat "$L.hpart" >>"$L.hash"
-                  fi
-                done
+                \(temporary): >"$L.hash"
+                \(roots)[ $# -eq 0 ] || find "$@" \(prune)-printf '\(filesFormat)' -fprintf "$L" '\(listingFormat)' \\( -type f -newerct '@\(ctime)' -fprint0 "$L.hash" \\)
                 sec listing
                 cat "$L"
                 sec sha256
                 xargs -0 -r sha256sum <"$L.hash"
-                rm -f "$L" "$L.part" "$L.hash" "$L.hpart"
+                rm -f "$L" "$L.hash" ${U:+"$U"}
 
                 """
         }
@@ -130,33 +178,34 @@ enum InventoryScript {
             R=\(shellQuote(root == "/" ? "" : root))
             if [ ! -d "${R:-/}" ]; then echo "the root folder ${R:-/} does not exist" >&2; exit 3; fi
             sec() { printf '\(marker)%s\\n' "$1"; }
+            put() { while IFS= read -r l || [ -n "$l" ]; do printf '%s\\n' "$l"; done <"$1"; }
             sec hostname
-            if [ -z "$R" ]; then cat /proc/sys/kernel/hostname 2>/dev/null || uname -n; else cat "$R/etc/hostname" 2>/dev/null; fi
+            if [ -z "$R" ]; then put /proc/sys/kernel/hostname 2>/dev/null || uname -n; else put "$R/etc/hostname" 2>/dev/null; fi
             sec os-release
-            cat "$R/etc/os-release" 2>/dev/null || cat "$R/usr/lib/os-release"
+            put "$R/etc/os-release" 2>/dev/null || put "$R/usr/lib/os-release"
             sec kernel
-            uname -r; uname -m
+            put /proc/sys/kernel/osrelease 2>/dev/null || uname -r; uname -m
             sec cpu
             grep -E '^(model name|processor)[[:space:]]*:' /proc/cpuinfo
             sec memory
-            grep '^MemTotal:' /proc/meminfo
+            while IFS= read -r l; do case $l in (MemTotal:*) printf '%s\\n' "$l"; break ;; esac; done </proc/meminfo
             sec disks
             df -P -T -k 2>/dev/null
             sec packages
             dpkg-query --admindir="$R/var/lib/dpkg" -W -f='${Package}\\t${Architecture}\\t${Version}\\t${Status}\\n'
             sec passwd
-            cat "$R/etc/passwd"
+            put "$R/etc/passwd"
             sec group
-            cat "$R/etc/group"
-            \(unitFiles ? Self.unitFilesSection : Self.unitDirectorySections())sec units
+            put "$R/etc/group"
+            \(unitFiles ? Self.unitFilesSection : Self.unitDirectorySections(changedSince: unitsChangedSince))sec units
             if [ -z "$R" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
               echo running
               systemctl list-units --all --no-legend --no-pager --plain --type=service,socket,timer,path,target 2>/dev/null
             fi
             sec tcp
-            cat /proc/net/tcp /proc/net/tcp6 2>/dev/null
+            for f in /proc/net/tcp /proc/net/tcp6; do put "$f"; done 2>/dev/null
             sec udp
-            cat /proc/net/udp /proc/net/udp6 2>/dev/null
+            for f in /proc/net/udp /proc/net/udp6; do put "$f"; done 2>/dev/null
             \(fileSections)sec end
             exit 0
 

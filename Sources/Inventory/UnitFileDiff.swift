@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The unit files' states as a reference recorded them, and what decides them: the unit
 /// folders' entries and the `Also=` lines. With these an incremental inventory asks
@@ -110,6 +113,12 @@ enum UnitFileDiff {
     /// back with its current state, which is right too).
     static func patterns(_ names: Set<String>) -> [String] {
         names.sorted().map { $0.replacingOccurrences(of: "\\", with: "?") }
+    }
+
+    /// True when every unit in `units` is matched by one of the names or patterns `asked`
+    /// (`list-unit-files` matches them with fnmatch, and so does this).
+    static func covers(_ asked: [String], _ units: Set<String>) -> Bool {
+        units.allSatisfy { unit in asked.contains { fnmatch($0, unit, 0) == 0 } }
     }
 
     /// `a@b.service` → `a@.service`; nil for anything that is not an instance.

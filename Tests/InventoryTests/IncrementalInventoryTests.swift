@@ -155,6 +155,54 @@ import Testing
         #expect(result.inventory.snapshot.files == full.files)
     }
 
+    /// The scan itself names the units whose folder entries changed since the reference's
+    /// newest ctime (the entry, the unit a `.wants` or `.d` folder belongs to, a symlink's
+    /// target, a template's instances), so the caller needs no second command for them.
+    @Test func theScanAsksAboutTheUnitsChangedEntriesNameAndOnlyThose() async throws {
+        let root = NSTemporaryDirectory() + "changelab-units-\(UUID().uuidString.prefix(8))"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let manager = FileManager.default
+        for folder in ["etc/systemd/system/multi-user.target.wants", "etc/systemd/system/ssh.service.d", "lib/systemd/system"] {
+            try manager.createDirectory(atPath: "\(root)/\(folder)", withIntermediateDirectories: true)
+        }
+        try Data("[Unit]\n".utf8).write(to: URL(fileURLWithPath: "\(root)/lib/systemd/system/old.service"))
+        try Data("[Unit]\n".utf8).write(to: URL(fileURLWithPath: "\(root)/lib/systemd/system/getty@.service"))
+        // Everything so far is the reference; what follows is newer than its newest ctime.
+        let options = InventoryOptions(root: root, watchedPaths: ["/etc"])
+        let before = try await LocalShell().runShell(
+            InventoryScript.render(options, files: .listed(hashes: false), unitFiles: false), timeout: .seconds(30))
+        let sections = IncrementalCollector.sections(["unit-dirs"], in: before.stdoutText)
+        let reference = UnitReference(
+            files: [], directories: UnitReference.directories(sections["unit-dirs"] ?? [], root: root), also: [])
+        let since = try #require(IncrementalCollector.newestCtime(ofUnitDirectories: reference))
+        try await Task.sleep(for: .milliseconds(20))
+        try Data("[Unit]\n".utf8).write(to: URL(fileURLWithPath: "\(root)/lib/systemd/system/greeterd.service"))
+        try manager.createSymbolicLink(
+            atPath: "\(root)/etc/systemd/system/multi-user.target.wants/greeterd.service",
+            withDestinationPath: "/lib/systemd/system/greeterd.service")
+        try Data("[Service]\n".utf8).write(to: URL(fileURLWithPath: "\(root)/etc/systemd/system/ssh.service.d/x.conf"))
+        try manager.createSymbolicLink(
+            atPath: "\(root)/etc/systemd/system/getty@tty3.service", withDestinationPath: "/lib/systemd/system/getty@.service")
+        let after = try await LocalShell().runShell(
+            InventoryScript.render(options, files: .listed(hashes: false), unitFiles: false, unitsChangedSince: since),
+            timeout: .seconds(30))
+        let asked = Set((IncrementalCollector.sections(["unit-asked"], in: after.stdoutText)["unit-asked"] ?? []).map(String.init))
+        for unit in ["greeterd.service", "multi-user.target", "ssh.service", "getty@tty3.service", "getty@.service", "getty@*.service"] {
+            #expect(asked.contains(unit), "\(unit) not asked: \(asked.sorted())")
+        }
+        #expect(!asked.contains("old.service"), "an entry older than the reference was asked: \(asked.sorted())")
+        #expect(!asked.contains("x.conf") && !asked.contains("system"))
+        // What the host works out from the metadata is covered, so the scan's answer serves;
+        // a unit the scan did not ask about is not.
+        let now = UnitReference.directories(
+            IncrementalCollector.sections(["unit-dirs"], in: after.stdoutText)["unit-dirs"] ?? [], root: root)
+        let changed = try #require(UnitFileDiff.changed(reference: reference, directories: now, also: []))
+        #expect(changed.contains("greeterd.service") && changed.contains("getty@tty3.service"), "\(changed.sorted())")
+        #expect(UnitFileDiff.covers(Array(asked), changed), "\(changed.sorted()) not all in \(asked.sorted())")
+        #expect(!UnitFileDiff.covers(Array(asked), changed.union(["old.service"])))
+        #expect(UnitFileDiff.covers(["getty@*.service"], ["getty@tty1.service", "getty@.service"]))
+    }
+
     @Test func aListingOfAnotherFormatIsRefused() throws {
         let data = Data(#"{"entries":{},"format":99,"key":"x"}"#.utf8)
         #expect(throws: ChangelabError.self) { try FileListing.decode(data) }
@@ -163,7 +211,8 @@ import Testing
     @Test func theFullScriptIsUnchangedByTheListingVariant() {
         let options = InventoryOptions()
         let script = InventoryCollector(runner: LocalShell(), options: options).script
-        #expect(script.contains("-printf '%y\\t%m\\t%U\\t%G\\t%s\\t%l\\t%p\\n'; fi"))
+        #expect(script.contains("-printf '%y\\t%m\\t%U\\t%G\\t%s\\t%l\\t%p\\n'\n"))
+        #expect(!script.contains("-fprintf"))
         #expect(!script.contains("sec listing"))
     }
 }

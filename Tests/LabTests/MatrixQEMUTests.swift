@@ -335,6 +335,8 @@ extension LabQEMUTests {
             // Unit-file states: only the units whose files or symlinks changed were asked about.
             let asked = try #require(incremental.unitsAsked, "every unit's state was asked: the listing has no unit data")
             #expect(asked.contains("greeterd.service") && asked.count < 40, "asked about \(asked)")
+            // ...and the scan answered for them itself: one guest command in all.
+            #expect(incremental.commands == 1, "\(incremental.commands) guest commands")
         }
     }
 
