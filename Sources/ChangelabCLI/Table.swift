@@ -32,8 +32,10 @@ struct Table {
         }.joined(separator: "\n") + "\n"
     }
 
+    /// Through Swift's own stdout buffer, like every other line a command prints: a direct
+    /// write came out ahead of lines printed before it when stdout was a pipe.
     func print() {
-        FileHandle.standardOutput.write(Data(text.utf8))
+        Swift.print(text, terminator: "")
     }
 }
 

@@ -66,13 +66,20 @@ public enum StandingSuite {
             }
             let name = (test as NSString).lastPathComponent
             names.append(name)
-            script += "base64 -d >\"$d/t\(index)\" <<'CHANGELAB_TEST_END'\n\(data.base64EncodedString(options: [.lineLength76Characters, .endLineWithLineFeed]))\nCHANGELAB_TEST_END\n"
+            // A text test is written by the shell's own printf (no process started); anything
+            // else (a NUL byte, not UTF-8) through base64.
+            if let text = String(data: data, encoding: .utf8), !text.contains("\u{0}") {
+                script += "printf '%s' '\(text.replacingOccurrences(of: "'", with: "'\\''"))' >\"$d/t\(index)\"\n"
+            } else {
+                script += "base64 -d >\"$d/t\(index)\" <<'CHANGELAB_TEST_END'\n\(data.base64EncodedString(options: [.lineLength76Characters, .endLineWithLineFeed]))\nCHANGELAB_TEST_END\n"
+            }
         }
         script += "chmod 755 \"$d\"/t*\n"
         // Each test in its own process group under timeout(1), which kills the group; its
         // stdout and stderr apart, then printed between lines with a token no test prints.
-        // Forks are what cost under emulation: the clock comes from /proc/uptime (a shell
-        // builtin read) and each test's output from one cat.
+        // Processes are what cost under emulation: the clock comes from /proc/uptime (a shell
+        // builtin read), each test's report line is written by the shell, and one cat prints
+        // every test's report and output at the end.
         let token = UUID().uuidString.prefix(12).lowercased()
         script += """
             printf '\\n\(separator)\(token)\\n' >"$d/sep"; printf '\\n\(ending)\(token)\\n' >"$d/end"
@@ -81,13 +88,13 @@ public enum StandingSuite {
               timeout -k 5 \(seconds) "$d/t$1" >"$d/t$1.out" 2>"$d/t$1.err" </dev/null
               rc=$?
               read e _ </proc/uptime
-              echo "\(marker)\(token) $1 $rc $s $e"
-              cat "$d/t$1.out" "$d/sep" "$d/t$1.err" "$d/end"
+              echo "\(marker)\(token) $1 $rc $s $e" >"$d/t$1.m"
             }
 
             """
         for index in tests.indices { script += "run \(index)\n" }
-        script += "rm -rf \"$d\"\nexit 0\n"
+        let reports = tests.indices.map { "\"$d/t\($0).m\" \"$d/t\($0).out\" \"$d/sep\" \"$d/t\($0).err\" \"$d/end\"" }
+        script += "cat \(reports.joined(separator: " "))\nrm -rf \"$d\"\nexit 0\n"
         let whole = Duration.seconds(seconds + 10) * tests.count + .seconds(30)
         // qemu-ga takes a few hundred KiB of input in one message at most: a suite with big
         // test files goes over as a file, in chunks, first.

@@ -214,7 +214,7 @@ public struct GuestAgent: Sendable {
                     try await kill(pid: pid, groupFile: groupPath)
                 }
                 try await Task.sleep(for: pause)
-                pause = min(pause * 3 / 2, .milliseconds(100))
+                pause = Self.nextPoll(after: pause, started: started, cap: .milliseconds(100))
             }
         } catch {
             // Cancelled or the agent went away: do not leave the command running.
@@ -251,7 +251,7 @@ public struct GuestAgent: Sendable {
         guard let pid = launched["pid"] as? Int else {
             throw GuestAgentError.unexpectedReply(command: "guest-exec", reply: "\(launched)")
         }
-        var pause = Duration.milliseconds(5)
+        var pause = Duration.milliseconds(10)
         while true {
             let status = try await sendForObject("guest-exec-status", ["pid": pid])
             if (status["exited"] as? Bool) ?? false {
@@ -267,8 +267,16 @@ public struct GuestAgent: Sendable {
                     exitCode: -1, stdout: Data(), stderr: Data(), timedOut: true, seconds: started.secondsSince)
             }
             try await Task.sleep(for: pause)
-            pause = min(pause * 2, .milliseconds(200))
+            pause = Self.nextPoll(after: pause, started: started, cap: .milliseconds(200))
         }
+    }
+
+    /// The pause before the next status poll: every 10 ms for the first 0.2 s (a short
+    /// command ends within a poll of its end; each poll is one small agent message), then
+    /// half as long again each time, up to `cap`.
+    static func nextPoll(after pause: Duration, started: ContinuousClock.Instant, cap: Duration) -> Duration {
+        if ContinuousClock.now - started < .milliseconds(200) { return .milliseconds(10) }
+        return min(max(pause, .milliseconds(10)) * 3 / 2, cap)
     }
 
     /// Starts a command and returns its pid without waiting for it: for commands that take

@@ -1,4 +1,5 @@
 import Foundation
+import HostIO
 @testable import Lab
 @testable import Libvirt
 import Model
@@ -111,5 +112,40 @@ import Testing
         let (untouched, none) = GuestTiming.split(killed)
         #expect(none == nil)
         #expect(untouched.stderrText == "partial")
+    }
+
+    /// A step and its settle wait in one command: the settle report after the timing line
+    /// is parsed (settled, or stuck with the busy units) and stripped from the step's stderr.
+    @Test func theSettleReportAfterTheTimingLineIsParsedAndStripped() {
+        func run(_ trailer: String) -> GuestTiming.Timed {
+            let stderr = Data("dpkg: warning\n\n\(GuestTiming.marker)10.00 16.50\n\(trailer)".utf8)
+            return GuestTiming.parse(
+                GuestExecResult(exitCode: 0, stdout: Data(), stderr: stderr, timedOut: false, seconds: 7.2))
+        }
+        let settled = run("\(GuestTiming.settleMarker)0 16.50 16.80\nrunning\n")
+        #expect(settled.guestSeconds == 6.5)
+        #expect(settled.result.stderrText == "dpkg: warning\n")
+        #expect(settled.settle == .settled(state: "running", seconds: 16.8 - 16.5))
+        let stuck = run("\(GuestTiming.settleMarker)124 16.50 30.50\ndegraded\ncl-stuck.service (activating/start)\n")
+        #expect(stuck.settle == .stuck(state: "degraded", busy: ["cl-stuck.service (activating/start)"], seconds: 14))
+        // No settle report (the step failed, or was not a run step): nil, the step's own result.
+        let none = run("")
+        #expect(none.settle == nil && none.guestSeconds == 6.5)
+        // A mangled report is no settle report, never a crash.
+        #expect(run("\(GuestTiming.settleMarker)x y\n").settle == nil)
+        #expect(run("\(GuestTiming.settleMarker)0 9 3\n").settle == nil)
+    }
+
+    /// The wrapper's shell runs under dash: the step's exit code survives the settle wait,
+    /// which runs only after a success and is bounded by what is left of the time-out.
+    @Test func theSettlingWrapperKeepsTheStepsExitCodeAndSkipsTheWaitAfterAFailure() async throws {
+        let script = GuestTiming.script(settlingWithin: 30)
+        #expect(script.contains(GuestTiming.settleMarker))
+        #expect(script.contains("l=$(( 30 - (${e%.*} - ${s%.*}) ))"))
+        // Without systemd here the wait reports at once; only the exit code and the lines matter.
+        let failed = try await HostCommand.run("/bin/sh", ["-c", script, "t", "/bin/sh", "-c", "exit 7"], timeout: .seconds(30))
+        #expect(failed.status == 7)
+        #expect(!failed.stderrText.contains(GuestTiming.settleMarker), "no settle wait after a failed step")
+        #expect(failed.stderrText.contains(GuestTiming.marker))
     }
 }

@@ -63,7 +63,8 @@ struct BenchCommand: AsyncParsableCommand {
                 and the standing suite) / (the cell's wall time from taking its slot to releasing it). \
                 --compare-old runs the new path, then the old one (--full-inventory --test-per-command \
                 --no-warm-pool), \
-                in this one invocation, and compares their wall times.
+                in this one invocation, and compares their wall times. First it times a trivial guest command \
+                (true) on a fresh restore, through exec (output files, process group) and capture.
                 """)
         @OptionGroup var projectOptions: ProjectOptions
         @OptionGroup var output: OutputOptions
@@ -97,6 +98,13 @@ struct BenchCommand: AsyncParsableCommand {
                 parallel: parallel
             ) { progress.handle($0) }
             if output.json { return try printJSON(comparison) }
+            if let trip = comparison.roundTrip {
+                Swift.print(
+                    String(
+                        format: "trivial guest command (true) on %@, host clock: exec %.3f s median (%.3f–%.3f), capture %.3f s; target exec <= %.1f s: %@\n",
+                        trip.baseline, trip.exec.median, trip.exec.min, trip.exec.max, trip.capture.median, trip.atMostSeconds,
+                        trip.met ? "met" : "NOT met"))
+            }
             for report in comparison.runs { Self.print(report) }
             if let speedup = comparison.wallSpeedup, let new = comparison.runs.first(where: { $0.path == .new }),
                 let old = comparison.runs.first(where: { $0.path == .old })

@@ -123,6 +123,8 @@ final class CellAttempt: @unchecked Sendable {
     private var prepared: InventorySnapshot?
     /// A paused guest from the warm pool, to resume instead of restoring.
     private let pooled: RestoredGuest?
+    /// The prerequisites check, when it ran in the cell's first guest command.
+    private var earlyPrerequisites: GuestExecResult?
 
     init(context: CellContext, host: LabHosts.Host, log: TextLog, pooled: RestoredGuest? = nil) {
         self.context = context
@@ -132,6 +134,9 @@ final class CellAttempt: @unchecked Sendable {
     }
 
     private var lab: Lab { context.lab }
+    /// How long after a run step's time-out the host kills its command (the guest bounds
+    /// the step's settle wait by the time-out itself).
+    static let settleBackstopSeconds = 5
     private var recipe: PackageRecipe { context.artifact.recipe }
 
     private func record(_ outcome: StepOutcome) {
@@ -187,8 +192,21 @@ final class CellAttempt: @unchecked Sendable {
                     log.append(String(format: "recorded the slot's file listing (%.1f s, once per slot)\n", listed.secondsSince))
                 }
             }
+            // The cell's folder, and when nothing is prepared first the prerequisites check,
+            // in one guest command (its time is the check's).
+            let checkStarted = ContinuousClock.now
+            let check = context.preparation?.installs.isEmpty == false ? nil : prerequisiteScript(installedRecipe)
+            let made = try await guest.agent.capture(
+                ["/bin/sh", "-c", "mkdir -p '\(CellRunner.guestDirectory)' || exit 125\n" + (check ?? "exit 0\n")],
+                timeout: .seconds(60))
+            guard made.exitCode != 125, !made.timedOut else {
+                throw ChangelabError("cannot make \(CellRunner.guestDirectory) in the guest: \(made.stderrText)")
+            }
+            if check != nil {
+                earlyPrerequisites = made
+                timings.prerequisites = checkStarted.secondsSince
+            }
             let uploadStarted = ContinuousClock.now
-            _ = try await guest.agent.capture(["mkdir", "-p", CellRunner.guestDirectory])
             for manifest in [context.artifact] + (context.plan.lane == .upgrade ? [context.previous].compactMap { $0 } : []) {
                 try await guest.agent.upload(
                     file: context.store.debPath(manifest.digest), to: "\(CellRunner.guestDirectory)/\(manifest.debFileName)",
@@ -225,8 +243,7 @@ final class CellAttempt: @unchecked Sendable {
     /// the delta is what the package did, not what its tests or the standing suite did.
     private func runLane(_ guest: RestoredGuest) async throws -> Inspection? {
         let lane = context.plan.lane
-        let installed = lane == .upgrade ? (context.previous ?? context.artifact) : context.artifact
-        guard try await checkPrerequisites(installed.recipe, guest) else { return nil }
+        guard try await checkPrerequisites(installedRecipe, guest) else { return nil }
         switch lane {
         case .install, .uninstall:
             guard try await install(context.artifact, phase: .install, guest) else { return nil }
@@ -239,18 +256,19 @@ final class CellAttempt: @unchecked Sendable {
             guard try await install(context.artifact, phase: .reinstall, guest) else { return nil }
         }
         let inspection: Inspection
+        // The standing suite and the adopted packages' tests; after an install, the package's
+        // own tests too: all in one guest runner.
+        var suites = [TestGroup(tests: context.regressionTests, phase: .regression, adopted: nil)]
+            + context.adoptedTests.map { TestGroup(tests: $0.1, phase: .regression, adopted: $0.0) }
         if lane == .uninstall {
-            try await runTests(context.packageTests, phase: .test, guest)
+            try await runTests([TestGroup(tests: context.packageTests, phase: .test, adopted: nil)], guest)
             guard try await runSteps(recipe.uninstall, of: context.artifact, phase: .uninstall, guest) else { return nil }
             inspection = try await inspect(guest)
         } else {
             inspection = try await inspect(guest)
-            try await runTests(context.packageTests, phase: .test, guest)
+            suites.insert(TestGroup(tests: context.packageTests, phase: .test, adopted: nil), at: 0)
         }
-        try await runTests(context.regressionTests, phase: .regression, guest)
-        for (adopted, tests) in context.adoptedTests {
-            try await runTests(tests, phase: .regression, of: adopted, guest)
-        }
+        try await runTests(suites, guest)
         return inspection
     }
 
@@ -301,9 +319,42 @@ final class CellAttempt: @unchecked Sendable {
         return true
     }
 
+    /// The recipe the lane installs first (the earlier release's in the upgrade lane): whose
+    /// prerequisites are checked.
+    private var installedRecipe: PackageRecipe {
+        (context.plan.lane == .upgrade ? (context.previous ?? context.artifact) : context.artifact).recipe
+    }
+
+    /// Checks the prerequisites (or judges the check the cell's first command already ran);
+    /// false, with the verdict set, when one is not met.
     private func checkPrerequisites(_ recipe: PackageRecipe, _ guest: RestoredGuest) async throws -> Bool {
+        guard let script = prerequisiteScript(recipe) else { return true }
+        let result: GuestExecResult
+        if let earlyPrerequisites {
+            result = earlyPrerequisites
+        } else {
+            let checkStarted = ContinuousClock.now
+            result = try await guest.agent.exec(["/bin/sh", "-c", script], timeout: .seconds(60))
+            timings.prerequisites = checkStarted.secondsSince
+        }
+        let unmet = result.stdoutText.split(separator: "\n").map(String.init)
+        log.append(result.stdoutText + result.stderrText)
+        if result.exitCode == 0 {
+            record(StepOutcome(phase: .prerequisites, name: "prerequisites", status: .passed, exitCode: 0, seconds: result.seconds))
+            return true
+        }
+        let detail = unmet.isEmpty ? result.stderrText : unmet.joined(separator: "; ")
+        record(StepOutcome(phase: .prerequisites, name: "prerequisites", status: .failed, exitCode: result.exitCode, seconds: result.seconds, detail: detail))
+        fail(.fail, "prerequisite not met: \(detail)")
+        return false
+    }
+
+    /// The guest script that checks `recipe`'s prerequisites (exit 1 and one line per unmet
+    /// one); nil when it has none. Shell builtins where they do (a process costs ~40 ms
+    /// under TCG).
+    private func prerequisiteScript(_ recipe: PackageRecipe) -> String? {
         let needs = recipe.prerequisites
-        guard !needs.isEmpty else { return true }
+        guard !needs.isEmpty else { return nil }
         var script = "unmet=0\n"
         for package in needs.packages {
             script += """
@@ -313,14 +364,14 @@ final class CellAttempt: @unchecked Sendable {
         }
         if let disk = needs.diskMiB {
             script += """
-                free=$(df -Pk / | awk 'NR==2 {print int($4/1024)}')
+                free=$(df -Pk / | { read -r _; read -r _ _ _ a _; echo $(( ${a:-0} / 1024 )); })
                 [ "$free" -ge \(disk) ] || { echo "free disk on / is ${free} MiB, needs \(disk) MiB"; unmet=1; }
 
                 """
         }
         if let memory = needs.memoryMiB {
             script += """
-                mem=$(awk '/^MemTotal:/ {print int($2/1024)}' /proc/meminfo)
+                mem=0; while read -r k v _; do [ "$k" = MemTotal: ] && { mem=$(( v / 1024 )); break; }; done </proc/meminfo
                 [ "$mem" -ge \(memory) ] || { echo "memory is ${mem} MiB, needs \(memory) MiB"; unmet=1; }
 
                 """
@@ -333,19 +384,7 @@ final class CellAttempt: @unchecked Sendable {
                 """
         }
         script += "exit $unmet\n"
-        let checkStarted = ContinuousClock.now
-        let result = try await guest.agent.exec(["/bin/sh", "-c", script], timeout: .seconds(60))
-        timings.prerequisites = checkStarted.secondsSince
-        let unmet = result.stdoutText.split(separator: "\n").map(String.init)
-        log.append(result.stdoutText + result.stderrText)
-        if result.exitCode == 0 {
-            record(StepOutcome(phase: .prerequisites, name: "prerequisites", status: .passed, exitCode: 0, seconds: result.seconds))
-            return true
-        }
-        let detail = unmet.isEmpty ? result.stderrText : unmet.joined(separator: "; ")
-        record(StepOutcome(phase: .prerequisites, name: "prerequisites", status: .failed, exitCode: result.exitCode, seconds: result.seconds, detail: detail))
-        fail(.fail, "prerequisite not met: \(detail)")
-        return false
+        return script
     }
 
     private func install(_ manifest: ArtifactManifest, phase: StepOutcome.Phase, _ guest: RestoredGuest) async throws -> Bool {
@@ -367,6 +406,7 @@ final class CellAttempt: @unchecked Sendable {
         for step in steps {
             let stepStarted = ContinuousClock.now
             var outcome: StepOutcome
+            var settledInStep: GuestSettle.Outcome?
             switch step.action {
             case .run(let script):
                 let environment = """
@@ -375,13 +415,24 @@ final class CellAttempt: @unchecked Sendable {
                     cd '\(CellRunner.guestDirectory)'
 
                     """
-                let (result, guestSeconds) = GuestTiming.split(
+                // The step and the settle wait after it in one guest command. The settle wait
+                // is bounded by what is left of the step's time-out; the host's deadline is a
+                // few seconds later, as a backstop for a hung command (killed there).
+                let timed = GuestTiming.parse(
                     try await guest.agent.exec(
-                        GuestTiming.argv(["/bin/sh", "-c", environment + script]), timeout: .seconds(step.timeoutSeconds)
+                        GuestTiming.argv(["/bin/sh", "-c", environment + script], settlingWithin: step.timeoutSeconds),
+                        timeout: .seconds(step.timeoutSeconds + Self.settleBackstopSeconds)
                     ) { [log] _, data in log.append(String(decoding: data, as: UTF8.self)) })
-                if phase.isWork { timings.workCommands += result.seconds }
+                let (result, guestSeconds) = (timed.result, timed.guestSeconds)
+                settledInStep = timed.settle
+                // The settle wait is timed apart (by the guest's clock), not as a round trip.
+                if phase.isWork {
+                    timings.workCommands += max(0, result.seconds - (settledInStep?.seconds ?? 0))
+                    timings.settle += settledInStep?.seconds ?? 0
+                }
                 let tail = CommandResult.tail(of: result.stdoutText + result.stderrText, lines: 15)
-                if result.timedOut {
+                // Killed at the backstop, or it ran past its time-out before it ended.
+                if result.timedOut || (guestSeconds ?? 0) > Double(step.timeoutSeconds) {
                     outcome = StepOutcome(phase: phase, name: step.name, status: .timedOut, seconds: result.seconds, detail: tail)
                     fail(.timeout, "\(label) '\(step.name)' timed out after \(step.timeoutSeconds) s")
                 } else if result.exitCode != 0 {
@@ -402,7 +453,8 @@ final class CellAttempt: @unchecked Sendable {
                 }
             }
             if outcome.status == .passed {
-                outcome = try await settle(after: outcome, started: stepStarted, step: step, label: label, guest)
+                outcome = try await settle(
+                    after: outcome, started: stepStarted, step: step, label: label, waited: settledInStep, guest)
             }
             record(outcome)
             if outcome.status != .passed { return false }
@@ -414,17 +466,24 @@ final class CellAttempt: @unchecked Sendable {
     /// finished what the step set going (a boot, or units a maintainer script restarted),
     /// so that neither the next step nor the inventory sees units half-way. A unit still
     /// busy at the step's deadline turns the step into a time-out that names it.
+    /// - Parameter waited: the settle wait the step's own command ran (a run step); nil
+    ///   waits here, in a command of its own (after a reboot, or when the report was lost).
     private func settle(
         after outcome: StepOutcome, started: ContinuousClock.Instant, step: PackageRecipe.Step, label: String,
-        _ guest: RestoredGuest
+        waited given: GuestSettle.Outcome?, _ guest: RestoredGuest
     ) async throws -> StepOutcome {
-        let deadline = started + .seconds(step.timeoutSeconds)
-        let left = max(.seconds(1), deadline - ContinuousClock.now)
         var settled = outcome
-        let settleStarted = ContinuousClock.now
-        let waited = try await GuestSettle.wait(guest.agent, within: left)
-        // Settling after an adopted artifact's install is preparation, timed as such.
-        if outcome.phase.isWork { timings.settle += settleStarted.secondsSince }
+        let waited: GuestSettle.Outcome
+        if let given {
+            waited = given
+        } else {
+            let deadline = started + .seconds(step.timeoutSeconds)
+            let left = max(.seconds(1), deadline - ContinuousClock.now)
+            let settleStarted = ContinuousClock.now
+            waited = try await GuestSettle.wait(guest.agent, within: left)
+            // Settling after an adopted artifact's install is preparation, timed as such.
+            if outcome.phase.isWork { timings.settle += settleStarted.secondsSince }
+        }
         switch waited {
         case .settled(let state, let seconds):
             log.append(String(format: "settled (%@) after %.1f s\n", state, seconds))
@@ -479,41 +538,56 @@ final class CellAttempt: @unchecked Sendable {
         return "serial console (last lines):\n" + CommandResult.tail(of: text, lines: 15)
     }
 
-    /// - Parameter adopted: the adopted package whose own tests these are (regression phase
-    ///   on an adopted baseline version); nil for the package's tests or the standing suite.
-    private func runTests(
-        _ tests: [String], phase: StepOutcome.Phase, of adopted: StandardConfiguration.Adopted? = nil,
-        _ guest: RestoredGuest
-    ) async throws {
-        guard !tests.isEmpty else { return }
+    /// Tests of one kind: the package's (`.test`), the standing suite or an adopted
+    /// package's (`.regression`, with `adopted` naming the package whose own tests they are).
+    struct TestGroup {
+        var tests: [String]
+        var phase: StepOutcome.Phase
+        var adopted: StandardConfiguration.Adopted?
+    }
+
+    /// Runs every group's tests, in order, in one guest runner (one round trip), and records
+    /// each outcome under its own group; each failure decides the verdict in that order.
+    private func runTests(_ groups: [TestGroup], _ guest: RestoredGuest) async throws {
+        let all = groups.flatMap(\.tests)
+        guard !all.isEmpty else { return }
         let suiteStarted = ContinuousClock.now
         let outcomes = try await StandingSuite.run(
-            tests, in: guest, timeout: .seconds(recipe.defaultTimeoutSeconds), oneByOne: !context.batchedTests,
+            all, in: guest, timeout: .seconds(recipe.defaultTimeoutSeconds), oneByOne: !context.batchedTests,
             progress: { _ in })
         timings.workCommands += suiteStarted.secondsSince
-        for outcome in outcomes {
-            let name = adopted.map { "\($0.package) (adopted as \($0.version)): \(outcome.name)" } ?? outcome.name
-            log.append("-- \(phase.rawValue) \(name) output:\n\(outcome.outputTail)\n")
-            record(
-                StepOutcome(
-                    phase: phase, name: name, status: outcome.passed ? .passed : (outcome.timedOut ? .timedOut : .failed),
-                    exitCode: outcome.exitCode, seconds: outcome.seconds, detail: outcome.outputTail,
-                    guestSeconds: outcome.guestSeconds))
-            guard !outcome.passed else { continue }
-            let first = outcome.outputTail.split(separator: "\n").first.map(String.init) ?? ""
-            let what =
-                if let adopted {
-                    "regression: \(adopted.package), adopted as \(adopted.version), test \(outcome.name)"
-                } else if phase == .regression {
-                    "regression: \(context.plan.baseline)'s standing test \(outcome.name)"
-                } else {
-                    "package test \(outcome.name)"
-                }
-            if outcome.timedOut {
-                fail(.timeout, "\(what) timed out")
-            } else {
-                fail(.fail, "\(what) failed (exit \(outcome.exitCode))\(first.isEmpty ? "" : ": \(first)")")
+        var next = outcomes[...]
+        for group in groups {
+            for outcome in next.prefix(group.tests.count) {
+                recordTest(outcome, group)
             }
+            next = next.dropFirst(group.tests.count)
+        }
+    }
+
+    private func recordTest(_ outcome: TestOutcome, _ group: TestGroup) {
+        let (phase, adopted) = (group.phase, group.adopted)
+        let name = adopted.map { "\($0.package) (adopted as \($0.version)): \(outcome.name)" } ?? outcome.name
+        log.append("-- \(phase.rawValue) \(name) output:\n\(outcome.outputTail)\n")
+        record(
+            StepOutcome(
+                phase: phase, name: name, status: outcome.passed ? .passed : (outcome.timedOut ? .timedOut : .failed),
+                exitCode: outcome.exitCode, seconds: outcome.seconds, detail: outcome.outputTail,
+                guestSeconds: outcome.guestSeconds))
+        guard !outcome.passed else { return }
+        let first = outcome.outputTail.split(separator: "\n").first.map(String.init) ?? ""
+        let what =
+            if let adopted {
+                "regression: \(adopted.package), adopted as \(adopted.version), test \(outcome.name)"
+            } else if phase == .regression {
+                "regression: \(context.plan.baseline)'s standing test \(outcome.name)"
+            } else {
+                "package test \(outcome.name)"
+            }
+        if outcome.timedOut {
+            fail(.timeout, "\(what) timed out")
+        } else {
+            fail(.fail, "\(what) failed (exit \(outcome.exitCode))\(first.isEmpty ? "" : ": \(first)")")
         }
     }
 

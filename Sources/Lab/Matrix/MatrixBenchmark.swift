@@ -86,8 +86,20 @@ public struct MatrixBenchmark: Sendable {
         public var met: Bool
     }
 
+    /// A trivial guest command's round trip, host clock, on a fresh restore before the runs:
+    /// `true` through `exec` (output files, process group: what every step and suite pays)
+    /// and through `capture` (qemu-ga keeps the output: housekeeping commands).
+    public struct RoundTrip: Codable, Sendable {
+        public var baseline: String
+        public var exec: Timings
+        public var capture: Timings
+        public var atMostSeconds: Double
+        public var met: Bool
+    }
+
     /// The new path and (with `--compare-old`) the old one, run back to back in one invocation.
     public struct Comparison: Codable, Sendable {
+        public var roundTrip: RoundTrip?
         public var runs: [Report]
         /// Old wall time ÷ new wall time (nil without an old run).
         public var wallSpeedup: Double?
@@ -106,6 +118,7 @@ public struct MatrixBenchmark: Sendable {
         events: @escaping @Sendable (MatrixEvent) -> Void
     ) async throws -> Comparison {
         var reports: [Report] = []
+        let roundTrip = try await measureRoundTrip(baseline: baselines.first, events: events)
         for path in paths {
             var options = MatrixRunner.Options()
             options.lanes = lanes
@@ -124,7 +137,31 @@ public struct MatrixBenchmark: Sendable {
             report.loadAtEnd = Self.loadAverage()
             reports.append(report)
         }
-        return Self.compare(reports)
+        var comparison = Self.compare(reports)
+        comparison.roundTrip = roundTrip
+        return comparison
+    }
+
+    /// Times `true` in a fresh restore of `baseline` (the first approved one by default),
+    /// 15 times each way after one warm-up.
+    func measureRoundTrip(baseline: String?, events: @escaping @Sendable (MatrixEvent) -> Void) async throws -> RoundTrip {
+        let name = try baseline ?? lab.baselines.loadAll().first(where: \.approved)?.name ?? "minimal"
+        events(.note("bench: timing a trivial guest command on a fresh restore of \(name)"))
+        let (exec, capture) = try await lab.withRestored(try lab.readyImage(name)) { guest in
+            var exec: [Double] = []
+            var capture: [Double] = []
+            _ = try await guest.agent.exec(["true"])
+            for _ in 0..<15 {
+                let started = ContinuousClock.now
+                _ = try await guest.agent.exec(["true"])
+                exec.append(started.secondsSince)
+                let captured = ContinuousClock.now
+                _ = try await guest.agent.capture(["true"])
+                capture.append(captured.secondsSince)
+            }
+            return (Timings(exec), Timings(capture))
+        }
+        return RoundTrip(baseline: name, exec: exec, capture: capture, atMostSeconds: 0.1, met: exec.median <= 0.1)
     }
 
     static func compare(_ reports: [Report]) -> Comparison {
@@ -133,7 +170,7 @@ public struct MatrixBenchmark: Sendable {
         var speedup: Double?
         if let new, let old, new.wallSeconds > 0 { speedup = old.wallSeconds / new.wallSeconds }
         return Comparison(
-            runs: reports, wallSpeedup: speedup, wallSpeedupAtLeast: 1.5, allPassed: reports.allSatisfy(\.allPassed))
+            roundTrip: nil, runs: reports, wallSpeedup: speedup, wallSpeedupAtLeast: 1.5, allPassed: reports.allSatisfy(\.allPassed))
     }
 
     /// The figures of a finished run.
