@@ -62,10 +62,16 @@ enum InventoryScript {
                 """
         }
         script += """
-            set --; for d in \(folders); do [ -d "$d" ] && set -- "$@" "$d"; done
+            set --
+            for d in \(folders); do
+              [ -d "$d" ] || continue
+              # /lib is /usr/lib on a merged-/usr system: each folder is read once.
+              for k in "$@"; do [ "$k" -ef "$d" ] && continue 2; done
+              set -- "$@" "$d"
+            done
             [ $# -eq 0 ] || find "$@" -printf '\(unitDirectoriesFormat)'\(noted) 2>/dev/null
             sec unit-also
-            grep -rsH '^[[:space:]]*Also[[:space:]]*=' \(folders)
+            [ $# -eq 0 ] || grep -rsH '^[[:space:]]*Also[[:space:]]*=' "$@"
 
             """
         if since != nil {
@@ -186,7 +192,12 @@ enum InventoryScript {
             sec kernel
             put /proc/sys/kernel/osrelease 2>/dev/null || uname -r; uname -m
             sec cpu
-            grep -E '^(model name|processor)[[:space:]]*:' /proc/cpuinfo
+            while IFS= read -r l; do
+              case $l in (processor*|"model name"*) ;; (*) continue ;; esac
+              k=${l%%:*}; [ "$k" != "$l" ] || continue
+              case ${k#processor} in (*[![:space:]]*) case ${k#"model name"} in (*[![:space:]]*) continue ;; esac ;; esac
+              printf '%s\\n' "$l"
+            done </proc/cpuinfo
             sec memory
             while IFS= read -r l; do case $l in (MemTotal:*) printf '%s\\n' "$l"; break ;; esac; done </proc/meminfo
             sec disks
