@@ -41,14 +41,14 @@ struct MatrixCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Test a package on every approved baseline (install, upgrade, reinstall, uninstall lanes).",
             discussion: """
-                Each cell: restore → set the clock → upload the artifact → prerequisites → install steps \
+                Each cell: restore → set the clock → prerequisites → upload the artifact → install steps \
                 → inventory and delta (checked against the recipe's expected-delta policy) → the \
                 package's tests → the baseline's standing regression suite → discard. The uninstall lane \
                 uninstalls after the tests and reports any residue. Verdicts: PASS, FAIL (product), ERROR (infrastructure, after one retry on a \
                 fresh restore), TIMEOUT. The run is recorded in the CMDB with its artifact digest and \
                 the baselines' image digests. A baseline whose current CMDB version includes adoptions \
                 (baseline adopt) is tested as that version: each cell installs its adopted artifacts \
-                first (timed as preparation) and measures the delta from there. Exit status 0 only when every cell passed.
+                first (timed as preparation), checks the prerequisites after them, and measures the delta from there. Exit status 0 only when every cell passed.
                 """)
         @OptionGroup var cmdbOptions: CMDBOptions
         @OptionGroup var output: OutputOptions
