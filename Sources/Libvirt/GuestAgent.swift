@@ -170,7 +170,7 @@ public struct GuestAgent: Sendable {
         // output to the files and execs the command. One spawn and two execs; the earlier
         // sh → setsid → sh chain cost two more spawns (~0.12 s a command under TCG).
         let wrapper = """
-            exec >"$1" 2>"$2" || exit 126; echo $$ >"$3"; shift 3
+            exec >"$1" 2>"$2"; echo $$ >"$3"; shift 3
             if ! command -v "$1" >/dev/null 2>&1; then
               printf 'changelab: %s: command not found in the guest\\n' "$1" >&2; exit 127
             fi

@@ -63,7 +63,7 @@ struct BenchCommand: AsyncParsableCommand {
                 and the standing suite) / (the cell's wall time from taking its slot to releasing it). \
                 --compare-old runs the new path, then the old one (--full-inventory --test-per-command \
                 --no-warm-pool), \
-                in this one invocation, and compares their wall times. First it times a trivial guest command \
+                in this one invocation, and compares their wall times. Then it times a trivial guest command \
                 (true) on a fresh restore, through exec (output files, process group) and capture.
                 """)
         @OptionGroup var projectOptions: ProjectOptions

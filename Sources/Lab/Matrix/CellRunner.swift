@@ -199,7 +199,11 @@ final class CellAttempt: @unchecked Sendable {
             let made = try await guest.agent.capture(
                 ["/bin/sh", "-c", "mkdir -p '\(CellRunner.guestDirectory)' || exit 125\n" + (check ?? "exit 0\n")],
                 timeout: .seconds(60))
-            guard made.exitCode != 125, !made.timedOut else {
+            guard !made.timedOut else {
+                throw ChangelabError(
+                    "the cell's first guest command (its folder\(check == nil ? "" : ", the prerequisites check")) did not finish within 60 s")
+            }
+            guard made.exitCode != 125 else {
                 throw ChangelabError("cannot make \(CellRunner.guestDirectory) in the guest: \(made.stderrText)")
             }
             if check != nil {

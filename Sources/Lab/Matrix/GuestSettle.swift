@@ -38,6 +38,7 @@ enum GuestSettle {
     static func script(limit: String) -> String {
         """
         read up _ </proc/uptime; end=$(( ${up%.*} + \(limit) ))
+        busy_units() { systemctl list-units --all --no-legend --no-pager --plain --state=activating,deactivating,reloading 2>/dev/null | awk '{print $1" ("$3"/"$4")"}'; }
         while :; do
           state=unknown; jobs=0
           for kv in $(systemctl show -p SystemState -p NJobs 2>/dev/null); do
@@ -51,14 +52,14 @@ enum GuestSettle {
           esac
           busy=
           if [ "$jobs" = 0 ]; then
-            busy=$(systemctl list-units --all --no-legend --no-pager --plain --state=activating,deactivating,reloading 2>/dev/null | awk '{print $1" ("$3"/"$4")"}')
+            busy=$(busy_units)
             case $state in (initializing|starting) busy="${busy:-system $state}" ;; esac
             if [ -z "$busy" ]; then echo "$state"; exit 0; fi
           fi
           read up _ </proc/uptime
           if [ "${up%.*}" -ge "$end" ]; then
             echo "$state"
-            [ -n "$busy" ] || busy=$(systemctl list-units --all --no-legend --no-pager --plain --state=activating,deactivating,reloading 2>/dev/null | awk '{print $1" ("$3"/"$4")"}')
+            [ -n "$busy" ] || busy=$(busy_units)
             [ -n "$busy" ] && echo "$busy"
             systemctl list-jobs --no-legend --no-pager --plain 2>/dev/null | awk '{print $2" (job "$3", "$4")"}'
             exit 124

@@ -86,7 +86,7 @@ public struct MatrixBenchmark: Sendable {
         public var met: Bool
     }
 
-    /// A trivial guest command's round trip, host clock, on a fresh restore before the runs:
+    /// A trivial guest command's round trip, host clock, on a fresh restore after the runs:
     /// `true` through `exec` (output files, process group: what every step and suite pays)
     /// and through `capture` (qemu-ga keeps the output: housekeeping commands).
     public struct RoundTrip: Codable, Sendable {
@@ -118,7 +118,6 @@ public struct MatrixBenchmark: Sendable {
         events: @escaping @Sendable (MatrixEvent) -> Void
     ) async throws -> Comparison {
         var reports: [Report] = []
-        let roundTrip = try await measureRoundTrip(baseline: baselines.first, events: events)
         for path in paths {
             var options = MatrixRunner.Options()
             options.lanes = lanes
@@ -138,7 +137,8 @@ public struct MatrixBenchmark: Sendable {
             reports.append(report)
         }
         var comparison = Self.compare(reports)
-        comparison.roundTrip = roundTrip
+        // After the runs: the matrix has built any image that was missing.
+        comparison.roundTrip = try await measureRoundTrip(baseline: baselines.first, events: events)
         return comparison
     }
 
